@@ -1,0 +1,179 @@
+"""The device wire protocol (SPEC §3): parse and check incoming envelopes,
+build outgoing ones.
+
+Every message is a JSON object ``{"type", "sessionId", "timestamp",
+"version", "payload"}``. Devices must send ``type`` and ``sessionId``;
+``timestamp`` and ``version`` may be missing (the Flutter client omits
+``version``). Parsing never raises anything but `LumoraError`, so the
+WebSocket layer has one place that turns problems into error frames.
+"""
+
+import orjson
+
+from lumora_reload import errors
+from lumora_reload.errors import LumoraError
+
+SERVER_VERSION = "1.1.0"
+SERVER_MAJOR = 1
+
+DEVICE_TYPES = ("connect", "ping", "ack", "reload", "log", "error")
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "fatal", "log", "trace")
+
+# Close codes (SPEC §3)
+CLOSE_NORMAL = 1000
+CLOSE_TOO_BIG = 1009
+CLOSE_RESTART = 1012
+CLOSE_BAD_REQUEST = 4400
+CLOSE_AUTH = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+CLOSE_EXPIRED = 4410
+CLOSE_REPLACED = 4409
+CLOSE_UNSUPPORTED = 4426
+CLOSE_RATE_LIMIT = 4429
+
+
+def invalid(message, details=None):
+    return LumoraError(errors.INVALID_MESSAGE, message, details=details)
+
+
+def parse_version(text):
+    """Return (major, minor) of a ``"1.2.3"``-style version, or None."""
+    if not isinstance(text, str):
+        return None
+    parts = text.strip().split(".")
+    try:
+        major = int(parts[0])
+        minor = int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return None
+    return major, minor
+
+
+def check_version(text, field):
+    """Refuse a protocol version whose major differs from ours."""
+    version = parse_version(text)
+    if version is None:
+        raise invalid(f"'{field}' must be a version string like \"1.1.0\"")
+    if version[0] != SERVER_MAJOR:
+        raise LumoraError(
+            errors.UNSUPPORTED_VERSION,
+            f"Protocol version {text} is not supported; this server speaks {SERVER_VERSION}",
+            close_code=CLOSE_UNSUPPORTED,
+            details={"serverVersion": SERVER_VERSION},
+        )
+    return version
+
+
+def _field(payload, name, kinds, required, what):
+    if name not in payload or (payload[name] is None and not required):
+        if required:
+            raise invalid(f"'{name}' is required in {what}")
+        return None
+    value = payload[name]
+    # bool is an int subclass; a number field must not accept true/false
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _as_tuple(kinds)):
+        raise invalid(f"'{name}' in {what} has the wrong type")
+    return value
+
+
+def _as_tuple(kinds):
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+_NUMBER = (int, float)
+
+# type -> [(field, kinds, required)]
+_PAYLOAD_FIELDS = {
+    "connect": [
+        ("deviceId", str, True),
+        ("platform", str, True),
+        ("deviceName", str, False),
+        ("clientVersion", str, True),
+        ("lastSequence", _NUMBER, False),
+        ("token", str, False),
+    ],
+    "ping": [("status", (str, dict), False)],
+    "ack": [
+        ("sequenceNumber", _NUMBER, True),
+        ("success", bool, True),
+        ("error", (str, dict), False),
+        ("applyTime", _NUMBER, False),
+    ],
+    "reload": [("reason", str, False), ("error", (str, dict), False)],
+    "log": [("level", str, True), ("message", str, True)],
+    "error": [
+        ("code", str, False),
+        ("message", str, False),
+        ("severity", str, False),
+        ("details", object, False),
+        ("recoverable", bool, False),
+    ],
+}
+
+
+def parse_envelope(data):
+    """Decode one text frame into ``(type, session_id, payload)``.
+
+    Raises `LumoraError` (INVALID_MESSAGE or UNSUPPORTED_VERSION).
+    """
+    try:
+        message = orjson.loads(data)
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        raise invalid("Message is not valid JSON")
+    if not isinstance(message, dict):
+        raise invalid("Message must be a JSON object")
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise invalid("'type' is required and must be a string")
+    session_id = message.get("sessionId")
+    if not isinstance(session_id, str):
+        raise invalid("'sessionId' is required and must be a string")
+    timestamp = message.get("timestamp")
+    if timestamp is not None and (not isinstance(timestamp, (int, float)) or isinstance(timestamp, bool)):
+        raise invalid("'timestamp' must be a number")
+    if message.get("version") is not None:
+        check_version(message["version"], "version")
+    if kind not in _PAYLOAD_FIELDS:
+        raise invalid(f"Unknown message type '{kind[:64]}'")
+    payload = message.get("payload")
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, dict):
+        raise invalid("'payload' must be an object")
+    what = f"'{kind}' payload"
+    for name, kinds, required in _PAYLOAD_FIELDS[kind]:
+        _field(payload, name, kinds, required, what)
+    if kind == "connect":
+        check_version(payload["clientVersion"], "clientVersion")
+        if not payload["deviceId"]:
+            raise invalid("'deviceId' must not be empty")
+    return kind, session_id, payload
+
+
+def envelope(kind, session_id, now_ms, payload=None):
+    message = {
+        "type": kind,
+        "sessionId": session_id,
+        "timestamp": now_ms,
+        "version": SERVER_VERSION,
+    }
+    if payload is not None:
+        message["payload"] = payload
+    return message
+
+
+def encode(message):
+    return orjson.dumps(message)
+
+
+def error_payload(error):
+    payload = {
+        "code": error.code,
+        "message": error.message,
+        "severity": "fatal" if error.fatal else "error",
+        "recoverable": not error.fatal,
+    }
+    if error.details is not None:
+        payload["details"] = error.details
+    return payload

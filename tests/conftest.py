@@ -1,0 +1,96 @@
+"""Shared fixtures: a lazily-imported reactor, a Clock, a log observer that
+fails the test on any logged failure, and a real daemon on loopback."""
+
+import os
+
+import pytest
+import pytest_twisted
+from hypothesis import HealthCheck, settings
+from twisted.internet import task
+from twisted.logger import globalLogPublisher
+
+settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "slow", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="run slow (soak, crash-loop) tests")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow") or os.environ.get("LUMORA_SLOW"):
+        return
+    skip = pytest.mark.skip(reason="slow: use --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def reactor():
+    from twisted.internet import reactor as global_reactor
+
+    return global_reactor
+
+
+@pytest.fixture
+def clock():
+    return task.Clock()
+
+
+class _Failures:
+    """Collects logged failures; a test that expects some says so with
+    `logged_failures.expect(SomeError)`."""
+
+    def __init__(self):
+        self.events = []
+        self.expected = []
+
+    def __call__(self, event):
+        if event.get("log_failure") is not None:
+            self.events.append(event)
+
+    def expect(self, *types):
+        self.expected.extend(types)
+
+    def unexpected(self):
+        return [e for e in self.events if not (self.expected and e["log_failure"].check(*self.expected))]
+
+
+@pytest.fixture(autouse=True)
+def logged_failures():
+    observer = _Failures()
+    globalLogPublisher.addObserver(observer)
+    yield observer
+    globalLogPublisher.removeObserver(observer)
+    bad = observer.unexpected()
+    assert not bad, "logged failures: " + "; ".join(
+        e["log_failure"].getTraceback() for e in bad
+    )
+
+
+@pytest.fixture
+def daemon_factory(reactor):
+    """Start HotReloadServer instances on real loopback ports: inside a test,
+    ``daemon = await daemon_factory(option=value)``."""
+    from tests.helpers import Daemon
+
+    started = []
+
+    def start(**options):
+        daemon = Daemon(reactor, **options)
+        started.append(daemon)
+        return daemon.start()
+
+    yield start
+    for daemon in started:
+        if daemon.port is not None:
+            pytest_twisted.blockon(daemon.stop())
+
+
+@pytest.fixture
+def daemon(daemon_factory):
+    return pytest_twisted.blockon(daemon_factory())

@@ -1,0 +1,218 @@
+"""The hub and the sweeps, driven by a Clock and fake device links."""
+
+import pytest
+from zope.interface import implementer
+
+from lumora_reload import errors
+from lumora_reload.errors import LumoraError
+from lumora_reload.liveness import Sweeps
+from lumora_reload.sessions import Hub, IDeviceLink, Limits
+from tests.helpers import make_schema, node, with_text
+
+
+@implementer(IDeviceLink)
+class Link:
+    def __init__(self):
+        self.sent = []
+        self.closed = None
+
+    def send(self, outgoing):
+        self.sent.append(outgoing)
+
+    def close(self, code, reason):
+        self.closed = (code, reason)
+
+
+def connect(hub, sid, device_id="d", **extra):
+    link = Link()
+    payload = {"deviceId": device_id, "platform": "ios", "clientVersion": "1.1.0"}
+    payload.update(extra)
+    _, device, outgoing = hub.attach(sid, link, payload)
+    link.sent.extend(outgoing)
+    return device, link
+
+
+def push(hub, sid, schema):
+    session, update = hub.prepare_push(sid, schema)
+    if update is None:
+        return None
+    hub.deliver(session, update)
+    return update
+
+
+def test_session_ids_are_128_bit_hex(clock):
+    hub = Hub(clock)
+    ids = {hub.create_session().id for _ in range(50)}
+    assert len(ids) == 50 and all(len(i) == 32 for i in ids)
+
+
+def test_sequence_numbers_are_gapless_per_state(clock):
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    schema = make_schema()
+    assert push(hub, sid, schema)["sequence"] == 1
+    assert push(hub, sid, schema) is None  # same state, no number
+    assert push(hub, sid, with_text(schema, "a"))["sequence"] == 2
+    session = hub.get_session(sid)
+    device, link = connect(hub, sid)
+    hub.resync_device(session, device)
+    assert session.sequence == 2  # a one-device resync does not advance
+    assert push(hub, sid, with_text(schema, "b"))["sequence"] == 3
+
+
+def test_sliding_expiry_and_tombstones(clock):
+    hub = Hub(clock, Limits(session_timeout=10))
+    sid = hub.create_session().id
+    clock.advance(8)
+    push(hub, sid, make_schema())  # a push is activity
+    clock.advance(8)
+    assert hub.get_session(sid)
+    clock.advance(3)
+    with pytest.raises(LumoraError) as e:
+        hub.get_session(sid)
+    assert e.value.code == errors.SESSION_EXPIRED
+
+
+def test_connected_device_keeps_session_alive(clock):
+    hub = Hub(clock, Limits(session_timeout=10))
+    sid = hub.create_session().id
+    connect(hub, sid)
+    clock.advance(100)
+    assert hub.expired_sessions() == []
+    assert hub.get_session(sid)
+
+
+def test_expiry_sweep_closes_and_forgets(clock):
+    hub = Hub(clock, Limits(session_timeout=5))
+    forgotten = []
+    sweeps = Sweeps(hub, forgotten.append, clock, heartbeat_interval=1, cleanup_interval=2)
+    sweeps.start()
+    sid = hub.create_session().id
+    clock.advance(4)
+    assert not forgotten
+    clock.advance(2)
+    assert [s.id for s in forgotten] == [sid]
+    with pytest.raises(LumoraError) as e:
+        hub.get_session(sid)
+    assert e.value.code == errors.SESSION_EXPIRED
+    sweeps.stop()
+
+
+def test_liveness_sweep_closes_silent_devices(clock):
+    hub = Hub(clock, Limits(connection_timeout=3))
+    sweeps = Sweeps(hub, lambda s: None, clock, heartbeat_interval=1, cleanup_interval=60)
+    sweeps.start()
+    sid = hub.create_session().id
+    quiet, quiet_link = connect(hub, sid, "quiet")
+    chatty, chatty_link = connect(hub, sid, "chatty")
+    for _ in range(5):
+        clock.advance(1)
+        hub.seen(sid, chatty)
+    assert quiet_link.closed == (1000, "Connection timeout")
+    assert chatty_link.closed is None
+    assert list(hub.get_session(sid).devices.values()) == [chatty]
+    sweeps.stop()
+
+
+def test_sweep_survives_an_exception(clock, logged_failures):
+    hub = Hub(clock)
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("boom")
+
+    hub.stale_devices = broken
+    logged_failures.expect(RuntimeError)
+    sweeps = Sweeps(hub, lambda s: None, clock, heartbeat_interval=1, cleanup_interval=60)
+    sweeps.start()
+    clock.advance(1)
+    clock.advance(1)
+    assert len(calls) == 2  # still running after the first failure
+    sweeps.stop()
+
+
+def test_replacement_leaves_one_device(clock):
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    _, first = connect(hub, sid, "same")
+    connect(hub, sid, "same")
+    assert first.closed == (4409, "Replaced")
+    assert len(hub.get_session(sid).devices) == 1
+
+
+def test_delete_closes_devices(clock):
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    _, link = connect(hub, sid)
+    hub.delete_session(sid)
+    assert link.closed == (1000, "Session closed")
+    with pytest.raises(LumoraError) as e:
+        hub.get_session(sid)
+    assert e.value.code == errors.SESSION_NOT_FOUND
+
+
+def test_ack_never_moves_backwards(clock):
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    device, _ = connect(hub, sid)
+    hub.ack(device, {"sequenceNumber": 5, "success": True})
+    hub.ack(device, {"sequenceNumber": 3, "success": True})
+    assert device.last_ack_sequence == 5
+
+
+def test_ack_lag_marks_device_unhealthy(clock):
+    hub = Hub(clock, Limits(max_ack_lag=2))
+    sid = hub.create_session().id
+    device, _ = connect(hub, sid)
+    session = hub.get_session(sid)
+    schema = make_schema()
+    for i in range(4):
+        schema = with_text(schema, str(i))
+        push(hub, sid, schema)
+    health = hub.device_health(session, device)
+    assert health["healthy"] is False and health["ackLag"] == 4
+    hub.ack(device, {"sequenceNumber": 4, "success": True})
+    assert hub.device_health(session, device)["healthy"] is True
+
+
+def test_one_serialization_per_broadcast(clock):
+    hub = Hub(clock)
+    sid = hub.create_session(make_schema()).id
+    links = [connect(hub, sid, f"d{i}")[1] for i in range(5)]
+    push(hub, sid, with_text(make_schema(), "x"))
+    last = {id(link.sent[-1]) for link in links}
+    assert len(last) == 1  # the same Outgoing object went to everyone
+
+
+def big_schema():
+    """Large enough that replaying a few one-leaf deltas beats a full send."""
+    schema = make_schema()
+    schema["nodes"][0]["children"].append(node("blob", text="x" * 4000))
+    return schema
+
+
+def test_resume_replays_or_falls_back(clock):
+    hub = Hub(clock, Limits(history_size=3))
+    schema = big_schema()
+    sid = hub.create_session(schema).id
+    for i in range(5):
+        schema = with_text(schema, str(i))
+        push(hub, sid, schema)
+    _, link = connect(hub, sid, "a", lastSequence=4)
+    assert [o.sequence for o in link.sent[1:]] == [5, 6]
+    _, link = connect(hub, sid, "b", lastSequence=2)  # 3 is gone from history
+    assert len(link.sent) == 1 and b"initialSchema" in link.sent[0].payload
+    _, link = connect(hub, sid, "c", lastSequence=6)
+    assert len(link.sent) == 1 and b'"resumed":true' in link.sent[0].payload
+    _, link = connect(hub, sid, "d", lastSequence=99)  # from a previous life
+    assert b'"resumed":false' in link.sent[0].payload
+
+
+def test_session_limit(clock):
+    hub = Hub(clock, Limits(max_sessions=2))
+    hub.create_session()
+    hub.create_session()
+    with pytest.raises(LumoraError) as e:
+        hub.create_session()
+    assert e.value.code == errors.RATE_LIMIT_EXCEEDED and e.value.status == 429

@@ -1,0 +1,108 @@
+"""Options, the twistd plugin and the service wiring."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from twisted.application.service import IService, IServiceMaker
+from twisted.plugin import getPlugins
+
+from lumora_reload import tap
+
+
+def parse(*argv):
+    options = tap.Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def test_defaults():
+    options = parse()
+    assert options["port"] == "tcp:8080"
+    assert options["ws-path"] == "/ws"
+    assert options["session-timeout"] == 28800.0
+    assert options["heartbeat-interval"] == 30.0
+    assert options["connection-timeout"] == 60.0
+    assert options["cleanup-interval"] == 60.0
+    assert options["incremental-threshold"] == 10
+    assert options["data-dir"].endswith("lumora-reload")
+    assert options["in-memory"] is False or options["in-memory"] == 0
+
+
+def test_fractional_seconds_and_repeatable_options():
+    options = parse(
+        "--session-timeout", "0.2",
+        "--heartbeat-interval", "0.2",
+        "--allowed-host", "a.example",
+        "--allowed-host", "b.example",
+        "--allowed-origin", "http://c.example:3000",
+        "--in-memory",
+    )
+    assert options["session-timeout"] == 0.2
+    assert options["allowed-hosts"] == ["a.example", "b.example"]
+    assert options["allowed-origins"] == ["http://c.example:3000"]
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--session-timeout", "abc"], "--session-timeout"),
+        (["--heartbeat-interval", "-1"], "--heartbeat-interval"),
+        (["--incremental-threshold", "1.5"], "--incremental-threshold"),
+        (["--port", "nope:1"], "--port"),
+        (["--ws-path", "ws"], "--ws-path"),
+        (["--api-token", "a", "--api-token-file", "/x"], "not both"),
+        (["--api-token-file", "/does/not/exist"], "--api-token-file"),
+        (["--bogus"], "--bogus"),
+    ],
+)
+def test_bad_values_exit_with_one_line(argv, words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(*argv)
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+
+
+def test_token_file(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("abc\n")
+    assert parse("--api-token-file", str(token))["api-token"] == "abc"
+
+
+def test_make_service_builds_a_service(tmp_path):
+    from twisted.internet.testing import MemoryReactorClock
+
+    options = parse("--in-memory", "--port", "tcp:0:interface=127.0.0.1")
+    service = tap.makeService(options, reactor=MemoryReactorClock())
+    assert IService.providedBy(service)
+
+
+def test_plugin_is_discovered():
+    names = [p.tapname for p in getPlugins(IServiceMaker)]
+    assert "lumora-reload" in names
+
+
+def test_plugin_is_discovered_from_installed_copy(tmp_path):
+    """Run outside the checkout so only the installed package is seen."""
+    code = (
+        "from twisted.plugin import getPlugins\n"
+        "from twisted.application.service import IServiceMaker\n"
+        "print([p.tapname for p in getPlugins(IServiceMaker)])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "lumora-reload" in out.stdout
+
+
+def test_twistd_rejects_bad_option_without_traceback(tmp_path):
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    out = subprocess.run(
+        [twistd, "-n", "lumora-reload", "--session-timeout", "never"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr + out.stdout
+    assert "--session-timeout" in out.stderr
