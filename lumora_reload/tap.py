@@ -128,18 +128,20 @@ class Options(usage.Options):
             raise usage.UsageError(f"--port '{self['port']}' is not a valid endpoint: {e}")
 
 
-def make_store(config):
+def make_store(config, clock=None):
+    """The session store; a data dir that cannot be used ends the program
+    with one line on stderr saying why (no traceback)."""
     if config["in-memory"]:
         from lumora_reload.store import MemoryStore
 
         return MemoryStore()
-    try:
-        from lumora_reload.sqlite_store import SQLiteStore
-    except ImportError:
-        from lumora_reload.store import MemoryStore
+    from lumora_reload.sqlite_store import SQLiteStore, StoreError
 
-        return MemoryStore()
-    return SQLiteStore.open(config["data-dir"])
+    try:
+        return SQLiteStore.open(config["data-dir"], clock=clock)
+    except StoreError as e:
+        sys.stderr.write(f"lumora-reload: {e}\n")
+        raise SystemExit(1)
 
 
 def makeService(config, reactor=None):
@@ -148,7 +150,7 @@ def makeService(config, reactor=None):
     from lumora_reload.server import HotReloadServer
 
     root = service.MultiService()
-    store = make_store(config)
+    store = make_store(config, clock=reactor)
     hot = HotReloadServer(
         reactor=reactor,
         ws_path=config["ws-path"],

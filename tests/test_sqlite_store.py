@@ -1,0 +1,298 @@
+"""The SQLite session store: round trips, pruning, migrations, purge,
+locking, refusals, and a push that cannot be stored."""
+
+import collections
+import os
+import sqlite3
+import stat
+
+import pytest
+import pytest_twisted
+from twisted.internet import task
+
+from lumora_reload import sqlite_store
+from lumora_reload.sessions import HistoryEntry, Session
+from lumora_reload.sqlite_store import SQLiteStore, StoreError
+from tests.helpers import connected_device, make_schema, with_text
+
+
+def open_store(path, clock=None):
+    return SQLiteStore.open(str(path), clock=clock or task.Clock())
+
+
+def session(session_id="s" * 32, last_activity=100.0, timeout=60.0, **extra):
+    return Session(id=session_id, created_at=1700000000000, timeout=timeout, last_activity=last_activity, **extra)
+
+
+def push(store, s, schema, update_type="incremental", history_size=64):
+    """What the hub does for one push, then the store call the service makes."""
+    s.sequence += 1
+    s.schema = schema
+    s.checksum = f"sum-{s.sequence}"
+    payload = f"frame-{s.sequence}".encode() if update_type == "incremental" else None
+    entry = HistoryEntry(s.sequence, update_type, s.sequence % 2 == 0, payload)
+    s.history.append(entry)
+    while len(s.history) > history_size:
+        s.history.popleft()
+    store.record_push(s, entry)
+    return entry
+
+
+def rows(store, sql, *args):
+    db = sqlite3.connect(store.path)
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
+def test_round_trip(tmp_path):
+    store = open_store(tmp_path)
+    assert store.load() == []
+    s = session(preserve_state=False)
+    store.save_session(s)
+    schema = make_schema(big=2**70)  # beyond 64 bits: stored via plain JSON
+    push(store, s, make_schema(), "full")
+    push(store, s, schema)
+    store.close()
+
+    store = open_store(tmp_path)
+    [back] = store.load()
+    assert (back.id, back.created_at, back.timeout, back.last_activity) == (s.id, s.created_at, 60.0, 100.0)
+    assert (back.schema, back.checksum, back.sequence) == (schema, "sum-2", 2)
+    assert back.preserve_state is False
+    assert list(back.history) == list(s.history)
+    assert back.history[0] == HistoryEntry(1, "full", False, None)
+    assert back.history[1] == HistoryEntry(2, "incremental", True, b"frame-2")
+    assert back.devices == {}
+    store.close()
+
+
+def test_session_without_schema_round_trips(tmp_path):
+    store = open_store(tmp_path)
+    store.save_session(session())
+    store.close()
+    [back] = open_store(tmp_path).load()
+    assert (back.schema, back.checksum, back.sequence, back.preserve_state) == (None, None, 0, True)
+    assert list(back.history) == []
+
+
+def test_history_is_pruned_to_what_the_session_keeps(tmp_path):
+    store = open_store(tmp_path)
+    s = session()
+    store.save_session(s)
+    for i in range(10):
+        push(store, s, make_schema(n=i), history_size=3)
+    assert rows(store, "SELECT sequence FROM history ORDER BY sequence") == [(8,), (9,), (10,)]
+    # a push that could not be stored clears the live history; the next
+    # (full) push must not leave older entries behind a gap
+    s.history.clear()
+    s.sequence += 1
+    push(store, s, make_schema(n="after"), "full", history_size=3)
+    assert rows(store, "SELECT sequence, update_type FROM history") == [(12, "full")]
+    store.close()
+    [back] = open_store(tmp_path).load()
+    assert [e.sequence for e in back.history] == [12]
+
+
+def test_extend_and_touch_are_stored_without_rewriting_the_schema(tmp_path):
+    store = open_store(tmp_path)
+    s = session()
+    store.save_session(s)
+    push(store, s, make_schema())
+    db = store._db
+    before = db.total_changes
+    store.save_session(s)  # nothing changed: no write at all
+    assert db.total_changes == before
+    s.last_activity = 500.0
+    store.save_session(s)
+    assert db.total_changes == before + 1
+    store.close()
+    [back] = open_store(tmp_path).load()
+    assert back.last_activity == 500.0 and back.sequence == 1
+
+
+def test_delete_removes_every_row(tmp_path):
+    store = open_store(tmp_path)
+    s, other = session("a" * 32), session("b" * 32)
+    for x in (s, other):
+        store.save_session(x)
+        push(store, x, make_schema())
+    store.delete_session(s.id)
+    for table in ("sessions", "states", "history"):
+        column = "id" if table == "sessions" else "session_id"
+        assert rows(store, f"SELECT DISTINCT {column} FROM {table}") == [(other.id,)]
+    store.close()
+    assert [x.id for x in open_store(tmp_path).load()] == [other.id]
+
+
+def test_load_purges_expired_sessions(tmp_path):
+    clock = task.Clock()
+    store = open_store(tmp_path, clock)
+    live, dead = session("l" * 32, last_activity=100.0), session("d" * 32, last_activity=10.0)
+    for x in (live, dead):
+        store.save_session(x)
+        push(store, x, make_schema())
+    store.close()
+    clock.advance(100.0)  # dead expired at 70, live expires at 160
+    store = open_store(tmp_path, clock)
+    assert [x.id for x in store.load()] == [live.id]
+    for table in ("states", "history"):
+        assert rows(store, f"SELECT DISTINCT session_id FROM {table}") == [(live.id,)]
+    store.close()
+
+
+def test_migrations_are_versioned_and_idempotent(tmp_path):
+    store = open_store(tmp_path)
+    s = session()
+    store.save_session(s)
+    store.close()
+    for _ in range(2):  # re-running the (already applied) migrations would fail
+        store = open_store(tmp_path)
+        assert [x.id for x in store.load()] == [s.id]
+        store.close()
+    assert rows(store, "PRAGMA user_version") == [(sqlite_store.VERSION,)]
+    assert rows(store, "PRAGMA application_id") == [(sqlite_store.APPLICATION_ID,)]
+    assert rows(store, "PRAGMA journal_mode") == [("wal",)]
+
+
+def test_a_newer_format_is_refused(tmp_path):
+    open_store(tmp_path).close()
+    db = sqlite3.connect(tmp_path / sqlite_store.DB_NAME)
+    db.execute(f"PRAGMA user_version = {sqlite_store.VERSION + 1}")
+    db.close()
+    with pytest.raises(StoreError, match="newer lumora-reload"):
+        open_store(tmp_path)
+
+
+def test_a_foreign_database_is_refused(tmp_path):
+    db = sqlite3.connect(tmp_path / sqlite_store.DB_NAME)
+    db.execute("CREATE TABLE photos (id)")
+    db.close()
+    with pytest.raises(StoreError, match="did not write"):
+        open_store(tmp_path)
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path):
+    (tmp_path / sqlite_store.DB_NAME).write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a lumora-reload database or is damaged.*move it aside"):
+        open_store(tmp_path)
+    open_store(tmp_path / "elsewhere").close()  # the lock was released
+
+
+def test_a_damaged_database_is_refused(tmp_path):
+    store = open_store(tmp_path)
+    for i in range(50):
+        s = session(f"{i:032d}")
+        store.save_session(s)
+        push(store, s, make_schema(pad="x" * 3000))
+    store.close()
+    path = tmp_path / sqlite_store.DB_NAME
+    data = bytearray(path.read_bytes())
+    page = 4096
+    assert len(data) > 20 * page
+    for at in range(3 * page, 20 * page, page):  # scribble over b-tree pages
+        data[at:at + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError) as e:
+        open_store(tmp_path)
+    assert "damaged" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_data_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match="is not a directory"):
+        open_store(tmp_path / "file")
+
+
+def test_second_store_on_the_same_dir_is_refused(tmp_path):
+    first = open_store(tmp_path)
+    with pytest.raises(StoreError, match=rf"another lumora-reload \(pid {os.getpid()}\) is already using"):
+        open_store(tmp_path)
+    first.close()
+    open_store(tmp_path).close()
+
+
+def test_private_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        store = open_store(tmp_path / "state" / "lumora")
+        store.load()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(store.data_dir).st_mode) == 0o700
+    for name in os.listdir(store.data_dir):
+        assert stat.S_IMODE(os.stat(os.path.join(store.data_dir, name)).st_mode) == 0o600, name
+    store.close()
+
+
+def full_disk(store):
+    """Make the database unable to grow: SQLite answers SQLITE_FULL, as on
+    a full disk."""
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def test_a_write_that_fails_raises_and_keeps_the_last_stored_state(tmp_path):
+    store = open_store(tmp_path)
+    s = session()
+    store.save_session(s)
+    push(store, s, make_schema(), "full")
+    full_disk(store)
+    with pytest.raises(StoreError, match="the disk is full.*free some space"):
+        push(store, s, make_schema(pad="x" * 200_000))
+    store._db.execute("PRAGMA max_page_count = 1000000")
+    push(store, s, make_schema(n=3))  # the store works again once there is room
+    store.close()
+    [back] = open_store(tmp_path).load()
+    assert back.sequence == 3 and back.schema == make_schema(n=3)
+    assert [e.sequence for e in back.history] == [1, 3]
+
+
+# -- through the service -------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_push_that_is_not_stored_answers_500_never_200(daemon_factory, tmp_path, logged_failures):
+    logged_failures.expect(StoreError)
+    store = SQLiteStore.open(str(tmp_path))
+    daemon = await daemon_factory(store=store)
+    schema = make_schema(pad="x" * 1000)
+    sid = await daemon.new_session(schema)
+    device, _ = await connected_device(daemon, sid)
+    full_disk(store)
+    status, body = await daemon.call("POST", f"/send/{sid}", with_text(schema, "lost") | {"pad": "y" * 100_000})
+    assert status == 500
+    assert body["code"] == "INTERNAL_ERROR" and "disk is full" in body["error"]
+    store._db.execute("PRAGMA max_page_count = 1000000")
+    result = await daemon.push(sid, with_text(schema, "kept"))
+    update = await device.next_of("update")
+    # the device never saw the lost state: it gets the next one in full
+    assert update["payload"]["type"] == "full"
+    assert update["payload"]["sequenceNumber"] == result["sequenceNumber"]
+    device.dropConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_restart_in_process_restores_sessions_and_resumes(daemon_factory, tmp_path):
+    daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)), history_size=4)
+    schema = make_schema(pad="x" * 2000)  # replaying two deltas beats sending it whole
+    sid = await daemon.new_session(schema)
+    device, info = await connected_device(daemon, sid)
+    for i in range(3):
+        result = await daemon.push(sid, with_text(schema, f"v{i}"))
+        last = (await device.next_of("update"))["payload"]["sequenceNumber"]
+    assert last == result["sequenceNumber"] == 4
+    await daemon.stop()
+    assert (await device.wait_closed())[0] == 1012
+
+    daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)), history_size=4)
+    status, info = await daemon.call("GET", f"/session/{sid}")
+    assert status == 200 and info["sequenceNumber"] == 4
+    status, current = await daemon.call("GET", f"/session/{sid}/schema")
+    assert current == with_text(schema, "v2")
+    device, info = await connected_device(daemon, sid, lastSequence=2)
+    assert info["resumed"] is True
+    replay = [(await device.next_of("update"))["payload"]["sequenceNumber"] for _ in range(2)]
+    assert replay == [3, 4]
+    device.dropConnection()
