@@ -1,7 +1,6 @@
 """The SQLite session store: round trips, pruning, migrations, purge,
 locking, refusals, and a push that cannot be stored."""
 
-import collections
 import os
 import sqlite3
 import stat
@@ -296,3 +295,30 @@ async def test_restart_in_process_restores_sessions_and_resumes(daemon_factory, 
     replay = [(await device.next_of("update"))["payload"]["sequenceNumber"] for _ in range(2)]
     assert replay == [3, 4]
     device.dropConnection()
+
+
+def test_make_store_reports_an_unusable_data_dir_in_one_line(tmp_path, capsys):
+    from lumora_reload import tap
+
+    (tmp_path / "file").write_text("")
+    options = tap.Options()
+    options.parseOptions(["--data-dir", str(tmp_path / "file")])
+    with pytest.raises(SystemExit) as exit_info:
+        tap.make_store(options)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lumora-reload: --data-dir ") and err.count("\n") == 1
+
+
+def test_make_store_opens_sqlite_unless_in_memory(tmp_path):
+    from lumora_reload import tap
+    from lumora_reload.store import MemoryStore
+
+    options = tap.Options()
+    options.parseOptions(["--data-dir", str(tmp_path)])
+    store = tap.make_store(options)
+    assert isinstance(store, SQLiteStore) and store.data_dir == str(tmp_path)
+    store.close()
+    options = tap.Options()
+    options.parseOptions(["--data-dir", str(tmp_path), "--in-memory"])
+    assert isinstance(tap.make_store(options), MemoryStore)
