@@ -167,7 +167,7 @@ class SQLiteStore:
                 os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
             with open(self.path, "rb") as f:
                 f.read(100)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(self.path, isolation_level=None)
         except OSError as e:
             raise StoreError(
                 f"cannot open {self.path}: {e.strerror}; make it readable and writable "
@@ -191,8 +191,11 @@ class SQLiteStore:
             db.close()
             raise
         self._db = db
-        os.ftruncate(self._lock_fd, 0)
-        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        try:  # who holds the lock, for the refusal message of a second daemon
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
         return db
 
     def _disconnect(self):

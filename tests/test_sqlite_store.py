@@ -277,6 +277,10 @@ async def test_restart_in_process_restores_sessions_and_resumes(daemon_factory, 
     daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)), history_size=4)
     schema = make_schema(pad="x" * 2000)  # replaying two deltas beats sending it whole
     sid = await daemon.new_session(schema)
+    deleted = await daemon.new_session()
+    assert (await daemon.call("DELETE", f"/session/{deleted}"))[0] == 200
+    status, extended = await daemon.call("POST", f"/session/{sid}/extend", {"seconds": 90000})
+    assert status == 200
     device, info = await connected_device(daemon, sid)
     for i in range(3):
         result = await daemon.push(sid, with_text(schema, f"v{i}"))
@@ -288,6 +292,8 @@ async def test_restart_in_process_restores_sessions_and_resumes(daemon_factory, 
     daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)), history_size=4)
     status, info = await daemon.call("GET", f"/session/{sid}")
     assert status == 200 and info["sequenceNumber"] == 4
+    assert info["expiresAt"] >= extended["expiresAt"]
+    assert (await daemon.call("GET", f"/session/{deleted}"))[0] == 404
     status, current = await daemon.call("GET", f"/session/{sid}/schema")
     assert current == with_text(schema, "v2")
     device, info = await connected_device(daemon, sid, lastSequence=2)
