@@ -321,8 +321,11 @@ class DeviceProtocol(WebSocketServerProtocol):
             self._log.debug("transport does not accept a producer")
 
     def _transport_paused(self):
-        self._paused = True
-        self._queued_while_paused = 0
+        # The transport calls this on every write while its buffer is
+        # full, not once: only the first call starts the count.
+        if not self._paused:
+            self._paused = True
+            self._queued_while_paused = 0
 
     def _transport_resumed(self):
         self._paused = False
