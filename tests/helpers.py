@@ -190,3 +190,19 @@ def connected_device(daemon, session_id, **hello):
     device = yield daemon.device(session_id)
     info = yield device.hello(**hello)
     return device, info
+
+
+@defer.inlineCallbacks
+def open_device_as(protocol_class, reactor, url, headers=None):
+    """`open_device` with a `DeviceClient` subclass as the protocol."""
+    from urllib.parse import parse_qs, urlsplit
+
+    factory = WebSocketClientFactory(url, headers=headers or {}, reactor=reactor)
+    factory.protocol = protocol_class
+    factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
+    parts = urlsplit(url)
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, parts.hostname, parts.port, timeout=WAIT)
+    protocol = yield endpoint.connect(factory)
+    protocol.session_id = (parse_qs(parts.query).get("session") or [None])[0]
+    yield protocol.opened.addTimeout(WAIT, reactor)
+    return protocol
