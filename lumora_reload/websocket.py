@@ -37,6 +37,10 @@ from lumora_reload.errors import LumoraError
 from lumora_reload.sessions import IDeviceLink, Outgoing, short_id
 
 
+# characters of one device `log` line that are kept and logged
+LOG_LINE_LIMIT = 8192
+
+
 class TokenBucket:
     """`rate` messages per second sustained, `burst` at once."""
 
@@ -222,7 +226,11 @@ class DeviceProtocol(WebSocketServerProtocol):
 
     def handle_log(self, payload):
         session = self.factory.hub.get_session(self._session_id)
-        line = self.factory.hub.add_log(session, self._device, payload["level"], payload["message"])
+        message = payload["message"]
+        if len(message) > LOG_LINE_LIMIT:
+            # the ring buffer keeps 1000 lines: 10 MiB each would be 10 GB
+            message = message[:LOG_LINE_LIMIT] + f"… [{len(message) - LOG_LINE_LIMIT} more characters]"
+        line = self.factory.hub.add_log(session, self._device, payload["level"][:32], message)
         level = payload["level"].lower()
         emit = {
             "error": self._log.error,

@@ -385,3 +385,24 @@ async def test_replaced_device_leaves_exactly_one_registered(daemon):
     assert result["devicesUpdated"] == 1
     await newest.reach(result["sequenceNumber"])
     assert newest.problems == []
+
+
+# -- hostile input that would grow memory -----------------------------------
+
+
+@ensure
+async def test_huge_log_lines_are_cut_to_a_bounded_size(daemon):
+    """A device may send `log` frames up to the message limit (10 MiB);
+    the per-session ring buffer keeps 1000 lines, so lines are cut."""
+    sid = await daemon.new_session()
+    device, _ = await replica_device(daemon, sid, "chatty")
+    device.send("log", {"level": "info" * 1000, "message": "y" * 2_000_000})
+    device.send("log", {"level": "warn", "message": "short"})
+    device.send("ping", {})
+    await device.next_of("pong")
+    _, logs = await daemon.call("GET", f"/session/{sid}/logs")
+    big, short = logs["lines"]
+    assert big["message"].startswith("y" * 8192) and len(big["message"]) < 8300
+    assert "1991808 more characters" in big["message"]
+    assert len(big["level"]) <= 32
+    assert short["message"] == "short" and short["level"] == "warn"
