@@ -1,0 +1,15 @@
+"""Benchmarks of the lumora-reload daemon: fan-out latency, push latency
+with one device, push throughput, idle connections.
+
+``python -m benchmarks`` (or ``benchmarks/run``) starts the daemon as a
+subprocess on loopback (``twistd -n lumora-reload --in-memory``), drives it
+with load-generator processes of its own (benchmarks.loadgen), measures a
+trivial server sending the same bytes (benchmarks.floor) as the floor of
+every figure, prints markdown tables and writes JSON. ``--quick`` runs a
+reduced set in a minute or two; ``--help`` lists the knobs.
+
+Modules: harness (processes, /proc, HTTP client, percentiles), workload
+(schemas and push sequences), fanout (also the one-device latency),
+throughput, idle, spy (py-spy profile), report (tables, targets).
+bench_schema, bench_store and soak are separate scripts.
+"""

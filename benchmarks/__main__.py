@@ -1,0 +1,162 @@
+"""``python -m benchmarks [--quick] [--only fanout,latency,throughput,idle] [--profile]``"""
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+from benchmarks import fanout, harness, idle, loadgen, report, spy, throughput
+
+SECTIONS = ("fanout", "latency", "throughput", "idle")
+
+
+def _ints(text):
+    return [int(x) for x in text.split(",") if x]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="reduced sizes and counts (about 1-2 minutes)")
+    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ", ".join(SECTIONS))
+    p.add_argument("--profile", action="store_true",
+                   help="also profile the fan-out path (large schema, most devices) with py-spy")
+    p.add_argument("--devices", type=_ints, help="fan-out device counts [10,100,1000]")
+    p.add_argument("--schemas", help="fan-out schemas: small,large [both]")
+    p.add_argument("--pushes", type=int, help="fan-out pushes per update type [20; quick 5]")
+    p.add_argument("--latency-pushes", type=int, help="one-device pushes per update type [100; quick 25]")
+    p.add_argument("--throughput-devices", type=int, default=100)
+    p.add_argument("--throughput-seconds", type=float, help="[10; quick 3]")
+    p.add_argument("--throughput-rate-limit", type=float, default=1000.0,
+                   help="also run throughput with the daemon's --rate-limit raised to this (0: skip) [1000]")
+    p.add_argument("--idle", type=_ints, help="idle device counts [1000,5000,10000; quick 1000,2000]")
+    p.add_argument("--generators", type=int, default=max(2, os.cpu_count() or 2),
+                   help="load-generator processes [number of CPUs, at least 2]")
+    p.add_argument("--parse", action="store_true",
+                   help="generators parse every message with orjson instead of scanning for the sequence number")
+    p.add_argument("--no-floor", action="store_true", help="skip the floor measurements")
+    p.add_argument("--daemon-arg", action="append", default=[],
+                   help="extra daemon option, repeatable (e.g. --daemon-arg=--rate-limit=500)")
+    p.add_argument("--json", help="write results here [benchmarks/results.json; quick: benchmarks/results-quick.json]")
+    p.add_argument("--workdir", help="keep logs and profiles here instead of a temporary directory")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.only = [s for s in args.only.split(",") if s]
+    for s in args.only:
+        if s not in SECTIONS:
+            p.error(f"unknown section {s!r}")
+    args.devices = args.devices or [10, 100, 1000]
+    args.schemas = (args.schemas or "small,large").split(",")
+    args.pushes = args.pushes or (5 if q else 20)
+    args.latency_pushes = args.latency_pushes or (25 if q else 100)
+    args.throughput_seconds = args.throughput_seconds or (3.0 if q else 10.0)
+    args.idle = args.idle or ([1000, 2000] if q else [1000, 5000, 10000])
+    here = os.path.dirname(os.path.abspath(__file__))
+    args.json = args.json or os.path.join(here, "results-quick.json" if q else "results.json")
+    return args
+
+
+def say(text=""):
+    print(text, flush=True)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    limit = loadgen.raise_fd_limit()
+    floor = not args.no_floor
+    results = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "commit": harness.git_commit(),
+        "machine": harness.machine_info(),
+        "loadavg_at_start": os.getloadavg(),
+        "options": {k: v for k, v in vars(args).items() if k != "json"},
+        "fd_limit": limit,
+    }
+    m = results["machine"]
+    say(f"# lumora-reload benchmarks — {results['date']}, commit {results['commit']}")
+    say(f"{m['cpu']}, {m['cores']} cores, {m['memory_mb']} MB, Linux {m['kernel']}, Python {m['python']}; "
+        f"load average at start {results['loadavg_at_start'][0]:.2f}; {args.generators} generator processes"
+        + (" (full JSON parse)" if args.parse else ""))
+    started = time.monotonic()
+    gens = harness.Generators(args.generators, parse=args.parse)
+    try:
+        with harness.workdir(args.workdir) as wd:
+            if "fanout" in args.only:
+                rows = []
+                profile = None
+                for size in args.schemas:
+                    for n in args.devices:
+                        say(f"fan-out: {size} schema, {n} devices ...")
+                        got, _ = fanout.run(size, n, args.pushes, gens, wd, args.daemon_arg, floor)
+                        rows += got
+                results["fanout"] = rows
+                say()
+                say("## Fan-out")
+                say(report.fanout_table(rows))
+                say()
+            if args.profile:
+                size = "large" if "large" in args.schemas else args.schemas[0]
+                n = max(args.devices)
+                say(f"profile: {size} schema, {n} devices, under py-spy ...")
+                if spy.py_spy() is None:
+                    say("py-spy not installed (pip install py-spy): profile skipped")
+                else:
+                    def profiler(pid):
+                        return spy.Spy(pid, os.path.join(wd, f"profile-{size}-{n}.txt"))
+
+                    got, profile = fanout.run(size, n, args.pushes, gens, wd, args.daemon_arg, False, profiler)
+                    results["profile"] = {"schema": size, "devices": n, "rows": got, **profile}
+                    say()
+                    say("## Profile")
+                    say(report.profile_text(profile))
+                    say()
+            if "latency" in args.only:
+                say("one device ...")
+                rows, _ = fanout.run("small", 1, args.latency_pushes, gens, wd, args.daemon_arg, floor)
+                results["latency"] = rows
+                say()
+                say("## Push latency (one device)")
+                say(report.latency_table(rows))
+                say()
+            if "throughput" in args.only:
+                variants = [("daemon defaults", [])]
+                if args.throughput_rate_limit:
+                    rl = args.throughput_rate_limit
+                    variants.append((f"--rate-limit {rl:g} --rate-burst {2 * rl:g}",
+                                     ["--rate-limit", f"{rl:g}", "--rate-burst", f"{int(2 * rl)}"]))
+                runs = []
+                for i, (variant, extra) in enumerate(variants):
+                    say(f"throughput: {args.throughput_devices} acking devices, {args.throughput_seconds:g} s, "
+                        f"{variant} ...")
+                    run = throughput.run(args.throughput_devices, args.throughput_seconds, gens, wd,
+                                         list(args.daemon_arg) + extra, floor and i == 0)
+                    run["variant"] = variant
+                    runs.append(run)
+                results["throughput"] = runs
+                say()
+                say("## Throughput")
+                say(report.throughput_table(runs))
+                say()
+            if "idle" in args.only:
+                say(f"idle: {', '.join(map(str, args.idle))} devices ...")
+                results["idle"] = idle.run(args.idle, gens, wd, args.daemon_arg, floor)
+                say()
+                say("## Idle connections")
+                say(report.idle_table(results["idle"]))
+                say()
+    finally:
+        gens.stop()
+    results["seconds"] = round(time.monotonic() - started, 1)
+    results["loadavg_at_end"] = os.getloadavg()
+    say("## Targets (issue 7)")
+    say(report.targets_table(results))
+    say()
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    say(f"{results['seconds']} s; JSON results: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

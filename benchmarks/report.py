@@ -1,0 +1,155 @@
+"""Markdown tables of benchmark results, and the issue's targets checked
+against them."""
+
+
+def _fmt(value, digits=1):
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(headers, rows):
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def fanout_table(rows):
+    return table(
+        ["schema", "devices", "update", "msg KB", "pushes", "p50 ms", "p95 ms", "max ms",
+         "floor p50", "floor p95", "× floor", "daemon CPU ms/push", "gen CPU ms/push", "POST answer p50"],
+        [
+            [r["schema"], r["devices"], r["update"], r["bytes"] / 1000, r["pushes"], r["p50_ms"], r["p95_ms"],
+             r["max_ms"], r.get("floor_p50_ms"), r.get("floor_p95_ms"), r.get("x_floor"), r["daemon_cpu_ms"],
+             r["generator_cpu_ms"], r["api_p50_ms"]]
+            for r in rows
+        ],
+    )
+
+
+def latency_table(rows):
+    return table(
+        ["update", "msg KB", "pushes", "p50 ms", "p99 ms", "max ms", "floor p50", "floor p99",
+         "daemon CPU ms/push", "POST answer p50"],
+        [
+            [r["update"], r["bytes"] / 1000, r["pushes"], r["p50_ms"], r["p99_ms"], r["max_ms"],
+             r.get("floor_p50_ms"), r.get("floor_p99_ms"), r["daemon_cpu_ms"], r["api_p50_ms"]]
+            for r in rows
+        ],
+    )
+
+
+def throughput_table(runs):
+    rows = []
+    for run in runs:
+        for who in ("daemon", "floor"):
+            r = run.get(who)
+            if r is None:
+                continue
+            errors = ", ".join(f"{k}×{v}" for k, v in sorted(r["errors"].items())) or "0"
+            closes = ", ".join(f"{k}×{v}" for k, v in sorted(r["closes"].items())) or "0"
+            rows.append(
+                [run["variant"] if who == "daemon" else "floor", run["devices"], r["pushes"], r["api_rate"],
+                 r["delivered_rate"], r["gaps"], r["reorders"],
+                 f"{r['updates']}/{r['expected_updates']}", errors, closes,
+                 r["server_cpu_per_push_ms"], r["server_cpu_share"], r["generator_cpu_share"], r["api_p50_ms"]]
+            )
+    return table(
+        ["server", "devices", "pushes", "API answers/s", "delivered updates/s", "gaps", "reorders",
+         "updates got/expected", "error frames", "closes", "server CPU ms/push", "server cores",
+         "gen cores", "POST p50 ms"],
+        rows,
+    )
+
+
+def idle_table(result):
+    floor = {s["devices"]: s for s in result.get("floor", [])}
+    rows = []
+    for s in result["daemon"]:
+        f = floor.get(s["devices"], {})
+        rows.append(
+            [s["devices"], s["rss_mb"], s.get("kb_per_device"), s.get("connects_per_s"),
+             (s.get("health_connecting") or {}).get("p99_ms"), (s.get("health_connecting") or {}).get("max_ms"),
+             (s.get("health_held") or {}).get("p99_ms"), (s.get("health_held") or {}).get("max_ms"),
+             sum((s.get(k) or {}).get("failed", 0) for k in ("health_connecting", "health_held")),
+             f.get("kb_per_device"), (f.get("health_held") or {}).get("p99_ms")]
+        )
+    return table(
+        ["devices", "daemon RSS MB", "KB/device", "connects/s", "health p99 ms (connecting)",
+         "health max (connecting)", "health p99 ms (held)", "health max (held)", "health failures",
+         "floor KB/device", "floor health p99 (held)"],
+        rows,
+    )
+
+
+def profile_text(profile):
+    if not profile:
+        return ""
+    if "error" in profile:
+        return "profile: " + profile["error"]
+    lines = [f"{profile['samples']} on-CPU samples of the daemon (raw: {profile['raw']})", "",
+             table(["where", "% of samples"], profile["categories"]), "",
+             table(["function (inclusive)", "%"], profile["inclusive"]), "",
+             table(["function (self)", "%"], profile["self"])]
+    return "\n".join(lines)
+
+
+# -- targets (issue 7) --------------------------------------------------------------
+
+
+def _find(rows, schema, devices, update):
+    for r in rows:
+        if r["schema"] == schema and r["devices"] == devices and r["update"] == update:
+            return r
+    return None
+
+
+def targets(results):
+    """[(target, measured, met: True/False/None)]"""
+    out = []
+    fan = results.get("fanout") or []
+    r = _find(fan, "large", 1000, "full")
+    if r and r.get("floor_p50_ms"):
+        out.append(("full ~500 KB to 1,000 devices: p50 ≤ 1.3 × floor",
+                    f"{r['p50_ms']} ms vs floor {r['floor_p50_ms']} ms (× {r['x_floor']})",
+                    r["x_floor"] <= 1.3))
+    for schema in ("small", "large"):
+        r = _find(fan, schema, 1000, "incremental")
+        if r:
+            out.append((f"one-leaf incremental ({schema} schema) to 1,000 devices: p50 ≤ 100 ms",
+                        f"{r['p50_ms']} ms", r["p50_ms"] <= 100))
+    r = _find(fan, "large", 100, "full")
+    if r:
+        out.append(("full ~500 KB to 100 devices: p50 ≤ 150 ms", f"{r['p50_ms']} ms", r["p50_ms"] <= 150))
+    for r in results.get("latency") or []:
+        out.append((f"one device, small schema ({r['update']}): p50 ≤ 5 ms",
+                    f"{r['p50_ms']} ms (p99 {r['p99_ms']} ms)", r["p50_ms"] <= 5))
+    for run in results.get("throughput") or []:
+        d = run["daemon"]
+        f = run.get("floor") or {}
+        goal = min(200.0, f.get("delivered_rate") or 200.0)
+        clean = d["gaps"] == 0 and d["reorders"] == 0 and d["all_devices_have_last"]
+        errors = sum(d["errors"].values()) + sum(d["closes"].values())
+        met = (d["delivered_rate"] or 0) >= goal and clean
+        out.append((f"≥ {goal:g} updates/s to {run['devices']} acking devices, no gap ({run['variant']})",
+                    f"{d['delivered_rate']} /s, gaps {d['gaps']}, reorders {d['reorders']}, "
+                    f"error frames {sum(d['errors'].values())}, closes {sum(d['closes'].values())}",
+                    ("met, but devices got errors" if errors else True) if met else False))
+    idle = results.get("idle")
+    if idle:
+        top = idle["daemon"][-1]
+        out.append((f"{top['devices']:,} idle devices: ≤ 25 KB each", f"{top['kb_per_device']} KB",
+                    top["kb_per_device"] is not None and top["kb_per_device"] <= 25))
+        health = idle["daemon_health"]
+        out.append(("GET /health p99 ≤ 50 ms throughout", f"{health['p99_ms']} ms (max {health['max_ms']} ms, "
+                    f"{health['failed']} failed of {health['probes']})",
+                    health["p99_ms"] is not None and health["p99_ms"] <= 50 and not health["failed"]))
+    return out
+
+
+def targets_table(results):
+    rows = [(t, m, ok if isinstance(ok, str) else "met" if ok else "MISSED") for t, m, ok in targets(results)]
+    return table(["target", "measured", ""], rows)

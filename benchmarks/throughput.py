@@ -1,0 +1,131 @@
+"""Push throughput: N devices that ack every update; one client pushes
+one-leaf changes of the small schema (incremental updates) back to back,
+each ``POST /send`` issued as soon as the previous one answered, for a
+fixed time.
+
+Delivered rate = pushes / (time from the first POST until the last device
+holds the last sequence number). Every device checks that it saw every
+sequence number once, in order. The floor runs the same loop, broadcasting
+the daemon's own update bytes with the sequence number rewritten.
+"""
+
+import re
+import time
+
+from benchmarks import harness
+from benchmarks.harness import Api, Daemon, FloorServer, ms, percentile
+from benchmarks.workload import SMALL, Pushes
+
+_SEQ = re.compile(rb'"sequenceNumber":\d+')
+
+
+def _loop(api, path, next_body, server, gens, seconds):
+    gens.report(False)
+    gens.reset()
+    s0 = server.cpu()
+    g0 = gens.cpu()
+    answers = []
+    start = time.monotonic()
+    stop = start + seconds
+    status_errors = {}
+    while time.monotonic() < stop:
+        t0 = time.monotonic()
+        status, answer = api.call("POST", path, next_body())
+        if status != 200:
+            status_errors[status] = status_errors.get(status, 0) + 1
+            continue
+        answers.append((time.monotonic() - t0, answer["sequenceNumber"]))
+    issued = time.monotonic() - start
+    last_seq = answers[-1][1]
+    first_seq = answers[0][1]
+    # wait (bounded) until every device holds the last sequence number
+    deadline = time.monotonic() + 120
+    while True:
+        status = gens.status(last_seq)
+        have = sum(s[0] for s in status.values())
+        ready = sum(s[3] for s in status.values())
+        if have >= ready or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    last_arrival = max((s[2] for s in status.values() if s[2] is not None), default=None)
+    stats = gens.stats()
+    gens.report(True)
+    pushes = len(answers)
+    delivered_s = (last_arrival - start) if last_arrival else None
+    return {
+        "pushes": pushes,
+        "issue_s": round(issued, 2),
+        "api_rate": round(pushes / issued, 1),
+        "delivered_rate": round(pushes / delivered_s, 1) if delivered_s else None,
+        "delivered_s": round(delivered_s, 2) if delivered_s else None,
+        "all_devices_have_last": have >= ready and ready == sum(gens.held),
+        "devices": ready,
+        "api_p50_ms": ms(percentile([a[0] for a in answers], 50)),
+        "api_p99_ms": ms(percentile([a[0] for a in answers], 99)),
+        "server_cpu_per_push_ms": ms((server.cpu() - s0) / pushes),
+        "server_cpu_share": round((server.cpu() - s0) / delivered_s, 2) if delivered_s else None,
+        "generator_cpu_per_push_ms": ms((gens.cpu() - g0) / pushes),
+        "generator_cpu_share": round((gens.cpu() - g0) / delivered_s, 2) if delivered_s else None,
+        "messages": stats["messages"],
+        "updates": stats["updates"],
+        "expected_updates": pushes * ready,
+        "gaps": stats["gaps"],
+        "missed": stats["missed"],
+        "reorders": stats["reorders"],
+        "errors": stats["errors"],
+        "closes": stats["closes"],
+        "http_errors": status_errors,
+        "sequence_span": [first_seq, last_seq],
+    }
+
+
+def run(devices, seconds, gens, workdir, daemon_args=(), floor=True):
+    meter = harness.Machine(gens.pids)
+    pushes = Pushes(SMALL)
+    daemon = Daemon(workdir, daemon_args)
+    api = Api(daemon.port)
+    extra_cpu = 0.0
+    try:
+        status, made = api.call("POST", "/session/new", b'{"schema":' + pushes.initial + b"}")
+        assert status == 200, made
+        sid = made["sessionId"]
+        ok, failed, _, errors = gens.connect(daemon.port, sid, devices, ack=True)
+        if failed:
+            raise RuntimeError(f"{failed} devices failed to connect: {errors}")
+        gens.reset()
+        # warm-up, and a sample of the daemon's update bytes for the floor
+        for _ in range(3):
+            status, answer = api.call("POST", f"/send/{sid}", pushes.next("incremental")[1])
+            gens.wait_sequence(answer["sequenceNumber"])
+        template = gens.captured()[answer["sequenceNumber"]]
+        result = _loop(api, f"/send/{sid}", lambda: pushes.next("incremental")[1], daemon, gens, seconds)
+        result["daemon_rss_mb"] = round(daemon.rss()[0] / 1024, 1)
+        extra_cpu += daemon.cpu()
+    finally:
+        api.close()
+        gens.close_devices()
+        daemon.stop()
+    out = {"devices": devices, "seconds": seconds, "bytes": len(template), "daemon": result}
+    if floor:
+        floor_server = FloorServer(workdir)
+        api = Api(floor_server.port)
+        counter = iter(range(1, 10**9))
+        try:
+            ok, failed, _, errors = gens.connect(floor_server.port, "floor", devices, ack=True)
+            if failed:
+                raise RuntimeError(f"{failed} devices failed to connect to the floor: {errors}")
+
+            def body():
+                return _SEQ.sub(b'"sequenceNumber":%d' % next(counter), template, count=1)
+
+            # template: sequenceNumber of an update is after the delta; rewrite the last one
+            if template.count(b'"sequenceNumber":') != 1:
+                raise RuntimeError("update template carries more than one sequenceNumber")
+            out["floor"] = _loop(api, "/send/floor", body, floor_server, gens, seconds)
+            extra_cpu += floor_server.cpu()
+        finally:
+            api.close()
+            gens.close_devices()
+            floor_server.stop()
+    out["load"] = meter.stop(extra_cpu)
+    return out
