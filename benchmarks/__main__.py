@@ -61,6 +61,35 @@ def say(text=""):
     print(text, flush=True)
 
 
+def profile_runs(args, gens, wd):
+    """The fan-out path (large schema, most devices) and the throughput
+    loop, each once under py-spy with C frames (which pauses the daemon at
+    every sample: these runs are slower than the measured ones)."""
+    if spy.py_spy() is None:
+        say("py-spy not installed (pip install py-spy): profile skipped")
+        return None
+    out = {}
+    size = "large" if "large" in args.schemas else args.schemas[0]
+    n = max(args.devices)
+    say(f"profile: fan-out, {size} schema, {n} devices, under py-spy ...")
+    rows, profile = fanout.run(size, n, args.pushes, gens, wd, args.daemon_arg, False,
+                               lambda pid: spy.Spy(pid, os.path.join(wd, f"profile-fanout-{size}-{n}.txt"), native=True))
+    out["fanout"] = {"schema": size, "devices": n, "rows": rows, **profile}
+    say(f"profile: throughput, {args.throughput_devices} acking devices, under py-spy ...")
+    run = throughput.run(args.throughput_devices, args.throughput_seconds, gens, wd, args.daemon_arg, False,
+                         lambda pid: spy.Spy(pid, os.path.join(wd, "profile-throughput.txt"), native=True))
+    out["throughput"] = {"devices": args.throughput_devices, "daemon": run["daemon"], **run["profile"]}
+    say()
+    say("## Profile")
+    say(f"### Fan-out: {size} schema, {n} devices")
+    say(report.profile_text(out["fanout"]))
+    say()
+    say(f"### Throughput: {args.throughput_devices} acking devices, daemon defaults")
+    say(report.profile_text(out["throughput"]))
+    say()
+    return out
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     limit = loadgen.raise_fd_limit()
@@ -84,7 +113,6 @@ def main(argv=None):
         with harness.workdir(args.workdir) as wd:
             if "fanout" in args.only:
                 rows = []
-                profile = None
                 for size in args.schemas:
                     for n in args.devices:
                         say(f"fan-out: {size} schema, {n} devices ...")
@@ -96,21 +124,7 @@ def main(argv=None):
                 say(report.fanout_table(rows))
                 say()
             if args.profile:
-                size = "large" if "large" in args.schemas else args.schemas[0]
-                n = max(args.devices)
-                say(f"profile: {size} schema, {n} devices, under py-spy ...")
-                if spy.py_spy() is None:
-                    say("py-spy not installed (pip install py-spy): profile skipped")
-                else:
-                    def profiler(pid):
-                        return spy.Spy(pid, os.path.join(wd, f"profile-{size}-{n}.txt"))
-
-                    got, profile = fanout.run(size, n, args.pushes, gens, wd, args.daemon_arg, False, profiler)
-                    results["profile"] = {"schema": size, "devices": n, "rows": got, **profile}
-                    say()
-                    say("## Profile")
-                    say(report.profile_text(profile))
-                    say()
+                results["profile"] = profile_runs(args, gens, wd)
             if "latency" in args.only:
                 say("one device ...")
                 rows, _ = fanout.run("small", 1, args.latency_pushes, gens, wd, args.daemon_arg, floor)

@@ -16,18 +16,22 @@ import subprocess
 import sys
 import time
 
-# (category, substrings of a frame "function (file:line)"); first match wins,
-# searched from the innermost frame outwards
+# (category, substrings of a frame "function (file:line)"): a sample goes to
+# the first category any of its frames matches, so the narrow ones come first
 CATEGORIES = [
-    ("socket send (kernel copy)", ("writeSomeData", "doWrite")),
+    ("cyclic garbage collector", ("gc_collect",)),
+    ("epoll registration (startWriting/stopWriting)", ("epoll_ctl", "EPollReactor._add", "EPollReactor._remove")),
+    ("socket send (kernel copy)", ("writeSomeData", "send (libc")),
     ("checksum (canonical JSON + SHA-256)", ("checksum", "canonical")),
     ("delta (compute_delta / choose_update)", ("compute_delta", "choose_update", "_diff_children", "_plan")),
     ("validate", ("validate", "_nodes_ok_fast", "_check_node")),
-    ("JSON encode/decode (orjson, request body)", ("read_json", "encode (lumora_reload/messages", "dumps", "loads")),
-    ("deliver: per-device send (Autobahn frames, transport.write)", ("deliver", "sendPreparedMessage", "send (lumora_reload/websocket")),
+    ("request body: read + JSON parse", ("read_json",)),
+    ("update encode (orjson)", ("encode (lumora_reload/messages", "dumps")),
+    ("device messages in (acks, pings: frames, parse, handlers)",
+     ("WebSocketAdapterProtocol.dataReceived", "onMessage", "processData")),
+    ("deliver: per-device send (Autobahn, transport.write)", ("deliver", "sendPreparedMessage")),
     ("HTTP request parsing / response", ("twisted/web/http", "twisted/web/server")),
-    ("device messages (acks, pings)", ("onMessage", "processData", "_dataReceived")),
-    ("reactor poll / idle", ("doPoll", "_doReadOrWrite", "mainLoop")),
+    ("reactor loop, recv, other I/O", ("doPoll", "_doReadOrWrite", "mainLoop", "epoll_wait")),
 ]
 
 
@@ -39,14 +43,16 @@ def py_spy():
 class Spy:
     """py-spy attached to `pid` until `stop()`; `stop()` returns the summary."""
 
-    def __init__(self, pid, out_path, rate=500):
+    def __init__(self, pid, out_path, rate=500, native=False):
         self.out_path = out_path
         exe = py_spy()
         if exe is None:
             raise FileNotFoundError("py-spy is not installed (pip install py-spy)")
         self.proc = subprocess.Popen(
             [exe, "record", "--pid", str(pid), "--format", "raw", "--output", out_path,
-             "--rate", str(rate), "--nonblocking"],
+             "--rate", str(rate),
+             # --native (C frames: orjson, gc, sockets) pauses the daemon per sample
+             *(["--native"] if native else ["--nonblocking"])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

@@ -79,7 +79,10 @@ def _loop(api, path, next_body, server, gens, seconds):
     }
 
 
-def run(devices, seconds, gens, workdir, daemon_args=(), floor=True):
+def run(devices, seconds, gens, workdir, daemon_args=(), floor=True, profiler=None):
+    """Measure the daemon, then the floor; `profiler(pid)` (optional)
+    watches the daemon during its push loop and its ``stop()`` result is
+    returned under "profile"."""
     meter = harness.Machine(gens.pids)
     pushes = Pushes(SMALL)
     daemon = Daemon(workdir, daemon_args)
@@ -98,7 +101,11 @@ def run(devices, seconds, gens, workdir, daemon_args=(), floor=True):
             status, answer = api.call("POST", f"/send/{sid}", pushes.next("incremental")[1])
             gens.wait_sequence(answer["sequenceNumber"])
         template = gens.captured()[answer["sequenceNumber"]]
-        result = _loop(api, f"/send/{sid}", lambda: pushes.next("incremental")[1], daemon, gens, seconds)
+        spy = profiler(daemon.pid) if profiler else None
+        try:
+            result = _loop(api, f"/send/{sid}", lambda: pushes.next("incremental")[1], daemon, gens, seconds)
+        finally:
+            profile = spy.stop() if spy else None
         result["daemon_rss_mb"] = round(daemon.rss()[0] / 1024, 1)
         extra_cpu += daemon.cpu()
     finally:
@@ -106,6 +113,8 @@ def run(devices, seconds, gens, workdir, daemon_args=(), floor=True):
         gens.close_devices()
         daemon.stop()
     out = {"devices": devices, "seconds": seconds, "bytes": len(template), "daemon": result}
+    if profile:
+        out["profile"] = profile
     if floor:
         floor_server = FloorServer(workdir)
         api = Api(floor_server.port)
