@@ -21,7 +21,7 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="reduced sizes and counts (about 1-2 minutes)")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ", ".join(SECTIONS))
     p.add_argument("--profile", action="store_true",
-                   help="also profile the fan-out path (large schema, most devices) with py-spy")
+                   help="also profile the fan-out path (large schema, most devices) and the throughput loop with py-spy")
     p.add_argument("--devices", type=_ints, help="fan-out device counts [10,100,1000]")
     p.add_argument("--schemas", help="fan-out schemas: small,large [both]")
     p.add_argument("--pushes", type=int, help="fan-out pushes per update type [20; quick 5]")
@@ -39,6 +39,7 @@ def parse_args(argv):
     p.add_argument("--daemon-arg", action="append", default=[],
                    help="extra daemon option, repeatable (e.g. --daemon-arg=--rate-limit=500)")
     p.add_argument("--json", help="write results here [benchmarks/results.json; quick: benchmarks/results-quick.json]")
+    p.add_argument("--markdown", help="also write the printed report (markdown) to this file")
     p.add_argument("--workdir", help="keep logs and profiles here instead of a temporary directory")
     args = p.parse_args(argv)
     q = args.quick
@@ -57,7 +58,11 @@ def parse_args(argv):
     return args
 
 
+_printed = []
+
+
 def say(text=""):
+    _printed.append(text)
     print(text, flush=True)
 
 
@@ -169,6 +174,9 @@ def main(argv=None):
     with open(args.json, "w") as f:
         json.dump(results, f, indent=1, default=str)
     say(f"{results['seconds']} s; JSON results: {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write("\n".join(line for line in _printed if not line.endswith(" ...")) + "\n")
     return 0
 
 
