@@ -5,6 +5,7 @@ import datetime
 import json
 import os
 import sys
+import tempfile
 import time
 
 from benchmarks import fanout, harness, idle, loadgen, report, spy, throughput
@@ -38,7 +39,8 @@ def parse_args(argv):
     p.add_argument("--no-floor", action="store_true", help="skip the floor measurements")
     p.add_argument("--daemon-arg", action="append", default=[],
                    help="extra daemon option, repeatable (e.g. --daemon-arg=--rate-limit=500)")
-    p.add_argument("--json", help="write results here [benchmarks/results.json; quick: benchmarks/results-quick.json]")
+    p.add_argument("--json", help="write results here [benchmarks/results.json; quick: lumora-bench-quick.json "
+                                  "in the temporary directory]")
     p.add_argument("--markdown", help="also write the printed report (markdown) to this file")
     p.add_argument("--workdir", help="keep logs and profiles here instead of a temporary directory")
     args = p.parse_args(argv)
@@ -54,7 +56,8 @@ def parse_args(argv):
     args.throughput_seconds = args.throughput_seconds or (3.0 if q else 10.0)
     args.idle = args.idle or ([1000, 2000] if q else [1000, 5000, 10000])
     here = os.path.dirname(os.path.abspath(__file__))
-    args.json = args.json or os.path.join(here, "results-quick.json" if q else "results.json")
+    args.json = args.json or (os.path.join(tempfile.gettempdir(), "lumora-bench-quick.json") if q
+                              else os.path.join(here, "results.json"))
     return args
 
 
