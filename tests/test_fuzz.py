@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.python import failure
 
-from tests.helpers import WAIT, DeviceClient, make_schema, open_device_as, with_text
+from tests.helpers import DeviceClient, make_schema, open_device_as, with_text
 
 MAX_MESSAGE = 256 * 1024
 
