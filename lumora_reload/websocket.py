@@ -92,6 +92,7 @@ class DeviceProtocol(WebSocketServerProtocol):
     _missed = False
     _overflow = 0
     _bucket = None
+    _hello_timer = None
 
     # -- Autobahn callbacks --------------------------------------------
 
@@ -126,6 +127,11 @@ class DeviceProtocol(WebSocketServerProtocol):
             return
         self._bucket = TokenBucket(self.factory.rate_limit, self.factory.rate_burst, self.factory.clock)
         self._watch_buffer()
+        # a socket that never says who it is must not stay forever: the
+        # liveness sweep only sees devices that sent `connect`
+        self._hello_timer = self.factory.clock.callLater(
+            self.factory.hub.limits.connection_timeout, self._no_hello
+        )
 
     def onMessage(self, payload, isBinary):
         if not self._open or self.state != self.STATE_OPEN:
@@ -168,6 +174,8 @@ class DeviceProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self._open = False
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
         if self._device is not None:
             self._log.info(
                 "device {device} left session {session} ({code})",
@@ -192,6 +200,8 @@ class DeviceProtocol(WebSocketServerProtocol):
                 e.close_code = messages.CLOSE_NOT_FOUND
             raise
         self._device = device
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
         self._log.info(
             "device {device} ({platform}, {version}) joined session {session}",
             device=device.device_name or device.device_id,
@@ -316,6 +326,18 @@ class DeviceProtocol(WebSocketServerProtocol):
                 )
             )
             self._close(messages.CLOSE_RATE_LIMIT, "Rate limit exceeded")
+
+    def _no_hello(self):
+        if self._device is None and self.state == self.STATE_OPEN:
+            timeout = self.factory.hub.limits.connection_timeout
+            self._send_error(
+                LumoraError(
+                    errors.AUTHENTICATION_FAILED,
+                    f"No 'connect' within {timeout:g} s",
+                    close_code=messages.CLOSE_AUTH,
+                )
+            )
+            self._close(messages.CLOSE_AUTH, "No connect")
 
     def _watch_buffer(self):
         transport = self.transport

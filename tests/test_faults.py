@@ -422,3 +422,24 @@ async def test_huge_log_lines_are_cut_to_a_bounded_size(daemon):
     assert "1991808 more characters" in big["message"]
     assert len(big["level"]) <= 32
     assert short["message"] == "short" and short["level"] == "warn"
+
+
+@ensure
+async def test_socket_that_never_sends_connect_is_closed_4401(daemon_factory):
+    """Only devices that sent `connect` are swept for silence; a bare
+    WebSocket must not hold a slot forever."""
+    clock = task.Clock()
+    daemon = await daemon_factory(clock=clock, connection_timeout=3)
+    sid = await daemon.new_session()
+    lurker = await open_device_as(DeviceClient, daemon.reactor, f"{daemon.ws}?session={sid}")
+    device, _ = await replica_device(daemon, sid, "real")
+    clock.advance(2.9)
+    assert not lurker.closed.called
+    clock.advance(0.2)
+    error = await lurker.next()
+    assert error["payload"]["code"] == "AUTHENTICATION_FAILED"
+    assert await lurker.wait_closed() == (4401, "No connect")
+    # the device that did say hello is untouched by that timer
+    assert not device.closed.called
+    device.send("ping", {})
+    assert (await device.next_of("pong"))["type"] == "pong"
