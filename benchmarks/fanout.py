@@ -69,9 +69,9 @@ def _daemon_phase(spec, devices, pushes_per_type, gens, workdir, daemon_args, pr
         rss = daemon.rss()
         daemon_cpu = daemon.cpu()
     finally:
+        daemon.stop()
         api.close()
         gens.close_devices()
-        daemon.stop()
     for row in warm + rows:
         row["bytes"] = len(captured.get(row["seq"], b""))
     return {
@@ -111,9 +111,9 @@ def _floor_phase(devices, daemon_result, gens, workdir):
             raise RuntimeError(f"floor: devices received {stats['bytes']} bytes, expected {expected}")
     finally:
         daemon_result["extra_cpu"] += floor.cpu()
+        floor.stop()
         api.close()
         gens.close_devices()
-        floor.stop()
     return rows
 
 

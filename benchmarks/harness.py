@@ -2,6 +2,7 @@
 the load-generator workers, a keep-alive HTTP client, /proc readers and
 percentiles."""
 
+import atexit
 import contextlib
 import glob
 import http.client
@@ -168,6 +169,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+_running = set()
+
+
+@atexit.register
+def stop_servers():
+    """Stop every server still running (an error skipped its stop)."""
+    for server in list(_running):
+        server.stop()
+
+
 class Server:
     """A server subprocess on a loopback port, ready once GET /health answers."""
 
@@ -179,7 +190,12 @@ class Server:
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid
-        self._wait_ready()
+        _running.add(self)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def _wait_ready(self, timeout=30.0):
         deadline = time.monotonic() + timeout
@@ -202,6 +218,7 @@ class Server:
         return rss_kb(self.pid)
 
     def stop(self):
+        _running.discard(self)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -112,8 +112,8 @@ def run(counts, gens, workdir, daemon_args=(), floor=True, settle=3.0):
     finally:
         if prober is not None:
             prober.stop()
-        gens.close_devices()
         daemon.stop()
+        gens.close_devices()
     if floor:
         server = FloorServer(workdir)
         prober = Prober(server.port)
@@ -123,7 +123,7 @@ def run(counts, gens, workdir, daemon_args=(), floor=True, settle=3.0):
             extra_cpu += server.cpu()
         finally:
             prober.stop()
-            gens.close_devices()
             server.stop()
+            gens.close_devices()
     out["load"] = meter.stop(extra_cpu)
     return out

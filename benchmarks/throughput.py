@@ -109,9 +109,9 @@ def run(devices, seconds, gens, workdir, daemon_args=(), floor=True, profiler=No
         result["daemon_rss_mb"] = round(daemon.rss()[0] / 1024, 1)
         extra_cpu += daemon.cpu()
     finally:
+        daemon.stop()
         api.close()
         gens.close_devices()
-        daemon.stop()
     out = {"devices": devices, "seconds": seconds, "bytes": len(template), "daemon": result}
     if profile:
         out["profile"] = profile
@@ -133,8 +133,8 @@ def run(devices, seconds, gens, workdir, daemon_args=(), floor=True, profiler=No
             out["floor"] = _loop(api, "/send/floor", body, floor_server, gens, seconds)
             extra_cpu += floor_server.cpu()
         finally:
+            floor_server.stop()
             api.close()
             gens.close_devices()
-            floor_server.stop()
     out["load"] = meter.stop(extra_cpu)
     return out
