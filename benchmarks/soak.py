@@ -134,9 +134,10 @@ class Device(WebSocketClientProtocol):
         if kind == "connected":
             record.connected(body)
             if record.stall:
-                # never reads again; a small receive window, like a phone's,
-                # so the daemon's own buffer is what fills
-                self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+                # never reads again (not shrinking SO_RCVBUF here: on
+                # loopback, whose MSS is 64 KiB, a tiny receive buffer never
+                # sends a window update when reading resumes, and the flow
+                # then waits for zero-window probes backed off to minutes)
                 self.transport.pauseProducing()
         elif kind == "update":
             record.update(body["sequenceNumber"], body["type"] == "full", body, now)
