@@ -551,9 +551,9 @@ class DeviceClient:
                 if initial is not None:
                     self.send("ack", {"sequenceNumber": sequence, "success": True})
         self._start_heartbeat()
-        self._emit("connected", payload)
         if changed:
             self._emit("schema", self.replica.schema, self.replica.sequence)
+        self._emit("connected", payload)
 
     def _on_update(self, payload):
         started = time.perf_counter()
@@ -587,9 +587,9 @@ class DeviceClient:
         apply_ms = (time.perf_counter() - started) * 1000
         self._failed_full = None
         self.send("ack", {"sequenceNumber": sequence, "success": True, "applyTime": apply_ms})
-        self._emit("update", UpdateEvent(sequence, kind, True, changed, apply_ms, self.replica.checksum))
         if changed:
             self._emit("schema", self.replica.schema, self.replica.sequence)
+        self._emit("update", UpdateEvent(sequence, kind, True, changed, apply_ms, self.replica.checksum))
 
     def _on_pong(self, payload):
         current = payload.get("sequenceNumber")
