@@ -383,7 +383,7 @@ class DeviceClient:
             "type": kind,
             "sessionId": self.session_id,
             "timestamp": int(self.clock.seconds() * 1000),
-            "version": CLIENT_VERSION,
+            "version": self.client_version,
         }
         if payload is not None:
             message["payload"] = payload
