@@ -38,7 +38,7 @@ class Sweeps:
                 self._log.info(
                     "device {device} timed out", device=device.device_name or device.device_id
                 )
-                session.devices.pop(device.connection_id, None)
+                session.remove_device(device)
                 device.link.close(messages.CLOSE_NORMAL, "Connection timeout")
             return len(stale)
         except Exception:

@@ -15,6 +15,7 @@ import collections
 import secrets
 
 import attrs
+import orjson
 from zope.interface import Interface
 
 from lumora_reload import errors, messages, schema as schemas
@@ -135,11 +136,20 @@ class Session:
     preserve_state: bool = True
     history: collections.deque = attrs.field(factory=collections.deque)
     devices: dict = attrs.field(factory=dict)  # connection_id -> Device
+    by_device_id: dict = attrs.field(factory=dict)  # deviceId -> Device
     logs: collections.deque = attrs.field(factory=collections.deque)
     # Set when a push could not be stored: devices may hold a state the
     # history cannot explain, so the next push goes out full.
     force_full: bool = False
     _full: Outgoing | None = None
+    _schema_json: tuple | None = None  # (sequence, bytes)
+
+    def schema_json(self):
+        """The current schema serialized once per state, spliced into the
+        messages that carry it (`connected`, full updates)."""
+        if self._schema_json is None or self._schema_json[0] != self.sequence:
+            self._schema_json = (self.sequence, messages.encode(self.schema))
+        return orjson.Fragment(self._schema_json[1])
 
     @property
     def expires_at_seconds(self):
@@ -149,10 +159,20 @@ class Session:
         return int(self.expires_at_seconds * 1000)
 
     def device_by_id(self, device_id):
-        for device in self.devices.values():
-            if device.device_id == device_id:
-                return device
-        return None
+        return self.by_device_id.get(device_id)
+
+    def add_device(self, device):
+        self.devices[device.connection_id] = device
+        self.by_device_id[device.device_id] = device
+
+    def remove_device(self, device):
+        """Forget `device` if it is still the registered one (idempotent)."""
+        if self.devices.get(device.connection_id) is not device:
+            return False
+        del self.devices[device.connection_id]
+        if self.by_device_id.get(device.device_id) is device:
+            del self.by_device_id[device.device_id]
+        return True
 
 
 def short_id(session_id):
@@ -260,7 +280,7 @@ class Hub:
     def _drop(self, session, code, reason):
         self.sessions.pop(session.id, None)
         for device in list(session.devices.values()):
-            session.devices.pop(device.connection_id, None)
+            session.remove_device(device)
             device.link.close(code, reason)
 
     def expired_sessions(self):
@@ -351,7 +371,7 @@ class Hub:
         if session._full is None or session._full.sequence != session.sequence:
             payload = {
                 "type": "full",
-                "schema": session.schema,
+                "schema": session.schema_json(),
                 "preserveState": session.preserve_state,
                 "sequenceNumber": session.sequence,
                 "checksum": session.checksum,
@@ -406,7 +426,7 @@ class Hub:
         session = self.get_session(session_id)
         replaced = session.device_by_id(payload["deviceId"])
         if replaced is not None:
-            session.devices.pop(replaced.connection_id, None)
+            session.remove_device(replaced)
             replaced.link.close(messages.CLOSE_REPLACED, "Replaced")
         if len(session.devices) >= self.limits.max_devices_per_session:
             raise LumoraError(
@@ -430,7 +450,7 @@ class Hub:
         )
         self.touch(session)
         outgoing = self._catch_up(session, device, payload.get("lastSequence"))
-        session.devices[device.connection_id] = device
+        session.add_device(device)
         return session, device, outgoing
 
     def _catch_up(self, session, device, last_sequence):
@@ -449,7 +469,7 @@ class Hub:
             },
         }
         if not resumed and session.schema is not None:
-            connected["initialSchema"] = session.schema
+            connected["initialSchema"] = session.schema_json()
             connected["checksum"] = session.checksum
         if resumed:
             device.last_ack_sequence = int(last_sequence)
@@ -490,8 +510,7 @@ class Hub:
         session = self.sessions.get(session_id)
         if session is None:
             return
-        if session.devices.get(device.connection_id) is device:
-            del session.devices[device.connection_id]
+        if session.remove_device(device):
             self.touch(session)
 
     def seen(self, session_id, device):
@@ -527,7 +546,7 @@ class Hub:
 
     def disconnect_device(self, session_id, connection_id, reason=None):
         session, device = self.find_device(session_id, connection_id)
-        session.devices.pop(connection_id, None)
+        session.remove_device(device)
         device.link.close(messages.CLOSE_NORMAL, reason or "Disconnected by server")
         return device
 
