@@ -8,6 +8,8 @@ Every message is a JSON object ``{"type", "sessionId", "timestamp",
 WebSocket layer has one place that turns problems into error frames.
 """
 
+import json
+
 import orjson
 
 from lumora_reload import errors
@@ -164,7 +166,12 @@ def envelope(kind, session_id, now_ms, payload=None):
 
 
 def encode(message):
-    return orjson.dumps(message)
+    """Compact JSON bytes. orjson refuses integers beyond 64 bits, which
+    JSON (and a pushed schema) may hold; the standard library takes those."""
+    try:
+        return orjson.dumps(message)
+    except TypeError:
+        return json.dumps(message, separators=(",", ":")).encode()
 
 
 def error_payload(error):
