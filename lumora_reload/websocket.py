@@ -92,6 +92,7 @@ class DeviceProtocol(WebSocketServerProtocol):
     _missed = False
     _overflow = 0
     _bucket = None
+    _ack_bucket = None
     _hello_timer = None
 
     # -- Autobahn callbacks --------------------------------------------
@@ -125,7 +126,9 @@ class DeviceProtocol(WebSocketServerProtocol):
             else:
                 self._close(messages.CLOSE_NOT_FOUND, "Session not found")
             return
-        self._bucket = TokenBucket(self.factory.rate_limit, self.factory.rate_burst, self.factory.clock)
+        factory = self.factory
+        self._bucket = TokenBucket(factory.rate_limit, factory.rate_burst, factory.clock)
+        self._ack_bucket = TokenBucket(factory.rate_limit * 10, factory.rate_burst * 10, factory.clock)
         self._watch_buffer()
         # a socket that never says who it is must not stay forever: the
         # liveness sweep only sees devices that sent `connect`
@@ -139,7 +142,10 @@ class DeviceProtocol(WebSocketServerProtocol):
         hub = self.factory.hub
         if self._device is not None:
             hub.seen(self._session_id, self._device)
-        if self._bucket is not None and not self._bucket.take():
+        # Acks answer our own updates, so they get a budget of their own:
+        # a device acking a fast push stream must not lose its acks.
+        bucket = self._ack_bucket if b'"type":"ack"' in payload else self._bucket
+        if bucket is not None and not bucket.take():
             self._rate_limited()
             return
         self._overflow = 0
@@ -171,6 +177,11 @@ class DeviceProtocol(WebSocketServerProtocol):
         except Exception:
             self._log.failure("handling a device message failed")
             self._send_error(LumoraError(errors.INTERNAL_ERROR, "Internal error"))
+
+    def onPong(self, payload):
+        # an answered WebSocket ping is liveness too
+        if self._device is not None:
+            self.factory.hub.seen(self._session_id, self._device)
 
     def onClose(self, wasClean, code, reason):
         self._open = False
@@ -341,6 +352,10 @@ class DeviceProtocol(WebSocketServerProtocol):
 
     def _watch_buffer(self):
         transport = self.transport
+        if hasattr(transport, "SEND_LIMIT"):
+            # Twisted writes at most 128 KiB per wake-up; a 500 KB update
+            # would cost every device four wake-ups and epoll changes.
+            transport.SEND_LIMIT = 1 << 20
         try:
             if getattr(transport, "producer", None) is not None:
                 transport.unregisterProducer()

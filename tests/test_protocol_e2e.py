@@ -393,3 +393,30 @@ async def test_resume_outside_history_gets_full_schema(daemon_factory):
     assert info["resumed"] is False and info["initialSchema"] == current
     current_device, info = await connected_device(daemon, sid, device_id="b", lastSequence=5)
     assert info["resumed"] is True and "initialSchema" not in info
+
+
+@ensure
+async def test_acks_have_their_own_budget(daemon_factory):
+    daemon = await daemon_factory(rate_limit=5, rate_burst=5)
+    sid = await daemon.new_session(make_schema())
+    device, _ = await connected_device(daemon, sid)
+    for _ in range(30):  # six times the message budget, all acks
+        device.send("ack", {"sequenceNumber": 1, "success": True})
+    device.send("log", {"level": "info", "message": "after the acks"})
+    device.send("ping", {})
+    assert (await device.next())["type"] == "pong"
+
+
+@ensure
+async def test_websocket_pong_counts_as_liveness(daemon_factory):
+    clock = task.Clock()
+    daemon = await daemon_factory(clock=clock, connection_timeout=10)
+    sid = await daemon.new_session()
+    device, info = await connected_device(daemon, sid)
+    clock.advance(8)
+    (protocol,) = daemon.server.ws_factory.connections
+    protocol.onPong(b"")  # what Autobahn calls when the device answers a ping
+    clock.advance(8)
+    assert daemon.server.cleanup_stale_connections() == 0
+    clock.advance(3)
+    assert daemon.server.cleanup_stale_connections() == 1
