@@ -632,6 +632,10 @@ def compute_delta(old, new):
                         p = vacated[p][1]
                     if top:
                         removed.append(xid)
+        # frames point at their parents and kids: break the cycles so old
+        # schemas are freed at once, not by a full (slow) gc collection
+        for f in frames:
+            f.parent = f.kids = None
     delta = {"added": added, "modified": modified, "removed": removed}
     changes = {}
     for k, v in new.items():

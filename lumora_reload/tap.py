@@ -1,5 +1,6 @@
 """`twistd lumora-reload`: options and the one place things are wired."""
 
+import gc
 import os
 import sys
 
@@ -147,6 +148,12 @@ def make_store(config, clock=None):
 def makeService(config, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
+    # A daemon's start-up objects live forever: keep them out of the
+    # collector's way, and collect young objects less often (a large push
+    # allocates hundreds of thousands; each full pass paused fan-out for
+    # 17-37 ms in the benchmarks).
+    gc.freeze()
+    gc.set_threshold(20000, 20, 20)
     from lumora_reload.server import HotReloadServer
 
     root = service.MultiService()
