@@ -11,9 +11,10 @@ from lumora_reload import messages
 
 
 class Sweeps:
-    def __init__(self, hub, on_expired, clock, heartbeat_interval, cleanup_interval):
+    def __init__(self, hub, on_expired, clock, heartbeat_interval, cleanup_interval, on_active=None):
         self._hub = hub
         self._on_expired = on_expired
+        self._on_active = on_active
         self._log = Logger()
         self._heartbeat = task.LoopingCall(self.sweep_devices)
         self._heartbeat.clock = clock
@@ -52,6 +53,12 @@ class Sweeps:
             for session in expired:
                 self._hub.expire(session)
                 self._on_expired(session)
+            if self._on_active is not None:
+                # sessions kept alive by their devices: persist the slid
+                # expiry, so a crash does not expire them early
+                for session in list(self._hub.sessions.values()):
+                    if session.devices:
+                        self._on_active(session)
             return len(expired)
         except Exception:
             self._log.failure("session expiry sweep failed")

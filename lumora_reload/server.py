@@ -92,7 +92,8 @@ class HotReloadServer(service.Service):
             auto_ping_timeout=connection_timeout,
         )
         self.sweeps = Sweeps(
-            self.hub, self._forget, self.clock, heartbeat_interval, cleanup_interval
+            self.hub, self._forget, self.clock, heartbeat_interval, cleanup_interval,
+            on_active=lambda session: self._store("save_session", session),
         )
         self._resource = None
 

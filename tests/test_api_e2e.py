@@ -272,3 +272,15 @@ async def test_token_bypasses_host_and_origin_checks(daemon_factory):
     assert status == 403
     status, _ = await daemon.call("GET", "/stats", headers=dict(headers, Authorization="Bearer s3cret"))
     assert status == 200
+
+
+@ensure
+async def test_schema_with_integer_beyond_64_bits(daemon):
+    sid = await daemon.new_session()
+    device, _ = await connected_device(daemon, sid)
+    schema = make_schema()
+    schema["nodes"][0]["props"]["big"] = 2**70
+    result = await daemon.push(sid, schema)
+    assert result["updateType"] == "full"
+    update = await device.next()
+    assert update["payload"]["schema"]["nodes"][0]["props"]["big"] == 2**70

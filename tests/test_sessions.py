@@ -216,3 +216,16 @@ def test_session_limit(clock):
     with pytest.raises(LumoraError) as e:
         hub.create_session()
     assert e.value.code == errors.RATE_LIMIT_EXCEEDED and e.value.status == 429
+
+
+def test_expiry_sweep_reports_sessions_kept_alive_by_devices(clock):
+    hub = Hub(clock, Limits(session_timeout=5))
+    active = []
+    sweeps = Sweeps(hub, lambda s: None, clock, heartbeat_interval=100, cleanup_interval=2, on_active=active.append)
+    sweeps.start()
+    busy = hub.create_session().id
+    hub.create_session()
+    connect(hub, busy)
+    clock.advance(2)
+    assert [s.id for s in active] == [busy]
+    sweeps.stop()
