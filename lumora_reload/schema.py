@@ -686,30 +686,24 @@ def _json_copy(value):
     else:
         return value
     stack = [(value, root)]
+
+    def child(v):
+        if isinstance(v, dict):
+            c = {}
+        elif isinstance(v, list):
+            c = []
+        else:
+            return v
+        stack.append((v, c))
+        return c
+
     while stack:
         src, dst = stack.pop()
         if isinstance(src, dict):
             for k, v in src.items():
-                if isinstance(v, dict):
-                    c = {}
-                    stack.append((v, c))
-                elif isinstance(v, list):
-                    c = []
-                    stack.append((v, c))
-                else:
-                    c = v
-                dst[k] = c
+                dst[k] = child(v)
         else:
-            for v in src:
-                if isinstance(v, dict):
-                    c = {}
-                    stack.append((v, c))
-                elif isinstance(v, list):
-                    c = []
-                    stack.append((v, c))
-                else:
-                    c = v
-                dst.append(c)
+            dst.extend(child(v) for v in src)
     return root
 
 

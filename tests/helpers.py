@@ -170,19 +170,8 @@ class DeviceClient(WebSocketClientProtocol):
         return message["payload"]
 
 
-@defer.inlineCallbacks
 def open_device(reactor, url, headers=None):
-    from urllib.parse import parse_qs, urlsplit
-
-    factory = WebSocketClientFactory(url, headers=headers or {}, reactor=reactor)
-    factory.protocol = DeviceClient
-    factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
-    parts = urlsplit(url)
-    endpoint = endpoints.TCP4ClientEndpoint(reactor, parts.hostname, parts.port, timeout=WAIT)
-    protocol = yield endpoint.connect(factory)
-    protocol.session_id = (parse_qs(parts.query).get("session") or [None])[0]
-    yield protocol.opened.addTimeout(WAIT, reactor)
-    return protocol
+    return open_device_as(DeviceClient, reactor, url, headers)
 
 
 @defer.inlineCallbacks
