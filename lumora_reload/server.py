@@ -96,6 +96,8 @@ class HotReloadServer(service.Service):
             on_active=lambda session: self._store("save_session", session),
         )
         self._resource = None
+        if hasattr(self.store, "attach"):  # cluster mode (lumora_reload.cluster)
+            self.store.attach(self)
 
     # -- IService --------------------------------------------------------
 
@@ -183,6 +185,8 @@ class HotReloadServer(service.Service):
         """Store and send a new schema. Returns a Deferred firing with a
         `PushResult` once every device's connection has the update, or
         failing with `LumoraError`."""
+        if hasattr(self.store, "push"):  # cluster mode: sequence allocated in Redis
+            return self.store.push(session_id, schema, preserve_state)
         try:
             session, update = self.hub.prepare_push(session_id, schema, preserve_state)
         except LumoraError as e:

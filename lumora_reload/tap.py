@@ -59,6 +59,7 @@ class Options(usage.Options):
         _param("cleanup-interval", 60.0, "Seconds between expired-session sweeps.", "seconds"),
         _param("incremental-threshold", 10, "Deltas touching fewer than N nodes go out incremental.", "count"),
         ["data-dir", None, None, "Where durable session state lives (SQLite). [default: $XDG_STATE_HOME/lumora-reload]"],
+        ["redis", None, None, "Cluster mode: share sessions with other daemons through this Redis (redis://[:password@]host:port/db or rediss://)."],
         ["api-token", None, None, "Bearer token that opens the control API to non-loopback callers."],
         ["api-token-file", None, None, "File holding the API token."],
         ["public-url", None, None, "Base URL used in wsUrl when behind a proxy or tunnel."],
@@ -132,6 +133,14 @@ class Options(usage.Options):
 def make_store(config, clock=None):
     """The session store; a data dir that cannot be used ends the program
     with one line on stderr saying why (no traceback)."""
+    if config.get("redis"):
+        from lumora_reload.cluster import ClusterError, RedisStore
+
+        try:
+            return RedisStore.open(config["redis"], reactor=clock)
+        except ClusterError as e:
+            sys.stderr.write(f"lumora-reload: {e}\n")
+            raise SystemExit(1)
     if config["in-memory"]:
         from lumora_reload.store import MemoryStore
 
