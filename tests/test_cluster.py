@@ -267,3 +267,25 @@ def test_redis_url_forms():
     }
     with pytest.raises(ClusterError):
         parse_url("http://127.0.0.1:6379")
+
+
+@pytest_twisted.ensureDeferred
+async def test_push_on_another_daemon_right_after_create_and_delete_closes_devices_everywhere(reactor, cluster):
+    _, a = await cluster()
+    _, b = await cluster()
+    base = base_schema()
+    sid = await a.new_session(base)
+    # no wait: b finds the session in Redis if its mirror has not got it yet
+    result = await b.push(sid, with_text(base, "straight away"))
+    assert result["sequenceNumber"] == 2
+    on_a, _ = await connected_device(a, sid, device_id="on-a")
+    await visible(b, sid, reactor)
+    on_b, _ = await connected_device(b, sid, device_id="on-b")
+    status, _ = await b.call("DELETE", f"/session/{sid}")
+    assert status == 200
+    for device in (on_a, on_b):
+        code, _ = await device.wait_closed()
+        assert code == 1000
+    for remote in (a, b):
+        status, body = await remote.call("POST", f"/send/{sid}", with_text(base, "gone"))
+        assert status == 404, body
