@@ -192,6 +192,8 @@ class RedisStore:
         self._commands = None
         self._listener = None
         self._subscriber = None
+        self._pending = set()
+        self._closing = False
 
     @classmethod
     def open(cls, url, reactor=None):
@@ -241,6 +243,16 @@ class RedisStore:
             raise txredisapi.ConnectionError("Redis unavailable")
         return self._commands.handler
 
+    def _track(self, d):
+        """Writes still in flight; `close` waits for them."""
+        self._pending.add(d)
+
+        def done(result):
+            self._pending.discard(d)
+            return result
+
+        return d.addBoth(done)
+
     def _key(self, session_id):
         return f"lumora:{self.conf['db']}:s:{session_id}"
 
@@ -260,34 +272,37 @@ class RedisStore:
     def save_session(self, session):
         event = {"t": "times", "id": session.id, "la": session.last_activity, "to": session.timeout,
                  "n": self.node}
-        return self._redis().eval(
+        return self._track(self._redis().eval(
             SAVE, [self._key(session.id), self._ids],
             [session.created_at, repr(session.timeout), repr(session.last_activity), session.id,
              *self._publish_args(event)],
-        )
+        ))
 
     def record_push(self, session, entry):
         event = {"t": "load", "id": session.id, "n": self.node}
-        return self._redis().eval(
+        return self._track(self._redis().eval(
             RECORD, [self._key(session.id), self._history_key(session.id)],
             [session.sequence, orjson.dumps(session.schema).decode(), session.checksum or "",
              int(session.preserve_state), _entry_to_json(entry).decode(), *self._publish_args(event)],
-        )
+        ))
 
     def delete_session(self, session_id):
         event = {"t": "delete", "id": session_id, "n": self.node}
         self._locks.pop(session_id, None)
-        return self._redis().eval(
+        return self._track(self._redis().eval(
             DELETE, [self._key(session_id), self._history_key(session_id), self._ids],
             [session_id, *self._publish_args(event)],
-        )
+        ))
 
+    @defer.inlineCallbacks
     def close(self):
-        ds = []
+        self._closing = True
+        if self._pending:
+            pending = defer.DeferredList(list(self._pending), consumeErrors=True)
+            yield pending.addTimeout(REPLY_TIMEOUT, self.reactor).addErrback(lambda _: None)
         for factory in (self._commands, self._listener):
             if factory is not None:
-                ds.append(factory.disconnect())
-        return defer.DeferredList(ds, consumeErrors=True)
+                yield factory.disconnect().addErrback(lambda _: None)
 
     # -- pushes --------------------------------------------------------
 
@@ -358,7 +373,8 @@ class RedisStore:
     def _unsubscribed(self, protocol):
         if self._subscriber is protocol:
             self._subscriber = None
-            self._log.warn("lost the Redis subscription; pushes answer 503 until it is back")
+            if not self._closing:
+                self._log.warn("lost the Redis subscription; pushes answer 503 until it is back")
 
     @defer.inlineCallbacks
     def _load_all(self):
@@ -429,7 +445,11 @@ class RedisStore:
                 self._locks[session_id].run(self._drop, session_id)
             return
         d = self._locks[session_id].run(self._apply, event)
-        d.addErrback(lambda f: self._log.warn("update for session {id} failed: {e}", id=short_id(session_id), e=f.value))
+        d.addErrback(self._apply_failed, session_id)
+
+    def _apply_failed(self, failure, session_id):
+        if not self._closing:
+            self._log.warn("update for session {id} failed: {e}", id=short_id(session_id), e=failure.value)
 
     def _apply(self, event):
         session_id = event["id"]

@@ -24,7 +24,7 @@ from twisted.internet import defer, task
 
 from lumora_reload.cluster import ClusterError, check_reachable, parse_url
 from tests.helpers import connected_device, make_schema, node, with_text
-from tests.test_durability import TWISTD, DaemonProcess, Remote
+from tests.test_durability import TWISTD, DaemonProcess, Remote, stop
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server is not installed (Debian package redis-server)"
@@ -133,8 +133,8 @@ async def updates_until(device, last):
 
 @pytest_twisted.ensureDeferred
 async def test_pushes_on_each_daemon_in_turn_reach_every_device_in_order(reactor, cluster):
-    _, a = await cluster()
-    _, b = await cluster()
+    proc_a, a = await cluster()
+    proc_b, b = await cluster()
     base = base_schema()
     sid = await a.new_session(base)
     await visible(b, sid, reactor)
@@ -157,6 +157,8 @@ async def test_pushes_on_each_daemon_in_turn_reach_every_device_in_order(reactor
     for remote in (a, b):
         status, info = await remote.call("GET", f"/session/{sid}")
         assert info["sequenceNumber"] == 7
+    for proc in (proc_a, proc_b):
+        await stop(proc)  # SIGTERM: a clean exit, no traceback
 
 
 @pytest_twisted.ensureDeferred
