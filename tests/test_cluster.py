@@ -253,13 +253,17 @@ async def test_pushes_fail_with_503_while_redis_is_down_and_work_after(reactor, 
         assert not device.closed.called
 
 
-def test_unreachable_redis_at_start_up_is_one_line_and_exit_1(tmp_path):
+@pytest.mark.parametrize("url, says", [
+    ("redis://127.0.0.1:{port}/0", "cannot reach Redis at 127.0.0.1:"),
+    ("http://127.0.0.1:{port}", "must start with redis:// or rediss://"),
+])
+def test_unusable_redis_at_start_up_is_one_line_and_exit_1(tmp_path, url, says):
     argv = [TWISTD, "-n", "--pidfile=", "lumora-reload", "--in-memory", "--redis",
-            f"redis://127.0.0.1:{free_port()}/0", "--port", "tcp:0:interface=127.0.0.1"]
+            url.format(port=free_port()), "--port", "tcp:0:interface=127.0.0.1"]
     done = subprocess.run(argv, capture_output=True, timeout=30, cwd=tmp_path)
     assert done.returncode == 1
     lines = done.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and "cannot reach Redis" in lines[0], done.stderr
+    assert len(lines) == 1 and says in lines[0], done.stderr
     assert b"Traceback" not in done.stdout + done.stderr
 
 
