@@ -209,13 +209,16 @@ class NewSession(JsonResource):
         if not isinstance(body, dict):
             raise LumoraError(errors.BAD_REQUEST, "Body must be a JSON object", status=400, details={"path": ""})
         timeout = _number(body.get("timeoutSeconds"), "timeoutSeconds")
-        session = self.server.create_session(schema=body.get("schema"), timeout_seconds=timeout)
-        return {
-            "sessionId": session.id,
-            "wsUrl": self.server.ws_url(session.id, request),
-            "expiresAt": session.expires_at(),
-            "createdAt": session.created_at,
-        }
+        d = self.server.create_session_stored(schema=body.get("schema"), timeout_seconds=timeout)
+        d.addCallback(
+            lambda session: {
+                "sessionId": session.id,
+                "wsUrl": self.server.ws_url(session.id, request),
+                "expiresAt": session.expires_at(),
+                "createdAt": session.created_at,
+            }
+        )
+        return d
 
 
 class SessionResource(JsonResource):
@@ -278,8 +281,9 @@ class SessionExtend(_SessionLeaf):
         if not isinstance(body, dict):
             raise LumoraError(errors.BAD_REQUEST, "Body must be a JSON object", status=400, details={"path": ""})
         seconds = _number(body.get("seconds"), "seconds")
-        expires_at = self.server.extend_session(self.session_id, seconds)
-        return {"success": True, "expiresAt": expires_at}
+        d = self.server.extend_session_stored(self.session_id, seconds)
+        d.addCallback(lambda expires_at: {"success": True, "expiresAt": expires_at})
+        return d
 
 
 class SessionLogs(_SessionLeaf):

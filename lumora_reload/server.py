@@ -152,14 +152,27 @@ class HotReloadServer(service.Service):
     # -- the seed's API, snake_case (SPEC §6) ----------------------------
 
     def create_session(self, schema=None, timeout_seconds=None):
+        return self._create_session(schema, timeout_seconds)[0]
+
+    def create_session_stored(self, schema=None, timeout_seconds=None):
+        """`create_session`, as a Deferred that fires once the store holds
+        the session (a Redis store writes asynchronously; the REST API
+        answers only after that, so another daemon already knows it)."""
+        try:
+            session, writes = self._create_session(schema, timeout_seconds)
+        except LumoraError as e:
+            return defer.fail(e)
+        return _all_stored(writes).addCallback(lambda _: session)
+
+    def _create_session(self, schema, timeout_seconds):
         session = self.hub.create_session(schema=schema, timeout_seconds=timeout_seconds)
         if schema is not None:
             session.history.clear()
-        self._store("save_session", session)
+        writes = [self._store("save_session", session, wait=True)]
         if schema is not None:
-            self._store("record_push", session, HistoryEntry(session.sequence, "full"))
+            writes.append(self._store("record_push", session, HistoryEntry(session.sequence, "full"), wait=True))
         self._log.info("session {id} created", id=short_id(session.id))
-        return session
+        return session, writes
 
     def get_session(self, session_id):
         return self.hub.get_session(session_id)
@@ -245,6 +258,15 @@ class HotReloadServer(service.Service):
         self._store("save_session", session)
         return session.expires_at()
 
+    def extend_session_stored(self, session_id, seconds=None):
+        """`extend_session`, as a Deferred that fires once it is stored."""
+        try:
+            session = self.hub.extend_session(session_id, seconds)
+            write = self._store("save_session", session, wait=True)
+        except LumoraError as e:
+            return defer.fail(e)
+        return _all_stored([write]).addCallback(lambda _: session.expires_at())
+
     def get_session_health(self, session_id):
         session = self.hub.get_session(session_id)
         devices = [self.hub.device_health(session, d) for d in session.devices.values()]
@@ -277,14 +299,37 @@ class HotReloadServer(service.Service):
         self._log.info("session {id} expired", id=short_id(session.id))
         self._store("delete_session", session.id)
 
-    def _store(self, method, *args):
+    def _store(self, method, *args, wait=False):
         """Call the store; a failure here is logged and raised so the
-        caller's request fails rather than pretending it was stored."""
+        caller's request fails rather than pretending it was stored. With
+        `wait`, an asynchronous failure reaches the caller's Deferred as a
+        503 (the store is unavailable); otherwise it is only logged."""
         try:
             result = getattr(self.store, method)(*args)
         except Exception as e:
             self._log.failure("store.{method} failed", method=method)
             raise LumoraError(errors.INTERNAL_ERROR, f"Session state could not be stored: {e}", status=500)
         if isinstance(result, defer.Deferred):
-            result.addErrback(lambda f: self._log.failure("store.{method} failed", f, method=method))
+
+            def failed(failure):
+                self._log.failure("store.{method} failed", failure, method=method)
+                if wait:
+                    raise LumoraError(
+                        errors.INTERNAL_ERROR,
+                        f"Session state could not be stored: {failure.getErrorMessage()}",
+                        status=503,
+                    )
+
+            result.addErrback(failed)
         return result
+
+
+def _all_stored(writes):
+    """One Deferred for the store's answers (values or Deferreds); fails
+    with the first error, as a LumoraError."""
+    pending = [w for w in writes if isinstance(w, defer.Deferred)]
+    if not pending:
+        return defer.succeed(None)
+    d = defer.gatherResults(pending, consumeErrors=True)
+    d.addErrback(lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
+    return d

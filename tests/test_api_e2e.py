@@ -284,3 +284,70 @@ async def test_schema_with_integer_beyond_64_bits(daemon):
     assert result["updateType"] == "full"
     update = await device.next()
     assert update["payload"]["schema"]["nodes"][0]["props"]["big"] == 2**70
+
+
+class _SlowStore:
+    """A store that answers asynchronously, as the Redis store does."""
+
+    def __init__(self, fail=False):
+        from twisted.internet import defer
+
+        self.defer = defer
+        self.fail = fail
+        self.pending = []
+
+    def load(self):
+        return []
+
+    def _write(self, *args):
+        d = self.defer.Deferred()
+        self.pending.append(d)
+        return d
+
+    save_session = record_push = delete_session = _write
+
+    def close(self):
+        pass
+
+    def settle(self):
+        while self.pending:
+            d = self.pending.pop(0)
+            if self.fail:
+                d.errback(ConnectionError("store gone"))
+            else:
+                d.callback(None)
+
+
+@ensure
+async def test_create_and_extend_answer_only_once_stored(daemon_factory, reactor):
+    from twisted.internet import task as t
+
+    store = _SlowStore()
+    daemon = await daemon_factory(store=store)
+    answer = daemon.call("POST", "/session/new")
+    await t.deferLater(reactor, 0.2, lambda: None)
+    assert not answer.called and store.pending  # waiting on the store
+    store.settle()
+    status, body = await answer
+    assert status == 200
+    answer = daemon.call("POST", f"/session/{body['sessionId']}/extend", {"seconds": 100})
+    await t.deferLater(reactor, 0.2, lambda: None)
+    assert not answer.called
+    store.settle()
+    status, _ = await answer
+    assert status == 200
+
+
+@ensure
+async def test_create_answers_503_when_the_store_fails(daemon_factory, reactor, logged_failures):
+    from twisted.internet import task as t
+
+    logged_failures.expect(ConnectionError)
+    store = _SlowStore(fail=True)
+    daemon = await daemon_factory(store=store)
+    answer = daemon.call("POST", "/session/new")
+    await t.deferLater(reactor, 0.2, lambda: None)
+    store.settle()
+    status, body = await answer
+    assert status == 503 and body["code"] == "INTERNAL_ERROR"
+    assert "could not be stored" in body["error"]
