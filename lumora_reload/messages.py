@@ -19,7 +19,6 @@ SERVER_VERSION = "1.1.0"
 SERVER_MAJOR = 1
 
 DEVICE_TYPES = ("connect", "ping", "ack", "reload", "log", "error")
-LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "fatal", "log", "trace")
 
 # Close codes (SPEC §3)
 CLOSE_NORMAL = 1000
