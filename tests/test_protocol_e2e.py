@@ -420,3 +420,32 @@ async def test_websocket_pong_counts_as_liveness(daemon_factory):
     assert daemon.server.cleanup_stale_connections() == 0
     clock.advance(3)
     assert daemon.server.cleanup_stale_connections() == 1
+
+
+@ensure
+async def test_nested_ws_path(daemon_factory):
+    daemon = await daemon_factory(ws_path="/lumora/ws")
+    sid = await daemon.new_session(make_schema())
+    assert daemon.ws.endswith("/lumora/ws")
+    device, info = await connected_device(daemon, sid)
+    assert info["sequenceNumber"] == 1
+    status, body = await daemon.call("GET", "/ws")
+    assert status == 404 and body["code"] == "NOT_FOUND"
+
+
+@ensure
+async def test_verbose_logs_every_push(daemon_factory):
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        quiet = await daemon_factory()
+        loud = await daemon_factory(verbose=True)
+        for daemon in (quiet, loud):
+            sid = await daemon.new_session()
+            await daemon.push(sid, make_schema())
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    pushes = [e for e in events if e.get("log_format", "").startswith("push {seq}")]
+    assert len(pushes) == 1 and pushes[0]["kind"] == "full"

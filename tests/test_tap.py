@@ -106,3 +106,38 @@ def test_twistd_rejects_bad_option_without_traceback(tmp_path):
     assert out.returncode != 0
     assert "Traceback" not in out.stderr + out.stdout
     assert "--session-timeout" in out.stderr
+
+
+def test_make_service_passes_every_option_through(tmp_path):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from lumora_reload.server import HotReloadServer
+
+    options = parse(
+        "--in-memory", "--port", "tcp:0:interface=127.0.0.1", "--ws-path", "/lumora/ws",
+        "--session-timeout", "0.2", "--connection-timeout", "7", "--incremental-threshold", "3",
+        "--history-size", "5", "--max-sessions", "9", "--max-devices-per-session", "4",
+        "--max-body-size", "1000", "--rate-limit", "12", "--rate-burst", "13", "--max-buffer", "14",
+        "--max-ack-lag", "2", "--api-token", "tok", "--public-url", "https://p.example",
+        "--allowed-host", "h.example", "--allowed-origin", "http://o.example", "--verbose",
+    )
+    root = tap.makeService(options, reactor=MemoryReactorClock())
+    (hot,) = [s for s in root if isinstance(s, HotReloadServer)]
+    limits = hot.hub.limits
+    assert (limits.session_timeout, limits.connection_timeout, limits.incremental_threshold) == (0.2, 7, 3)
+    assert (limits.history_size, limits.max_sessions, limits.max_devices_per_session, limits.max_ack_lag) == (5, 9, 4, 2)
+    assert hot.ws_path == "/lumora/ws" and hot.max_body_size == 1000 and hot.verbose
+    factory = hot.ws_factory
+    assert (factory.rate_limit, factory.rate_burst, factory.max_buffer) == (12, 13, 14)
+    assert hot.policy.api_token == "tok" and "h.example" in hot.policy.allowed_hosts
+    assert "p.example" in hot.policy.allowed_hosts and "http://o.example" in hot.policy.allowed_origins
+    assert hot.public_url == "https://p.example"
+
+
+def test_error_codes_are_the_contracts():
+    from lumora_reload import errors
+
+    assert set(errors.PROTOCOL_CODES) == set(
+        "INVALID_MESSAGE UNSUPPORTED_VERSION SESSION_NOT_FOUND SESSION_EXPIRED AUTHENTICATION_FAILED "
+        "SCHEMA_VALIDATION_FAILED UPDATE_FAILED CHECKSUM_MISMATCH RATE_LIMIT_EXCEEDED INTERNAL_ERROR".split()
+    )
