@@ -131,13 +131,19 @@ async def updates_until(device, last):
     return seen
 
 
-@pytest_twisted.ensureDeferred
-async def test_pushes_on_each_daemon_in_turn_reach_every_device_in_order(reactor, cluster):
+
+async def shared_session(cluster, reactor):
+    """Two daemons on one Redis and a session both of them know."""
     proc_a, a = await cluster()
     proc_b, b = await cluster()
     base = base_schema()
     sid = await a.new_session(base)
     await visible(b, sid, reactor)
+    return proc_a, a, proc_b, b, base, sid
+
+@pytest_twisted.ensureDeferred
+async def test_pushes_on_each_daemon_in_turn_reach_every_device_in_order(reactor, cluster):
+    proc_a, a, proc_b, b, base, sid = await shared_session(cluster, reactor)
     devices = []
     for i, remote in enumerate([a, b, a, b]):
         device, info = await connected_device(remote, sid, device_id=f"phone-{i}")
@@ -163,11 +169,7 @@ async def test_pushes_on_each_daemon_in_turn_reach_every_device_in_order(reactor
 
 @pytest_twisted.ensureDeferred
 async def test_concurrent_pushes_on_two_daemons_get_unique_consecutive_numbers(reactor, cluster):
-    _, a = await cluster()
-    _, b = await cluster()
-    base = base_schema()
-    sid = await a.new_session(base)
-    await visible(b, sid, reactor)
+    _, a, _, b, base, sid = await shared_session(cluster, reactor)
     devices = {}
     for name, remote in [("a1", a), ("a2", a), ("b1", b), ("b2", b)]:
         devices[name], _ = await connected_device(remote, sid, device_id=name)
@@ -188,11 +190,7 @@ async def test_concurrent_pushes_on_two_daemons_get_unique_consecutive_numbers(r
 
 @pytest_twisted.ensureDeferred
 async def test_device_of_a_killed_daemon_resumes_on_the_other(reactor, cluster):
-    proc_a, a = await cluster()
-    _, b = await cluster()
-    base = base_schema()
-    sid = await a.new_session(base)
-    await visible(b, sid, reactor)
+    proc_a, a, _, b, base, sid = await shared_session(cluster, reactor)
     moving, _ = await connected_device(a, sid, device_id="moving")
     staying, _ = await connected_device(b, sid, device_id="staying")
     await a.push(sid, with_text(base, "one"))
@@ -215,11 +213,7 @@ async def test_device_of_a_killed_daemon_resumes_on_the_other(reactor, cluster):
 
 @pytest_twisted.ensureDeferred
 async def test_pushes_fail_with_503_while_redis_is_down_and_work_after(reactor, cluster, redis):
-    _, a = await cluster()
-    _, b = await cluster()
-    base = base_schema()
-    sid = await a.new_session(base)
-    await visible(b, sid, reactor)
+    _, a, _, b, base, sid = await shared_session(cluster, reactor)
     on_a, _ = await connected_device(a, sid, device_id="on-a")
     on_b, _ = await connected_device(b, sid, device_id="on-b")
     await a.push(sid, with_text(base, "before"))
