@@ -842,6 +842,18 @@ class Choice(NamedTuple):
     update_type: str
     delta: dict | None
     legacy_ok: bool
+    # compact JSON of the new schema when the size check made it (orjson
+    # bytes, as the wire uses), so the caller need not serialize it again
+    new_json: bytes | None = None
+
+
+def _orjson_bytes(obj):
+    if _orjson is None:
+        return None
+    try:
+        return _orjson.dumps(obj)
+    except (TypeError, ValueError, RecursionError):
+        return None
 
 
 def _wire_len(obj):
@@ -873,9 +885,13 @@ def choose_update(old, new, threshold=10):
         return Choice("full", None, True)
     if is_empty_delta(delta):
         return Choice("none", None, True)
-    if delta_size(delta) < threshold and _wire_len(delta) < _wire_len(new):
-        return Choice("incremental", delta, legacy_compatible(old, delta))
-    return Choice("full", None, True)
+    if delta_size(delta) >= threshold:
+        return Choice("full", None, True)
+    new_json = _orjson_bytes(new)
+    new_len = len(new_json) if new_json is not None else _wire_len(new)
+    if _wire_len(delta) < new_len:
+        return Choice("incremental", delta, legacy_compatible(old, delta), new_json)
+    return Choice("full", None, True, new_json)
 
 
 # --------------------------------------------------------------------------

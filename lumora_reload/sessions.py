@@ -338,6 +338,8 @@ class Hub:
         session.sequence = sequence
         session.preserve_state = preserve_state
         session._full = None
+        if choice.new_json is not None:
+            session._schema_json = (sequence, choice.new_json)
         if update_type == "incremental":
             payload = {
                 "type": "incremental",

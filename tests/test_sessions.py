@@ -229,3 +229,15 @@ def test_expiry_sweep_reports_sessions_kept_alive_by_devices(clock):
     clock.advance(2)
     assert [s.id for s in active] == [busy]
     sweeps.stop()
+
+
+def test_push_reuses_the_size_check_serialization(clock):
+    hub = Hub(clock)
+    sid = hub.create_session(make_schema()).id
+    session, update = hub.prepare_push(sid, with_text(make_schema(), "x"))
+    assert update["update_type"] == "incremental"
+    # the schema's JSON is cached for this state without building a full update
+    assert session._schema_json is not None and session._schema_json[0] == session.sequence
+    import orjson
+
+    assert orjson.loads(session._schema_json[1]) == session.schema
