@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from lumora_reload import errors
+from lumora_reload import errors, schema as schemas
 from lumora_reload.errors import LumoraError
 
 _log = Logger()
@@ -122,10 +122,18 @@ def read_json(request, max_size):
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        try:  # orjson refuses integers beyond 64 bits; JSON does not
-            return json.loads(body, parse_constant=_refuse_constant)
+        try:  # orjson refuses some JSON that Python reads (numbers beyond a double, lone surrogates)
+            value = json.loads(body, parse_constant=_refuse_constant)
         except (ValueError, RecursionError):
             pass
+        else:
+            problem = schemas.find_unencodable(value)
+            if problem is not None:  # it could never be sent on to a device
+                raise LumoraError(
+                    errors.SCHEMA_VALIDATION_FAILED, f"{problem[0]}: {problem[1]}", status=400,
+                    details={"path": problem[0], "message": problem[1]},
+                )
+            return value
         raise LumoraError(
             errors.BAD_REQUEST,
             f"Body is not valid JSON: {e}",
@@ -247,8 +255,7 @@ class SessionResource(JsonResource):
         return self.server.session_info(self.session_id)
 
     def render_DELETE(self, request):
-        self.server.delete_session(self.session_id)
-        return {"success": True}
+        return self.server.delete_session(self.session_id).addCallback(lambda _: {"success": True})
 
 
 class _SessionLeaf(SessionResource):

@@ -11,9 +11,11 @@ from lumora_reload import messages
 
 
 class Sweeps:
-    def __init__(self, hub, on_expired, clock, heartbeat_interval, cleanup_interval, on_active=None):
+    def __init__(self, hub, on_expired, clock, heartbeat_interval, cleanup_interval, on_active=None,
+                 expire=None):
         self._hub = hub
         self._on_expired = on_expired
+        self._expire = expire
         self._on_active = on_active
         self._log = Logger()
         self._heartbeat = task.LoopingCall(self.sweep_devices)
@@ -51,8 +53,11 @@ class Sweeps:
         try:
             expired = self._hub.expired_sessions()
             for session in expired:
-                self._hub.expire(session)
-                self._on_expired(session)
+                if self._expire is not None:  # the caller decides (cluster mode)
+                    self._expire(session)
+                else:
+                    self._hub.expire(session)
+                    self._on_expired(session)
             if self._on_active is not None:
                 # sessions kept alive by their devices: persist the slid
                 # expiry, so a crash does not expire them early

@@ -92,6 +92,7 @@ _PAYLOAD_FIELDS = {
         ("deviceName", str, False),
         ("clientVersion", str, True),
         ("lastSequence", _NUMBER, False),
+        ("lastChecksum", str, False),
         ("token", str, False),
     ],
     "ping": [("status", (str, dict), False)],

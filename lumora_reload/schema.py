@@ -108,6 +108,9 @@ __all__ = [
     "canonical_json",
     "checksum",
     "parse_json_strict",
+    "MAX_DEPTH",
+    "encode_schema",
+    "find_unencodable",
 ]
 
 _MISSING = object()
@@ -868,14 +871,15 @@ def _wire_len(obj):
         return len(_reference_serialize(obj).encode("utf-8"))
 
 
-def choose_update(old, new, threshold=10):
+def choose_update(old, new, threshold=10, new_len=None):
     """Decide how to send `new` to devices that hold `old` (SPEC §4).
 
     "none" when the delta is empty (only ``generatedAt`` differs, or
     nothing); "incremental" when ``delta_size < threshold`` and the compact
     JSON of the delta is shorter than the compact JSON of `new` (both
     measured with orjson, not the exact wire envelope); else "full". `old`
-    None (no schema yet) -> "full".
+    None (no schema yet) -> "full". `new_len`, when the caller already
+    serialized `new`, saves serializing it again.
     """
     if old is None:
         return Choice("full", None, True)
@@ -887,11 +891,78 @@ def choose_update(old, new, threshold=10):
         return Choice("none", None, True)
     if delta_size(delta) >= threshold:
         return Choice("full", None, True)
-    new_json = _orjson_bytes(new)
-    new_len = len(new_json) if new_json is not None else _wire_len(new)
+    new_json = None
+    if new_len is None:
+        new_json = _orjson_bytes(new)
+        new_len = len(new_json) if new_json is not None else _wire_len(new)
     if _wire_len(delta) < new_len:
         return Choice("incremental", delta, legacy_compatible(old, delta), new_json)
     return Choice("full", None, True, new_json)
+
+
+# --------------------------------------------------------------------------
+# encoding: what a schema must be to travel as JSON
+
+# Nesting of JSON objects and arrays a schema may have, the schema object
+# itself counting as one level (about 125 levels of nested nodes). Every
+# step of a push handles this depth without recursion (validation, delta,
+# apply, checksum) and the encoder serializes it natively.
+MAX_DEPTH = 254
+_MAX_DOUBLE_INT = 1 << 1024  # from here on a double cannot hold the integer
+
+
+def encode_schema(schema):
+    """The compact JSON of `schema` (bytes), as the wire carries it.
+
+    Raises `SchemaError` with the path of the first value JSON cannot carry
+    to a device: nesting deeper than `MAX_DEPTH`, a number that is not
+    finite or that no double can hold, a string or key with an unpaired
+    surrogate, a value that is not JSON at all. Integers beyond 64 bits that
+    a double can hold are encoded by the standard library.
+    """
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(schema)
+        except _orjson.JSONEncodeError:
+            pass
+    problem = find_unencodable(schema)
+    if problem is not None:
+        raise SchemaError(*problem)
+    return json.dumps(schema, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def find_unencodable(value):
+    """``(path, message)`` for the first value that cannot travel as JSON
+    (see `encode_schema`), or None. Iterative: any depth is fine."""
+    stack = [(value, "", 1)]
+    while stack:
+        v, path, depth = stack.pop()
+        t = type(v)
+        if t is dict or t is list:
+            if depth > MAX_DEPTH:
+                return path, f"nested deeper than {MAX_DEPTH} levels of objects and arrays"
+            if t is dict:
+                items = list(v.items())
+                for key, _ in items:
+                    if type(key) is not str:
+                        return path, f"object key {key!r} is not a string"
+                    if _SURROGATE.search(key):
+                        return _join(path, key), "key has an unpaired surrogate (not valid Unicode)"
+                stack.extend((x, _join(path, k), depth + 1) for k, x in reversed(items))
+            else:
+                stack.extend((x, f"{path}[{i}]", depth + 1) for i, x in reversed(list(enumerate(v))))
+        elif t is str:
+            if _SURROGATE.search(v):
+                return path, "string has an unpaired surrogate (not valid Unicode)"
+        elif t is float:
+            if not math.isfinite(v):
+                return path, f"number {v} is not finite"
+        elif t is int:
+            if abs(v) >= _MAX_DOUBLE_INT:
+                return path, "integer is too large for a double"
+        elif v is not None and t is not bool and not isinstance(v, (int, float, str)):
+            return path, f"{t.__name__} is not a JSON value"
+    return None
 
 
 # --------------------------------------------------------------------------

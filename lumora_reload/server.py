@@ -8,16 +8,18 @@ built from this same object (lumora_reload.tap).
 
 from urllib.parse import urlsplit
 
+import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from lumora_reload import errors, messages, web
 from lumora_reload.access import AccessPolicy
 from lumora_reload.errors import LumoraError
 from lumora_reload.liveness import Sweeps
-from lumora_reload.sessions import HistoryEntry, Hub, Limits, PushResult, short_id
-from lumora_reload.store import MemoryStore
+from lumora_reload.sessions import Hub, Limits, PushResult, short_id
+from lumora_reload.store import ISharedStore, MemoryStore, StoreConflict, StoreUnavailable
 from lumora_reload.websocket import DeviceFactory
 
 MiB = 1024 * 1024
@@ -93,17 +95,20 @@ class HotReloadServer(service.Service):
         )
         self.sweeps = Sweeps(
             self.hub, self._forget, self.clock, heartbeat_interval, cleanup_interval,
-            on_active=lambda session: self._store("save_session", session),
+            on_active=self._save_times, expire=self._expire,
         )
         self._resource = None
-        if hasattr(self.store, "attach"):  # cluster mode (lumora_reload.cluster)
-            self.store.attach(self)
+        self._queues = SessionQueues()
+        self.shared = ISharedStore.providedBy(self.store)
+        if self.shared:  # cluster mode: other daemons' changes come in here
+            self.store.bind(self)
+            self.ws_factory.lookup = self.lookup
 
     # -- IService --------------------------------------------------------
 
     def startService(self):
         for session in self.store.load():
-            self.hub.add_loaded(session)
+            self.hub.add_session(session)
         if self.hub.sessions:
             self._log.info("restored {n} session(s)", n=len(self.hub.sessions))
         self.sweeps.start()
@@ -116,10 +121,7 @@ class HotReloadServer(service.Service):
         super().stopService()
         self.sweeps.stop()
         for session in list(self.hub.sessions.values()):
-            try:
-                self.store.save_session(session)
-            except Exception:
-                self._log.failure("saving session {id} failed", id=short_id(session.id))
+            self._save_times(session)
         yield self.ws_factory.close_all(messages.CLOSE_RESTART, "Service restart")
         yield defer.maybeDeferred(self.store.close)
 
@@ -149,30 +151,40 @@ class HotReloadServer(service.Service):
             base = f"{'wss' if secure else 'ws'}://{host}"
         return f"{base}{self.ws_path}?session={session_id}"
 
-    # -- the seed's API, snake_case (SPEC §6) ----------------------------
+    # -- the embedding API: the daemon's operations, snake_case ----------
 
     def create_session(self, schema=None, timeout_seconds=None):
-        return self._create_session(schema, timeout_seconds)[0]
+        """Create a session. With a synchronous store (memory, SQLite) it is
+        stored and registered when this returns; with Redis it is
+        registered once Redis has it (`create_session_stored` says when)."""
+        session, d = self._create_session(schema, timeout_seconds)
+        _raise_if_failed(d)
+        return session
 
     def create_session_stored(self, schema=None, timeout_seconds=None):
-        """`create_session`, as a Deferred that fires once the store holds
-        the session (a Redis store writes asynchronously; the REST API
-        answers only after that, so another daemon already knows it)."""
+        """`create_session`, as a Deferred that fires with the session once
+        the store holds it (the REST API answers only then, so another
+        daemon already knows it)."""
         try:
-            session, writes = self._create_session(schema, timeout_seconds)
+            return self._create_session(schema, timeout_seconds)[1]
         except LumoraError as e:
             return defer.fail(e)
-        return _all_stored(writes).addCallback(lambda _: session)
 
     def _create_session(self, schema, timeout_seconds):
-        session = self.hub.create_session(schema=schema, timeout_seconds=timeout_seconds)
-        if schema is not None:
-            session.history.clear()
-        writes = [self._store("save_session", session, wait=True)]
-        if schema is not None:
-            writes.append(self._store("record_push", session, HistoryEntry(session.sequence, "full"), wait=True))
-        self._log.info("session {id} created", id=short_id(session.id))
-        return session, writes
+        session, update = self.hub.new_session(schema=schema, timeout_seconds=timeout_seconds)
+        d = defer.maybeDeferred(self.store.save_session, session)
+        if update is not None:
+            d.addCallback(lambda _: self.store.commit_push(update))
+
+        def stored(_):
+            if update is not None:
+                session.state = update.state
+            self.hub.add_session(session)
+            self._log.info("session {id} created", id=short_id(session.id))
+            return session
+
+        d.addCallbacks(stored, self._not_stored, errbackArgs=("create the session",))
+        return session, d
 
     def get_session(self, session_id):
         return self.hub.get_session(session_id)
@@ -189,48 +201,63 @@ class HotReloadServer(service.Service):
         }
 
     def delete_session(self, session_id):
-        self.hub.delete_session(session_id)
-        self._store("delete_session", session_id)
-        self._log.info("session {id} deleted", id=short_id(session_id))
-        return True
+        """Delete a session: stored first, then its devices are closed. A
+        Deferred firing True (already fired with a synchronous store); a
+        store that fails leaves the session and its devices as they were."""
+        return self._queues.run(session_id, self._delete, session_id)
+
+    def _delete(self, session_id):
+        self.hub.get_session(session_id)  # 404 / 410 before touching the store
+        d = defer.maybeDeferred(self.store.delete_session, session_id)
+
+        def stored(_):
+            session = self.hub.sessions.get(session_id)
+            if session is not None:
+                self.hub.drop(session, messages.CLOSE_NORMAL, "Session closed")
+            self._log.info("session {id} deleted", id=short_id(session_id))
+            return True
+
+        return d.addCallbacks(stored, self._not_stored, errbackArgs=("delete the session",))
 
     def push_update(self, session_id, schema, preserve_state=True):
         """Store and send a new schema. Returns a Deferred firing with a
         `PushResult` once every device's connection has the update, or
-        failing with `LumoraError`."""
-        if hasattr(self.store, "push"):  # cluster mode: sequence allocated in Redis
-            return self.store.push(session_id, schema, preserve_state)
-        try:
-            session, update = self.hub.prepare_push(session_id, schema, preserve_state)
-        except LumoraError as e:
-            return defer.fail(e)
-        if update is None:
-            self._store("save_session", session)
-            return defer.succeed(PushResult(True, 0, "none", session.sequence))
-        d = defer.maybeDeferred(self.store.record_push, session, update["entry"])
+        failing with `LumoraError` -- and then nothing changed.
 
-        def stored(_):
-            count = self.hub.deliver(session, update)
+        Pushes to one session run one at a time, each planned from the
+        state the previous one committed; sessions do not wait for each
+        other. With a synchronous store the Deferred has fired on return.
+        """
+        return self._queues.run(session_id, self._push, session_id, schema, preserve_state)
+
+    @defer.inlineCallbacks
+    def _push(self, session_id, schema, preserve_state):
+        yield self._known(session_id)
+        for _ in range(MAX_CONFLICTS):
+            update = self.hub.plan_push(session_id, schema, preserve_state)
+            if update is None:
+                session = self.hub.get_session(session_id)
+                self.hub.touch(session)
+                self._save_times(session)
+                return PushResult(True, 0, "none", session.sequence)
+            try:
+                yield defer.maybeDeferred(self.store.commit_push, update)
+            except StoreConflict:
+                # another daemon committed first: adopt its state, plan again
+                yield self._refresh(session_id)
+                continue
+            except Exception:
+                self._not_stored(Failure(), "store the push")
+            count = self.hub.apply_update(update)
+            if count is None:  # deleted meanwhile
+                raise errors.session_not_found()
             if self.verbose:
                 self._log.info(
                     "push {seq} ({kind}) to {n} device(s) of session {id}",
-                    seq=update["sequence"], kind=update["update_type"], n=count, id=short_id(session.id),
+                    seq=update.sequence, kind=update.update_type, n=count, id=short_id(session_id),
                 )
-            return PushResult(True, count, update["update_type"], update["sequence"])
-
-        def not_stored(failure):
-            # devices never saw this state; make the next push a full one
-            session.force_full = True
-            session.history.clear()
-            self._log.failure("push to session {id} was not stored", failure, id=short_id(session.id))
-            raise LumoraError(
-                errors.INTERNAL_ERROR,
-                f"The push was not stored: {failure.getErrorMessage()}",
-                status=500,
-            )
-
-        d.addCallbacks(stored, not_stored)
-        return d
+            return PushResult(True, count, update.update_type, update.sequence)
+        raise LumoraError(errors.INTERNAL_ERROR, "Too many concurrent pushes to this session", status=503)
 
     def push_update_to_device(self, session_id, connection_id):
         session, device = self.hub.find_device(session_id, connection_id)
@@ -254,18 +281,25 @@ class HotReloadServer(service.Service):
         return True
 
     def extend_session(self, session_id, seconds=None):
-        session = self.hub.extend_session(session_id, seconds)
-        self._store("save_session", session)
-        return session.expires_at()
+        """Move the session's expiry to `seconds` from now (never earlier
+        than it was); returns the new expiry (Unix ms)."""
+        return _raise_if_failed(self.extend_session_stored(session_id, seconds))
 
     def extend_session_stored(self, session_id, seconds=None):
-        """`extend_session`, as a Deferred that fires once it is stored."""
+        """`extend_session`, as a Deferred that fires once it is stored;
+        a failed write leaves the expiry as it was."""
         try:
-            session = self.hub.extend_session(session_id, seconds)
-            write = self._store("save_session", session, wait=True)
+            session = self.hub.get_session(session_id)
         except LumoraError as e:
             return defer.fail(e)
-        return _all_stored([write]).addCallback(lambda _: session.expires_at())
+        target = self.hub.extended_activity(session, seconds)
+        d = defer.maybeDeferred(self.store.save_session, attrs.evolve(session, last_activity=target))
+
+        def stored(_):
+            session.active_until(target)
+            return session.expires_at()
+
+        return d.addCallbacks(stored, self._not_stored, errbackArgs=("extend the session",))
 
     def get_session_health(self, session_id):
         session = self.hub.get_session(session_id)
@@ -293,43 +327,174 @@ class HotReloadServer(service.Service):
     def get_stats(self):
         return self.hub.stats()
 
+    # -- IReplica: changes other daemons made (cluster mode) -------------
+
+    def received_update(self, session_id, entry, schema, schema_bytes, preserve_state):
+        return self._queues.run(
+            session_id, self._received_update, session_id, entry, schema, schema_bytes, preserve_state
+        )
+
+    def _received_update(self, session_id, entry, schema, schema_bytes, preserve_state):
+        session = self.hub.sessions.get(session_id)
+        if session is None or entry.sequence != session.sequence + 1:
+            if session is not None and entry.sequence <= session.sequence:
+                return None  # ours, or already read from the store
+            return self._refresh(session_id)  # unknown here, or a gap
+        update = self.hub.plan_received(session_id, entry, schema, schema_bytes, preserve_state)
+        self.hub.apply_update(update)
+        return None
+
+    def received_state(self, session_id, snapshot):
+        return self._queues.run(session_id, self._adopt, session_id, snapshot)
+
+    def received_delete(self, session_id):
+        def drop():
+            session = self.hub.sessions.get(session_id)
+            if session is not None:
+                self.hub.drop(session, messages.CLOSE_NORMAL, "Session closed")
+        return self._queues.run(session_id, drop)
+
+    def received_times(self, session_id, timeout, last_activity):
+        session = self.hub.sessions.get(session_id)
+        if session is not None:
+            session.timeout = timeout
+            session.active_until(last_activity)
+
+    def _adopt(self, session_id, snapshot):
+        """Make the hub's record of a session the store's (keeping this
+        daemon's devices); devices not on the adopted state get it full."""
+        session = self.hub.sessions.get(session_id)
+        if snapshot is None:
+            if session is not None:
+                self.hub.drop(session, messages.CLOSE_NORMAL, "Session closed")
+            return None
+        if session is None:
+            self.hub.add_session(snapshot)
+            return snapshot
+        session.timeout = snapshot.timeout
+        session.active_until(snapshot.last_activity)
+        if (snapshot.sequence, snapshot.checksum) != (session.sequence, session.checksum):
+            self.hub.replace_state(session, snapshot.state)
+        return session
+
+    def _refresh(self, session_id):
+        """Read a session from the shared store into the hub (inside the
+        session's queue)."""
+        d = self.store.fetch(session_id)
+        d.addCallback(lambda snapshot: self._adopt(session_id, snapshot))
+        d.addErrback(self._not_stored, "read the session")
+        return d
+
+    def _known(self, session_id):
+        """Fires once the hub knows the session, if any store does: a
+        session created on another daemon a moment ago is read from the
+        shared store before anyone is told 404."""
+        if not self.shared or session_id in self.hub.sessions:
+            return defer.succeed(None)
+        return self._refresh(session_id)
+
+    def lookup(self, session_id):
+        """`_known`, in the session's queue: for the device handshake."""
+        if not self.shared or session_id in self.hub.sessions:
+            return defer.succeed(None)
+        return self._queues.run(session_id, self._known, session_id)
+
     # -- helpers ---------------------------------------------------------
+
+    def _expire(self, session):
+        """The sweep found `session` idle past its expiry."""
+        if not self.shared:
+            self.hub.expire(session)
+            self._forget(session)
+            return
+        # other daemons may hold its devices: the shared activity decides
+        d = self.store.expire_if_idle(session.id, self.hub.now())
+
+        def decided(gone):
+            if gone:
+                if self.hub.sessions.get(session.id) is session:
+                    self.hub.expire(session)
+                self._log.info("session {id} expired", id=short_id(session.id))
+                return None
+            return self._refresh_queued(session.id)
+
+        d.addCallback(decided)
+        d.addErrback(lambda f: self._log.warn("expiry of session {id} not decided: {e}",
+                                              id=short_id(session.id), e=f.getErrorMessage()))
+
+    def _refresh_queued(self, session_id):
+        return self._queues.run(session_id, self._refresh, session_id)
 
     def _forget(self, session):
         self._log.info("session {id} expired", id=short_id(session.id))
-        self._store("delete_session", session.id)
-
-    def _store(self, method, *args, wait=False):
-        """Call the store; a failure here is logged and raised so the
-        caller's request fails rather than pretending it was stored. With
-        `wait`, an asynchronous failure reaches the caller's Deferred as a
-        503 (the store is unavailable); otherwise it is only logged."""
         try:
-            result = getattr(self.store, method)(*args)
-        except Exception as e:
-            self._log.failure("store.{method} failed", method=method)
-            raise LumoraError(errors.INTERNAL_ERROR, f"Session state could not be stored: {e}", status=500)
-        if isinstance(result, defer.Deferred):
+            d = defer.maybeDeferred(self.store.delete_session, session.id)
+        except Exception:  # pragma: no cover - maybeDeferred catches
+            d = defer.fail()
+        d.addErrback(lambda f: self._log.failure("forgetting session {id} failed", f, id=short_id(session.id)))
 
-            def failed(failure):
-                self._log.failure("store.{method} failed", failure, method=method)
-                if wait:
-                    raise LumoraError(
-                        errors.INTERNAL_ERROR,
-                        f"Session state could not be stored: {failure.getErrorMessage()}",
-                        status=503,
-                    )
+    def _save_times(self, session):
+        """Store a session's times; a failure is logged, not raised (times
+        are saved again at the next sweep)."""
+        d = defer.maybeDeferred(self.store.save_session, session)
+        d.addErrback(lambda f: self._log.warn(
+            "saving session {id} failed: {e}", id=short_id(session.id), e=f.getErrorMessage()
+        ))
+        return d
 
-            result.addErrback(failed)
-        return result
+    def _not_stored(self, failure, doing):
+        """Turn a store failure into the error the caller answers with."""
+        if failure.check(LumoraError):
+            failure.raiseException()
+        if failure.check(StoreUnavailable, ConnectionError, TimeoutError):
+            self._log.warn("could not {doing}: {e}", doing=doing, e=failure.getErrorMessage())
+            raise LumoraError(
+                errors.INTERNAL_ERROR,
+                f"Session state could not be stored ({failure.getErrorMessage()}); nothing changed, try again",
+                status=503,
+            )
+        self._log.failure("could not {doing}", failure, doing=doing)
+        raise LumoraError(
+            errors.INTERNAL_ERROR,
+            f"Session state could not be stored ({failure.getErrorMessage()}); nothing changed",
+            status=500,
+        )
 
 
-def _all_stored(writes):
-    """One Deferred for the store's answers (values or Deferreds); fails
-    with the first error, as a LumoraError."""
-    pending = [w for w in writes if isinstance(w, defer.Deferred)]
-    if not pending:
-        return defer.succeed(None)
-    d = defer.gatherResults(pending, consumeErrors=True)
-    d.addErrback(lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
-    return d
+MAX_CONFLICTS = 20
+
+
+class SessionQueues:
+    """Runs work for one session at a time, in order; sessions do not wait
+    for each other. Holds an entry only while a session has work queued."""
+
+    def __init__(self):
+        self._locks = {}
+
+    def run(self, key, f, *args):
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = defer.DeferredLock()
+        d = lock.run(f, *args)
+
+        def idle(result):
+            if not lock.locked and not lock.waiting and self._locks.get(key) is lock:
+                del self._locks[key]
+            return result
+
+        return d.addBoth(idle)
+
+    def __len__(self):
+        return len(self._locks)
+
+
+def _raise_if_failed(d):
+    """The result of an already-fired Deferred (raising its failure), or
+    None when it has not fired yet (an asynchronous store)."""
+    box = []
+    d.addBoth(box.append)
+    if not box:
+        return None
+    if isinstance(box[0], Failure):
+        box[0].raiseException()
+    return box[0]

@@ -60,6 +60,7 @@ class Limits:
     connection_timeout: float = 60.0
     incremental_threshold: int = 10
     history_size: int = 64
+    history_bytes: int = 16 * 1024 * 1024  # replayable frames kept per session
     max_sessions: int = 10000
     max_devices_per_session: int = 10000
     log_lines: int = 1000
@@ -73,13 +74,66 @@ class HistoryEntry:
 
     Only incremental updates are replayable; a full update is recorded as a
     marker (no payload), because replaying across it is never smaller than
-    sending the current schema.
+    sending the current schema. `checksum` is the checksum of the state the
+    update leads to, so a device's claim "I hold state k" can be checked.
     """
 
     sequence: int
     update_type: str
     legacy_ok: bool = False
     payload: bytes | None = None
+    checksum: str | None = None
+
+
+@attrs.frozen(eq=False)
+class State:
+    """One committed schema state of a session: a value, never changed.
+
+    A session moves from one `State` to the next in a single assignment
+    (`Hub.apply_update`), so nothing can see half of a push. Everything that
+    is derived from one state (its compact JSON, its full update frame) is
+    cached on the state itself, so a cache can never outlive its state.
+    """
+
+    sequence: int = 0
+    schema: dict | None = None
+    checksum: str | None = None
+    preserve_state: bool = True
+    schema_bytes: bytes | None = None  # compact JSON of `schema`
+    history: tuple = ()  # HistoryEntry, consecutive sequence numbers
+    _cache: dict = attrs.field(factory=dict, repr=False)
+
+    def schema_json(self):
+        """The schema's JSON, spliced into the messages that carry it."""
+        if self.schema_bytes is None:
+            return None
+        return orjson.Fragment(self.schema_bytes)
+
+
+EMPTY = State()
+
+
+@attrs.frozen(eq=False)
+class PreparedUpdate:
+    """A push planned from a session's committed state, before anything
+    changed: what the store must make durable and what devices will get.
+
+    `base` is the state it was computed from; the store refuses the update
+    when its own current number is not `base.sequence` (another writer got
+    there first), and the hub refuses to apply it on any other state.
+    """
+
+    session_id: str
+    base: State
+    state: State
+    update_type: str  # "incremental" | "full"
+    outgoing: Outgoing  # what protocol-1.1 devices receive
+    entry: HistoryEntry
+    legacy_ok: bool  # protocol-1.0 devices may take `outgoing` too
+
+    @property
+    def sequence(self):
+        return self.state.sequence
 
 
 @attrs.frozen
@@ -111,7 +165,10 @@ class Device:
     link: object
     legacy: bool = False
     last_ack_sequence: int = 0
+    # the state the device was last sent (or resumed at): a reload from the
+    # store compares both, so a number reused for another schema is noticed
     sent_sequence: int = 0
+    sent_checksum: str | None = None
 
     def to_json(self):
         return {
@@ -129,27 +186,35 @@ class Session:
     id: str
     created_at: int  # Unix ms
     timeout: float  # seconds of inactivity before expiry
-    last_activity: float  # clock seconds
-    schema: dict | None = None
-    checksum: str | None = None
-    sequence: int = 0
-    preserve_state: bool = True
-    history: collections.deque = attrs.field(factory=collections.deque)
+    last_activity: float  # clock seconds; only ever moves forward
+    state: State = EMPTY
     devices: dict = attrs.field(factory=dict)  # connection_id -> Device
     by_device_id: dict = attrs.field(factory=dict)  # deviceId -> Device
     logs: collections.deque = attrs.field(factory=collections.deque)
-    # Set when a push could not be stored: devices may hold a state the
-    # history cannot explain, so the next push goes out full.
-    force_full: bool = False
-    _full: Outgoing | None = None
-    _schema_json: tuple | None = None  # (sequence, bytes)
+
+    # read-only views of the committed state
+    @property
+    def schema(self):
+        return self.state.schema
+
+    @property
+    def checksum(self):
+        return self.state.checksum
+
+    @property
+    def sequence(self):
+        return self.state.sequence
+
+    @property
+    def preserve_state(self):
+        return self.state.preserve_state
+
+    @property
+    def history(self):
+        return self.state.history
 
     def schema_json(self):
-        """The current schema serialized once per state, spliced into the
-        messages that carry it (`connected`, full updates)."""
-        if self._schema_json is None or self._schema_json[0] != self.sequence:
-            self._schema_json = (self.sequence, messages.encode(self.schema))
-        return orjson.Fragment(self._schema_json[1])
+        return self.state.schema_json()
 
     @property
     def expires_at_seconds(self):
@@ -157,6 +222,11 @@ class Session:
 
     def expires_at(self):
         return int(self.expires_at_seconds * 1000)
+
+    def active_until(self, when):
+        """Record activity up to `when`; never moves expiry back."""
+        if when > self.last_activity:
+            self.last_activity = when
 
     def device_by_id(self, device_id):
         return self.by_device_id.get(device_id)
@@ -173,6 +243,15 @@ class Session:
         if self.by_device_id.get(device.device_id) is device:
             del self.by_device_id[device.device_id]
         return True
+
+
+def _invalid_schema(error):
+    return LumoraError(
+        errors.SCHEMA_VALIDATION_FAILED,
+        str(error),
+        status=400,
+        details={"path": error.path, "message": error.message},
+    )
 
 
 def short_id(session_id):
@@ -212,7 +291,13 @@ class Hub:
     def new_session_id(self):
         return secrets.token_hex(16)  # 128 bits
 
-    def create_session(self, schema=None, timeout_seconds=None, session_id=None):
+    def new_session(self, schema=None, timeout_seconds=None, session_id=None):
+        """A session not yet registered, with its first state planned.
+
+        Returns ``(session, update)``; `update` (a `PreparedUpdate` from the
+        empty state, or None without a schema) is what the store commits
+        before `add_session` makes the session visible.
+        """
         if len(self.sessions) >= self.limits.max_sessions:
             raise LumoraError(
                 errors.RATE_LIMIT_EXCEEDED,
@@ -220,8 +305,6 @@ class Hub:
                 status=429,
             )
         timeout = self.limits.session_timeout if timeout_seconds is None else timeout_seconds
-        if schema is not None:
-            self.validate(schema)
         now = self.now()
         session = Session(
             id=session_id or self.new_session_id(),
@@ -229,16 +312,25 @@ class Hub:
             timeout=timeout,
             last_activity=now,
         )
+        update = None
         if schema is not None:
-            session.schema = schema
-            session.checksum = schemas.checksum(schema)
-            session.sequence = 1
-        self.sessions[session.id] = session
+            update = self._plan(session, schema, True, force_full=True)
+        return session, update
+
+    def create_session(self, schema=None, timeout_seconds=None, session_id=None):
+        """Create and register a session at once (no store involved)."""
+        session, update = self.new_session(schema, timeout_seconds, session_id)
+        if update is not None:
+            session.state = update.state
+        self.add_session(session)
         return session
 
-    def add_loaded(self, session):
-        """Register a session restored from a store."""
+    def add_session(self, session):
+        """Register a new session, or one restored from a store."""
         self.sessions[session.id] = session
+        self.tombstones.pop(session.id, None)
+
+    add_loaded = add_session
 
     def get_session(self, session_id):
         session = self.sessions.get(session_id)
@@ -253,32 +345,35 @@ class Hub:
         raise errors.session_not_found()
 
     def touch(self, session):
-        session.last_activity = max(session.last_activity, self.now())
+        session.active_until(self.now())
+
+    def extended_activity(self, session, seconds=None):
+        """The `last_activity` that puts expiry `seconds` from now (default:
+        the session's timeout), or the current one when that is later:
+        extending never shortens."""
+        seconds = session.timeout if seconds is None else seconds
+        return max(session.last_activity, self.now() + seconds - session.timeout)
 
     def extend_session(self, session_id, seconds=None):
-        """Push the expiry to `seconds` from now (default: the session's
-        timeout); never shortens it."""
         session = self.get_session(session_id)
-        seconds = session.timeout if seconds is None else seconds
-        target = self.now() + seconds
-        if target > session.expires_at_seconds:
-            session.last_activity = target - session.timeout
+        session.active_until(self.extended_activity(session, seconds))
         return session
 
     def delete_session(self, session_id, code=messages.CLOSE_NORMAL, reason="Session closed"):
         session = self.get_session(session_id)
-        self._drop(session, code, reason)
-        self.tombstones.pop(session_id, None)
+        self.drop(session, code, reason)
         return session
 
     def expire(self, session):
-        self._drop(session, messages.CLOSE_EXPIRED, "Session expired")
+        self.drop(session, messages.CLOSE_EXPIRED, "Session expired")
         self.tombstones[session.id] = self.now()
         while len(self.tombstones) > self.limits.max_sessions:
             self.tombstones.popitem(last=False)
 
-    def _drop(self, session, code, reason):
-        self.sessions.pop(session.id, None)
+    def drop(self, session, code, reason):
+        """Forget a session and close its devices (idempotent)."""
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
         for device in list(session.devices.values()):
             session.remove_device(device)
             device.link.close(code, reason)
@@ -290,7 +385,7 @@ class Hub:
         found = []
         for session in list(self.sessions.values()):
             if session.devices:
-                session.last_activity = now
+                session.active_until(now)
             elif now > session.expires_at_seconds:
                 found.append(session)
         horizon = now - self.limits.tombstone_seconds
@@ -298,49 +393,44 @@ class Hub:
             self.tombstones.popitem(last=False)
         return found
 
-    # -- schemas and pushes -------------------------------------------
+    # -- schemas and pushes: plan, then (after the store) apply ------
 
     @staticmethod
     def validate(schema):
         try:
             schemas.validate(schema)
         except schemas.SchemaError as e:
-            raise LumoraError(
-                errors.SCHEMA_VALIDATION_FAILED,
-                str(e),
-                status=400,
-                details={"path": e.path, "message": e.message},
-            )
+            raise _invalid_schema(e)
 
-    def prepare_push(self, session_id, schema, preserve_state=True):
-        """Validate and compute the update; advance the session's state.
+    def plan_push(self, session_id, schema, preserve_state=True):
+        """Plan a push from the session's committed state; change nothing.
 
-        Returns ``(session, update)`` where `update` is None when nothing
-        changed, else a dict describing what to store and send.
+        Returns a `PreparedUpdate`, or None when the schema equals the
+        current one. Everything that can fail on the input (validation,
+        nesting depth, values JSON cannot carry) raises here, as a 400
+        ``SCHEMA_VALIDATION_FAILED`` naming the path.
         """
         session = self.get_session(session_id)
+        return self._plan(session, schema, preserve_state)
+
+    def _plan(self, session, schema, preserve_state, force_full=False):
+        base = session.state
         self.validate(schema)
-        self.touch(session)
-        choice = schemas.choose_update(
-            session.schema, schema, self.limits.incremental_threshold
-        )
-        if choice.update_type == "none" and not session.force_full:
-            return session, None
-        update_type = choice.update_type
-        if session.force_full or update_type == "none":
-            update_type = "full"
-        session.force_full = False
-        sequence = session.sequence + 1
+        try:
+            schema_bytes = schemas.encode_schema(schema)
+        except schemas.SchemaError as e:
+            raise _invalid_schema(e)
+        if force_full:
+            choice = schemas.Choice("full", None, True)
+        else:
+            choice = schemas.choose_update(
+                base.schema, schema, self.limits.incremental_threshold, new_len=len(schema_bytes)
+            )
+            if choice.update_type == "none":
+                return None
+        sequence = base.sequence + 1
         checksum = schemas.checksum(schema)
-        now_ms = self.now_ms()
-        session.schema = schema
-        session.checksum = checksum
-        session.sequence = sequence
-        session.preserve_state = preserve_state
-        session._full = None
-        if choice.new_json is not None:
-            session._schema_json = (sequence, choice.new_json)
-        if update_type == "incremental":
+        if choice.update_type == "incremental":
             payload = {
                 "type": "incremental",
                 "delta": choice.delta,
@@ -348,56 +438,102 @@ class Hub:
                 "sequenceNumber": sequence,
                 "checksum": checksum,
             }
-            outgoing = Outgoing(
-                messages.encode(messages.envelope("update", session.id, now_ms, payload)),
-                sequence,
-                "incremental",
-            )
-            entry = HistoryEntry(sequence, "incremental", choice.legacy_ok, outgoing.payload)
+            frame = messages.encode(messages.envelope("update", session.id, self.now_ms(), payload))
+            entry = HistoryEntry(sequence, "incremental", choice.legacy_ok, frame, checksum)
         else:
-            outgoing = self.full_update(session)
-            entry = HistoryEntry(sequence, "full")
-        session.history.append(entry)
-        while len(session.history) > self.limits.history_size:
-            session.history.popleft()
-        return session, {
-            "sequence": sequence,
-            "update_type": update_type,
-            "outgoing": outgoing,
-            "entry": entry,
-            "legacy_ok": update_type == "full" or choice.legacy_ok,
-        }
+            entry = HistoryEntry(sequence, "full", checksum=checksum)
+        return self._prepared(session.id, base, entry, schema, schema_bytes, preserve_state)
 
-    def full_update(self, session):
-        """The full update of the session's current state (cached per state)."""
-        if session._full is None or session._full.sequence != session.sequence:
-            payload = {
-                "type": "full",
-                "schema": session.schema_json(),
-                "preserveState": session.preserve_state,
-                "sequenceNumber": session.sequence,
-                "checksum": session.checksum,
-            }
-            session._full = Outgoing(
-                messages.encode(messages.envelope("update", session.id, self.now_ms(), payload)),
-                session.sequence,
-                "full",
-            )
-        return session._full
+    def plan_received(self, session_id, entry, schema, schema_bytes, preserve_state):
+        """The same kind of plan for an update another daemon committed
+        (cluster mode), from this daemon's state of the session."""
+        session = self.get_session(session_id)
+        return self._prepared(session.id, session.state, entry, schema, schema_bytes, preserve_state)
 
-    def deliver(self, session, update):
-        """Hand one prepared update to every device of the session."""
-        outgoing = update["outgoing"]
-        full = None
+    def _prepared(self, session_id, base, entry, schema, schema_bytes, preserve_state):
+        history = self._history_after(base.history, entry)
+        state = State(entry.sequence, schema, entry.checksum, preserve_state, schema_bytes, history)
+        if entry.update_type == "incremental":
+            outgoing = Outgoing(entry.payload, entry.sequence, "incremental")
+            legacy_ok = entry.legacy_ok
+        else:
+            outgoing = self._full_update(session_id, state)
+            legacy_ok = True
+        return PreparedUpdate(session_id, base, state, entry.update_type, outgoing, entry, legacy_ok)
+
+    def _history_after(self, history, entry):
+        """`history` + `entry`, bounded by count and by replay bytes; kept
+        consecutive (an entry that does not follow starts it afresh)."""
+        if history and history[-1].sequence + 1 != entry.sequence:
+            history = ()
+        kept = list(history) + [entry]
+        limit = self.limits.history_size
+        if len(kept) > limit:
+            kept = kept[len(kept) - limit:]
+        budget = self.limits.history_bytes
+        size = sum(len(e.payload or b"") for e in kept)
+        while size > budget and len(kept) > 1:
+            size -= len(kept.pop(0).payload or b"")
+        return tuple(kept)
+
+    def apply_update(self, update):
+        """Make a committed update the session's state and send it to the
+        session's devices. Returns the number of devices, or None when the
+        session is gone or no longer at the update's base (nothing sent)."""
+        session = self.sessions.get(update.session_id)
+        if session is None or session.state is not update.base:
+            return None
+        session.state = update.state
+        self.touch(session)
+        return self.deliver(session, update)
+
+    def replace_state(self, session, state):
+        """Adopt a state read from the store (cluster reload, conflict):
+        devices that were not sent exactly this state get it in full."""
+        session.state = state
         count = 0
         for device in list(session.devices.values()):
-            if device.legacy and not update["legacy_ok"]:
+            if (device.sent_sequence, device.sent_checksum) != (state.sequence, state.checksum):
+                if self.resync_device(session, device):
+                    count += 1
+        return count
+
+    def _full_update(self, session_id, state):
+        """The full update of one state (made once per state)."""
+        outgoing = state._cache.get("full")
+        if outgoing is None:
+            payload = {
+                "type": "full",
+                "schema": state.schema_json(),
+                "preserveState": state.preserve_state,
+                "sequenceNumber": state.sequence,
+                "checksum": state.checksum,
+            }
+            outgoing = state._cache["full"] = Outgoing(
+                messages.encode(messages.envelope("update", session_id, self.now_ms(), payload)),
+                state.sequence,
+                "full",
+            )
+        return outgoing
+
+    def full_update(self, session):
+        """The full update of the session's current state."""
+        return self._full_update(session.id, session.state)
+
+    def deliver(self, session, update):
+        """Hand one applied update to every device of the session."""
+        full = None
+        count = 0
+        state = update.state
+        for device in list(session.devices.values()):
+            if device.legacy and not update.legacy_ok:
                 if full is None:
-                    full = self.full_update(session)
+                    full = self._full_update(session.id, state)
                 device.link.send(full)
             else:
-                device.link.send(outgoing)
-            device.sent_sequence = update["sequence"]
+                device.link.send(update.outgoing)
+            device.sent_sequence = state.sequence
+            device.sent_checksum = state.checksum
             count += 1
         return count
 
@@ -407,6 +543,7 @@ class Hub:
             return False
         device.link.send(self.full_update(session))
         device.sent_sequence = session.sequence
+        device.sent_checksum = session.checksum
         return True
 
     def reload_all(self, session_id):
@@ -423,8 +560,8 @@ class Hub:
     # -- devices -------------------------------------------------------
 
     def attach(self, session_id, link, payload):
-        """A device sent `connect`. Returns ``(device, messages)`` where
-        `messages` are the Outgoings to send, `connected` first."""
+        """A device sent `connect`. Returns ``(session, device, messages)``
+        where `messages` are the Outgoings to send, `connected` first."""
         session = self.get_session(session_id)
         replaced = session.device_by_id(payload["deviceId"])
         if replaced is not None:
@@ -451,12 +588,14 @@ class Hub:
             legacy=version is not None and version[:2] == (1, 0),
         )
         self.touch(session)
-        outgoing = self._catch_up(session, device, payload.get("lastSequence"))
+        outgoing = self._catch_up(
+            session, device, payload.get("lastSequence"), payload.get("lastChecksum")
+        )
         session.add_device(device)
         return session, device, outgoing
 
-    def _catch_up(self, session, device, last_sequence):
-        replay = self._replay(session, device, last_sequence)
+    def _catch_up(self, session, device, last_sequence, last_checksum=None):
+        replay = self._replay(session, device, last_sequence, last_checksum)
         resumed = replay is not None
         connected = {
             "connectionId": device.connection_id,
@@ -473,11 +612,9 @@ class Hub:
         if not resumed and session.schema is not None:
             connected["initialSchema"] = session.schema_json()
             connected["checksum"] = session.checksum
-        if resumed:
-            device.last_ack_sequence = int(last_sequence)
-        else:
-            device.last_ack_sequence = 0
+        device.last_ack_sequence = int(last_sequence) if resumed else 0
         device.sent_sequence = session.sequence
+        device.sent_checksum = session.checksum
         first = Outgoing(
             messages.encode(messages.envelope("connected", session.id, self.now_ms(), connected)),
             session.sequence,
@@ -485,27 +622,48 @@ class Hub:
         )
         return [first] + (replay or [])
 
-    def _replay(self, session, device, last_sequence):
-        """The updates that bring a device from `last_sequence` to now, or
-        None when it must start from the full schema."""
+    def _replay(self, session, device, last_sequence, last_checksum=None):
+        """The updates that bring a device from state `last_sequence` to
+        now, or None when it must start from the full schema.
+
+        A number ahead of ours, or known here with another checksum than the
+        device says it holds (a number reused after a crash), is never
+        resumed. Every replayed entry must follow the one before it.
+        """
         if last_sequence is None or last_sequence != int(last_sequence):
             return None
         last_sequence = int(last_sequence)
-        if last_sequence == session.sequence:
-            return []
         if last_sequence > session.sequence or last_sequence < 0:
             return None
-        wanted = [e for e in session.history if e.sequence > last_sequence]
-        if not wanted or wanted[0].sequence != last_sequence + 1:
+        if last_checksum is not None and self._checksum_of(session, last_sequence) != last_checksum:
             return None
+        if last_sequence == session.sequence:
+            return []
+        wanted = [e for e in session.history if e.sequence > last_sequence]
         size = 0
+        expected = last_sequence + 1
         for entry in wanted:
+            if entry.sequence != expected:
+                return None
+            expected += 1
             if entry.update_type != "incremental" or (device.legacy and not entry.legacy_ok):
                 return None
             size += len(entry.payload)
+        if expected != session.sequence + 1:
+            return None
         if size > len(self.full_update(session)):
             return None
         return [Outgoing(e.payload, e.sequence, "incremental") for e in wanted]
+
+    @staticmethod
+    def _checksum_of(session, sequence):
+        """The checksum of state `sequence` if this daemon still knows it."""
+        if sequence == session.sequence:
+            return session.checksum
+        for entry in session.history:
+            if entry.sequence == sequence:
+                return entry.checksum
+        return None
 
     def detach(self, session_id, device):
         """Forget a device whose connection closed (idempotent)."""
@@ -519,7 +677,7 @@ class Hub:
         device.last_seen = self.now()
         session = self.sessions.get(session_id)
         if session is not None:
-            session.last_activity = device.last_seen
+            session.active_until(device.last_seen)
 
     def ack(self, device, payload):
         sequence = int(payload["sequenceNumber"])

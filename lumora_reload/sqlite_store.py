@@ -48,8 +48,8 @@ import orjson
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lumora_reload.sessions import HistoryEntry, Session, short_id
-from lumora_reload.store import ISessionStore
+from lumora_reload.sessions import EMPTY, HistoryEntry, Session, State, short_id
+from lumora_reload.store import ISessionStore, StoreConflict
 
 DB_NAME = "sessions.sqlite3"
 LOCK_NAME = "lock"
@@ -81,6 +81,11 @@ MIGRATIONS = [
             PRIMARY KEY (session_id, sequence)
         )""",
     ],
+    [
+        # the checksum of the state each update leads to, so that a device
+        # resuming at a number can be checked against the state it holds
+        "ALTER TABLE history ADD COLUMN checksum TEXT",
+    ],
 ]
 VERSION = len(MIGRATIONS)
 
@@ -98,13 +103,6 @@ class _WallClock:
     @staticmethod
     def seconds():
         return time.time()
-
-
-def _dump(value):
-    try:
-        return orjson.dumps(value)
-    except TypeError:  # integers beyond 64 bits: plain JSON copes
-        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _load(data):
@@ -261,12 +259,12 @@ class SQLiteStore:
             "sessions are kept in {path} ({n} expired purged)", path=self.path, n=len(expired)
         )
         histories = collections.defaultdict(collections.deque)
-        for session_id, sequence, update_type, legacy_ok, payload in db.execute(
-            "SELECT session_id, sequence, update_type, legacy_ok, payload "
+        for session_id, sequence, update_type, legacy_ok, payload, checksum in db.execute(
+            "SELECT session_id, sequence, update_type, legacy_ok, payload, checksum "
             "FROM history ORDER BY session_id, sequence"
         ):
             histories[session_id].append(
-                HistoryEntry(sequence, update_type, bool(legacy_ok), payload)
+                HistoryEntry(sequence, update_type, bool(legacy_ok), payload, checksum)
             )
         sessions = []
         for row in db.execute(
@@ -282,16 +280,18 @@ class SQLiteStore:
                     "session {id}: stored schema unreadable ({e}); skipped", id=short_id(session_id), e=e
                 )
                 continue
+            state = EMPTY
+            if sequence:
+                state = State(
+                    sequence, schema, checksum, bool(preserve), bytes(body),
+                    _consecutive(histories.get(session_id, ()), sequence),
+                )
             session = Session(
                 id=session_id,
                 created_at=created_at,
                 timeout=timeout,
                 last_activity=last_activity,
-                schema=schema,
-                checksum=checksum,
-                sequence=sequence or 0,
-                preserve_state=bool(preserve) if preserve is not None else True,
-                history=histories.get(session_id, collections.deque()),
+                state=state,
             )
             self._saved[session_id] = self._session_row(session)
             sessions.append(session)
@@ -307,31 +307,37 @@ class SQLiteStore:
             self._write_session(row)
         self._saved[session.id] = row
 
-    def record_push(self, session, entry):
-        """Store the session's current schema and sequence, and the history
-        entry of that push, in one transaction; returns once committed."""
+    def commit_push(self, update):
+        """Store a push's new state and its history entry in one
+        transaction, after checking that the stored state is the one the
+        push was planned from; returns once committed."""
         db = self._connect()
-        row = self._session_row(session)
-        schema = _dump(session.schema)
-        oldest = min([e.sequence for e in session.history] + [entry.sequence])
+        state, entry = update.state, update.entry
         with self._transaction("store a push in"):
-            self._write_session(row)
+            row = db.execute(
+                "SELECT sequence FROM states WHERE session_id = ?", (update.session_id,)
+            ).fetchone()
+            current = row[0] if row else 0
+            if current != update.base.sequence:
+                raise StoreConflict(current)
             db.execute(
                 "INSERT OR REPLACE INTO states (session_id, sequence, preserve_state, checksum, schema) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (session.id, session.sequence, int(session.preserve_state), session.checksum, schema),
+                (update.session_id, state.sequence, int(state.preserve_state), state.checksum,
+                 state.schema_bytes),
             )
             db.execute(
-                "INSERT OR REPLACE INTO history (session_id, sequence, update_type, legacy_ok, payload) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (session.id, entry.sequence, entry.update_type, int(entry.legacy_ok), entry.payload),
+                "INSERT OR REPLACE INTO history "
+                "(session_id, sequence, update_type, legacy_ok, payload, checksum) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (update.session_id, entry.sequence, entry.update_type, int(entry.legacy_ok),
+                 entry.payload, entry.checksum),
             )
-            # keep exactly what the live session keeps (it prunes to its
-            # history size, and clears it after a failed store)
+            # keep exactly the history the new state keeps
             db.execute(
-                "DELETE FROM history WHERE session_id = ? AND sequence < ?", (session.id, oldest)
+                "DELETE FROM history WHERE session_id = ? AND sequence < ?",
+                (update.session_id, state.history[0].sequence),
             )
-        self._saved[session.id] = row
 
     def delete_session(self, session_id):
         self._connect()
@@ -414,6 +420,17 @@ class SQLiteStore:
         if code == _BUSY or "locked" in text:
             return f"{doing} {self.path}: {text}; another program is using it"
         return f"{doing} {self.path}: {text}"
+
+
+def _consecutive(entries, sequence):
+    """The stored history entries that lead, without a gap, up to the
+    stored state `sequence` (anything else cannot be replayed)."""
+    kept = []
+    for entry in reversed(entries):
+        if entry.sequence != sequence - len(kept):
+            break
+        kept.append(entry)
+    return tuple(reversed(kept))
 
 
 def _make_dir(data_dir):

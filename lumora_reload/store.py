@@ -1,28 +1,47 @@
 """Where sessions are kept between pushes and across restarts.
 
-The hub (lumora_reload.sessions) owns live state; a store receives every
-durable change and gives sessions back at start-up. Methods may return a
-value or a Deferred; the service waits on either before it answers a
-request, so "answered 200" always means "stored".
+The hub (lumora_reload.sessions) owns live state; a store makes every
+change durable *before* the hub shows it (plan -> commit -> apply, see
+`HotReloadServer.push_update`), and gives sessions back at start-up.
+Methods may return a value or a Deferred; a raised exception or a failed
+Deferred means "not stored", and then nothing observable changes.
 
 `MemoryStore` keeps nothing (``--in-memory``). The SQLite store lives in
-lumora_reload.sqlite_store.
+lumora_reload.sqlite_store; the Redis store of cluster mode, which also
+carries other daemons' changes to this one, in lumora_reload.cluster.
 """
 
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
+
+
+class StoreConflict(Exception):
+    """The store's current sequence number is not the one the update was
+    planned from: another writer committed first. Nothing was written."""
+
+    def __init__(self, current):
+        super().__init__(f"the stored session is at sequence {current}")
+        self.current = current
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached now; nothing was written (the REST API
+    answers 503: try again)."""
 
 
 class ISessionStore(Interface):
     def load():
         """Return the stored, unexpired sessions (as `Session` objects with
-        schema, sequence and history, no devices)."""
+        their committed `State`, no devices)."""
 
     def save_session(session):
-        """Store a new session or its changed times."""
+        """Store a new session or its changed times (timeout, last
+        activity). Never re-creates a session that was deleted meanwhile
+        by another writer."""
 
-    def record_push(session, entry):
-        """Store the session's new current schema, sequence number and the
-        history entry of that push (a `HistoryEntry`)."""
+    def commit_push(update):
+        """Make a `PreparedUpdate` durable: the new state and its history
+        entry, at once. Raise (or fail with) `StoreConflict` when the
+        stored sequence number is not ``update.base.sequence``."""
 
     def delete_session(session_id):
         """Forget a session (deleted or expired)."""
@@ -31,11 +50,39 @@ class ISessionStore(Interface):
         """Flush and release the store."""
 
 
+class IReplica(Interface):
+    """What a shared store calls on the daemon when another daemon changed
+    a session (`HotReloadServer` implements it)."""
+
+    def received_update(session_id, entry, schema, schema_bytes, preserve_state):
+        """Another daemon committed the update `entry` (a `HistoryEntry`)."""
+
+    def received_state(session_id, snapshot):
+        """The store's current record of a session (a `Session` without
+        devices), read after a gap, a conflict or a reconnect; None when
+        the session no longer exists."""
+
+
+class ISharedStore(ISessionStore):
+    """A store that several daemons share (cluster mode)."""
+
+    node = Attribute("This daemon's name among the daemons sharing the store.")
+
+    def bind(replica):
+        """Deliver other daemons' changes to `replica` (an `IReplica`)."""
+
+    def fetch(session_id):
+        """A Deferred firing with the stored record of a session (a
+        `Session` without devices) or None when the store has none."""
+
+    def expire_if_idle(session_id, now):
+        """Delete the session only if its shared last activity says it
+        expired; a Deferred firing True when it was deleted."""
+
+
 @implementer(ISessionStore)
 class MemoryStore:
     """Keeps nothing: sessions live only as long as the process."""
-
-    durable = False
 
     def load(self):
         return []
@@ -43,7 +90,7 @@ class MemoryStore:
     def save_session(self, session):
         pass
 
-    def record_push(self, session, entry):
+    def commit_push(self, update):
         pass
 
     def delete_session(self, session_id):

@@ -105,6 +105,10 @@ class DeviceProtocol(WebSocketServerProtocol):
             request.headers.get("origin"),
             getattr(local, "host", None),
         )
+        if self._refusal is None and self._session_id and self.factory.lookup is not None:
+            # cluster mode: a session created on another daemon a moment
+            # ago is read from the shared store before anyone hears 4404
+            return self.factory.lookup(self._session_id).addBoth(lambda _: None)
         return None
 
     def onOpen(self):
@@ -417,6 +421,8 @@ class DeviceFactory(WebSocketServerFactory):
         self.max_buffer = max_buffer
         self.connections = set()
         self._waiting = []
+        # session_id -> Deferred; set by the server in cluster mode
+        self.lookup = None
         options = dict(
             maxMessagePayloadSize=max_message_size,
             maxFramePayloadSize=max_message_size,

@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 
+import attrs
 import pytest
 import pytest_twisted
 import segno
@@ -416,7 +417,8 @@ async def test_device_exits_non_zero_on_a_checksum_mismatch(daemon, reactor):
     try:
         await proc.wait_line(lambda l: "connected" in l)
         session = daemon.server.get_session(sid)
-        session.checksum, session._full = "0" * 64, None  # the daemon now sends a wrong checksum
+        # the daemon now sends a wrong checksum
+        session.state = attrs.evolve(session.state, checksum="0" * 64, cache={})
         status, _ = await daemon.call("POST", f"/session/{sid}/reload")
         assert status == 200
         code = await proc.wait_exit()

@@ -33,10 +33,11 @@ def connect(hub, sid, device_id="d", **extra):
 
 
 def push(hub, sid, schema):
-    session, update = hub.prepare_push(sid, schema)
+    """Plan and apply, as the server does around a store that always commits."""
+    update = hub.plan_push(sid, schema)
     if update is None:
         return None
-    hub.deliver(session, update)
+    hub.apply_update(update)
     return update
 
 
@@ -50,14 +51,14 @@ def test_sequence_numbers_are_gapless_per_state(clock):
     hub = Hub(clock)
     sid = hub.create_session().id
     schema = make_schema()
-    assert push(hub, sid, schema)["sequence"] == 1
+    assert push(hub, sid, schema).sequence == 1
     assert push(hub, sid, schema) is None  # same state, no number
-    assert push(hub, sid, with_text(schema, "a"))["sequence"] == 2
+    assert push(hub, sid, with_text(schema, "a")).sequence == 2
     session = hub.get_session(sid)
     device, link = connect(hub, sid)
     hub.resync_device(session, device)
     assert session.sequence == 2  # a one-device resync does not advance
-    assert push(hub, sid, with_text(schema, "b"))["sequence"] == 3
+    assert push(hub, sid, with_text(schema, "b")).sequence == 3
 
 
 def test_sliding_expiry_and_tombstones(clock):
@@ -231,13 +232,19 @@ def test_expiry_sweep_reports_sessions_kept_alive_by_devices(clock):
     sweeps.stop()
 
 
-def test_push_reuses_the_size_check_serialization(clock):
+def test_push_serializes_the_schema_once(clock, monkeypatch):
+    from lumora_reload import schema as schemas
+
     hub = Hub(clock)
     sid = hub.create_session(make_schema()).id
-    session, update = hub.prepare_push(sid, with_text(make_schema(), "x"))
-    assert update["update_type"] == "incremental"
-    # the schema's JSON is cached for this state without building a full update
-    assert session._schema_json is not None and session._schema_json[0] == session.sequence
+    calls = []
+    encode = schemas.encode_schema
+    monkeypatch.setattr(schemas, "encode_schema", lambda s: calls.append(1) or encode(s))
+    monkeypatch.setattr(schemas, "_orjson_bytes", lambda obj: pytest.fail("serialized twice"))
+    update = hub.plan_push(sid, with_text(make_schema(), "x"))
+    assert update.update_type == "incremental" and calls == [1]
     import orjson
 
-    assert orjson.loads(session._schema_json[1]) == session.schema
+    # the state carries those bytes; its full update splices them in
+    assert orjson.loads(update.state.schema_bytes) == update.state.schema
+    assert update.state.schema_bytes in hub._full_update(sid, update.state).payload

@@ -10,7 +10,8 @@ import pytest_twisted
 from twisted.internet import task
 
 from lumora_reload import sqlite_store
-from lumora_reload.sessions import HistoryEntry, Session
+from lumora_reload.schema import encode_schema
+from lumora_reload.sessions import HistoryEntry, Outgoing, PreparedUpdate, Session, State
 from lumora_reload.sqlite_store import SQLiteStore, StoreError
 from tests.helpers import connected_device, make_schema, with_text
 
@@ -23,17 +24,16 @@ def session(session_id="s" * 32, last_activity=100.0, timeout=60.0, **extra):
     return Session(id=session_id, created_at=1700000000000, timeout=timeout, last_activity=last_activity, **extra)
 
 
-def push(store, s, schema, update_type="incremental", history_size=64):
-    """What the hub does for one push, then the store call the service makes."""
-    s.sequence += 1
-    s.schema = schema
-    s.checksum = f"sum-{s.sequence}"
-    payload = f"frame-{s.sequence}".encode() if update_type == "incremental" else None
-    entry = HistoryEntry(s.sequence, update_type, s.sequence % 2 == 0, payload)
-    s.history.append(entry)
-    while len(s.history) > history_size:
-        s.history.popleft()
-    store.record_push(s, entry)
+def push(store, s, schema, update_type="incremental", history_size=64, preserve_state=True):
+    """What the service does for one push: plan from the committed state,
+    commit it to the store, then make it the session's state."""
+    sequence = s.sequence + 1
+    payload = f"frame-{sequence}".encode() if update_type == "incremental" else None
+    entry = HistoryEntry(sequence, update_type, sequence % 2 == 0, payload, f"sum-{sequence}")
+    history = (s.history + (entry,))[-history_size:]
+    state = State(sequence, schema, f"sum-{sequence}", preserve_state, encode_schema(schema), history)
+    store.commit_push(PreparedUpdate(s.id, s.state, state, update_type, Outgoing(b""), entry, True))
+    s.state = state
     return entry
 
 
@@ -48,11 +48,11 @@ def rows(store, sql, *args):
 def test_round_trip(tmp_path):
     store = open_store(tmp_path)
     assert store.load() == []
-    s = session(preserve_state=False)
+    s = session()
     store.save_session(s)
     schema = make_schema(big=2**70)  # beyond 64 bits: stored via plain JSON
     push(store, s, make_schema(), "full")
-    push(store, s, schema)
+    push(store, s, schema, preserve_state=False)
     store.close()
 
     store = open_store(tmp_path)
@@ -61,8 +61,8 @@ def test_round_trip(tmp_path):
     assert (back.schema, back.checksum, back.sequence) == (schema, "sum-2", 2)
     assert back.preserve_state is False
     assert list(back.history) == list(s.history)
-    assert back.history[0] == HistoryEntry(1, "full", False, None)
-    assert back.history[1] == HistoryEntry(2, "incremental", True, b"frame-2")
+    assert back.history[0] == HistoryEntry(1, "full", False, None, "sum-1")
+    assert back.history[1] == HistoryEntry(2, "incremental", True, b"frame-2", "sum-2")
     assert back.devices == {}
     store.close()
 
@@ -83,15 +83,25 @@ def test_history_is_pruned_to_what_the_session_keeps(tmp_path):
     for i in range(10):
         push(store, s, make_schema(n=i), history_size=3)
     assert rows(store, "SELECT sequence FROM history ORDER BY sequence") == [(8,), (9,), (10,)]
-    # a push that could not be stored clears the live history; the next
-    # (full) push must not leave older entries behind a gap
-    s.history.clear()
-    s.sequence += 1
-    push(store, s, make_schema(n="after"), "full", history_size=3)
-    assert rows(store, "SELECT sequence, update_type FROM history") == [(12, "full")]
     store.close()
     [back] = open_store(tmp_path).load()
-    assert [e.sequence for e in back.history] == [12]
+    assert [e.sequence for e in back.history] == [8, 9, 10]
+
+
+def test_a_push_planned_from_another_state_is_refused_and_writes_nothing(tmp_path):
+    from lumora_reload.store import StoreConflict
+
+    store = open_store(tmp_path)
+    s = session()
+    store.save_session(s)
+    push(store, s, make_schema())
+    stale = session()  # planned from sequence 0 although 1 is stored
+    with pytest.raises(StoreConflict) as e:
+        push(store, stale, make_schema(n="stale"))
+    assert e.value.current == 1
+    store.close()
+    [back] = open_store(tmp_path).load()
+    assert back.sequence == 1 and back.schema == make_schema()
 
 
 def test_extend_and_touch_are_stored_without_rewriting_the_schema(tmp_path):
@@ -240,12 +250,14 @@ def test_a_write_that_fails_raises_and_keeps_the_last_stored_state(tmp_path):
     full_disk(store)
     with pytest.raises(StoreError, match="the disk is full.*free some space"):
         push(store, s, make_schema(pad="x" * 200_000))
+    assert s.sequence == 1  # the caller never applied it
     store._db.execute("PRAGMA max_page_count = 1000000")
     push(store, s, make_schema(n=3))  # the store works again once there is room
     store.close()
     [back] = open_store(tmp_path).load()
-    assert back.sequence == 3 and back.schema == make_schema(n=3)
-    assert [e.sequence for e in back.history] == [1, 3]
+    # the failed push took no number
+    assert back.sequence == 2 and back.schema == make_schema(n=3)
+    assert [e.sequence for e in back.history] == [1, 2]
 
 
 # -- through the service -------------------------------------------------
@@ -260,16 +272,24 @@ async def test_push_that_is_not_stored_answers_500_never_200(daemon_factory, tmp
     sid = await daemon.new_session(schema)
     device, _ = await connected_device(daemon, sid)
     full_disk(store)
-    status, body = await daemon.call("POST", f"/send/{sid}", with_text(schema, "lost") | {"pad": "y" * 100_000})
+    lost = with_text(schema, "lost") | {"pad": "y" * 100_000}
+    status, body = await daemon.call("POST", f"/send/{sid}", lost)
     assert status == 500
     assert body["code"] == "INTERNAL_ERROR" and "disk is full" in body["error"]
+    # nothing the failed push planned is visible anywhere
+    assert (await daemon.call("GET", f"/session/{sid}"))[1]["sequenceNumber"] == 1
+    assert (await daemon.call("GET", f"/session/{sid}/schema"))[1] == schema
+    late, info = await connected_device(daemon, sid, device_id="late")
+    assert info["initialSchema"] == schema and info["sequenceNumber"] == 1
     store._db.execute("PRAGMA max_page_count = 1000000")
     result = await daemon.push(sid, with_text(schema, "kept"))
-    update = await device.next_of("update")
-    # the device never saw the lost state: it gets the next one in full
-    assert update["payload"]["type"] == "full"
-    assert update["payload"]["sequenceNumber"] == result["sequenceNumber"]
-    device.dropConnection()
+    # the failed push took no number, and devices still hold the stored
+    # state, so the next one is the small delta from it
+    assert result["sequenceNumber"] == 2 and result["updateType"] == "incremental"
+    for d in (device, late):
+        update = await d.next_of("update")
+        assert update["payload"]["sequenceNumber"] == 2
+        d.dropConnection()
 
 
 @pytest_twisted.ensureDeferred
