@@ -2,31 +2,36 @@
 
 Session state (times, current schema, sequence number, update history)
 lives in Redis; every daemon mirrors it in its hub and keeps only its own
-device connections.
+device connections. `RedisStore` is an `ISharedStore`: the push pipeline
+(plan -> commit -> apply, see lumora_reload.server) is the same as with
+SQLite, and other daemons' changes come in through `IReplica`.
 
 - A push is committed by one Lua script (`PUSH`) that checks the sequence
-  number the daemon computed its delta from, writes schema + sequence +
-  history entry, and PUBLISHes the update, all atomically. One state, one
-  number, across daemons. On a conflict (another daemon pushed first) the
-  daemon reloads the session from Redis, resyncs its late devices with a
-  full update and computes the delta again.
-- Distribution is Redis pub/sub on one channel per database. Because the
+  number the daemon planned from, writes schema + sequence + history entry,
+  and PUBLISHes the update, all atomically: one state, one number, across
+  daemons. When another daemon committed first the script writes nothing,
+  the daemon adopts the stored state (devices not on it get it in full) and
+  plans again. No script ever re-creates a session that was deleted.
+- A Redis reply that times out is resolved before the push is answered: the
+  daemon re-reads the stored number once Redis answers again. It answers 200
+  if the push landed, 503 only if it did not.
+- Distribution is Redis pub/sub on one channel per database; because the
   publish happens inside the script, the channel carries the updates in
   sequence order. Each daemon applies an update when it is the next number,
-  ignores numbers it already has (its own pushes, delivered at once), and
-  on a gap reloads the session from Redis and sends its devices a full
-  update. Pub/sub drops messages while the subscriber is disconnected: on
-  every (re)subscribe the daemon reloads all sessions from Redis and resyncs
-  the devices that are behind. Streams would replay instead; a full resync
-  is one message per device and needs no per-daemon cursor or trimming.
+  ignores numbers it already has (its own pushes, applied at commit), and on
+  a gap reads the session from Redis. Pub/sub drops messages while the
+  subscriber is disconnected: on every (re)subscribe the daemon reads every
+  session from Redis and brings its devices up to date.
+- Expiry is decided on the shared last activity: a daemon's sweep deletes a
+  session only through the `EXPIRE` script, which checks the stored times,
+  and daemons with devices keep refreshing them.
 - Redis unreachable: pushes fail with 503 ``INTERNAL_ERROR`` "Redis
   unavailable"; devices stay connected; both connections reconnect by
-  themselves (txredisapi) and the resubscribe resyncs.
+  themselves (txredisapi) and the resubscribe brings everyone up to date.
 
 The views in ``/stats`` and ``/session/:id`` count this daemon's devices.
 """
 
-import collections
 import socket
 import ssl
 import uuid
@@ -34,43 +39,52 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 import txredisapi
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from lumora_reload import errors
-from lumora_reload.errors import LumoraError
-from lumora_reload.sessions import HistoryEntry, Outgoing, PushResult, Session, short_id
-from lumora_reload.store import ISessionStore
+from lumora_reload.sessions import EMPTY, HistoryEntry, Session, State, short_id
+from lumora_reload.store import ISharedStore, StoreConflict, StoreUnavailable
 
 REPLY_TIMEOUT = 5.0
+# how long a push whose reply was lost waits for Redis to answer again
+RESOLVE_TIMEOUT = 10.0
+RESOLVE_INTERVAL = 0.25
+
+# Results of PUSH: GONE (the session does not exist), DONE, or the stored
+# sequence number when it is not the one the push was planned from.
+GONE, DONE = -2, -1
 
 PUSH = """
 local cur = redis.call('HGET', KEYS[1], 'sequence')
 if not cur then return -2 end
 if tonumber(cur) ~= tonumber(ARGV[1]) then return tonumber(cur) end
 redis.call('HSET', KEYS[1], 'sequence', ARGV[2], 'schema', ARGV[3], 'checksum', ARGV[4],
-           'preserve_state', ARGV[5], 'last_activity', ARGV[6])
+           'preserve_state', ARGV[5])
+local la = tonumber(redis.call('HGET', KEYS[1], 'last_activity') or '0')
+if tonumber(ARGV[6]) > la then redis.call('HSET', KEYS[1], 'last_activity', ARGV[6]) end
 redis.call('RPUSH', KEYS[2], ARGV[7])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[8]), -1)
 redis.call('PUBLISH', ARGV[9], ARGV[10])
 return -1
 """
 
-SAVE = """
-redis.call('HSET', KEYS[1], 'created_at', ARGV[1], 'timeout', ARGV[2], 'last_activity', ARGV[3])
-if not redis.call('HGET', KEYS[1], 'sequence') then redis.call('HSET', KEYS[1], 'sequence', '0') end
+CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'created_at', ARGV[1], 'timeout', ARGV[2], 'last_activity', ARGV[3],
+           'sequence', '0')
 redis.call('SADD', KEYS[2], ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 
-RECORD = """
-redis.call('HSET', KEYS[1], 'sequence', ARGV[1], 'schema', ARGV[2], 'checksum', ARGV[3],
-           'preserve_state', ARGV[4])
-redis.call('DEL', KEYS[2])
-redis.call('RPUSH', KEYS[2], ARGV[5])
-redis.call('PUBLISH', ARGV[6], ARGV[7])
+# TOUCH: a session deleted meanwhile stays deleted; last_activity never moves back
+TOUCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local la = tonumber(redis.call('HGET', KEYS[1], 'last_activity') or '0')
+if tonumber(ARGV[2]) > la then la = tonumber(ARGV[2]) end
+redis.call('HSET', KEYS[1], 'timeout', ARGV[1], 'last_activity', tostring(la))
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
@@ -81,13 +95,19 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
 
+EXPIRE = """
+local t = redis.call('HMGET', KEYS[1], 'last_activity', 'timeout')
+if not t[1] then return 1 end
+if tonumber(t[1]) + tonumber(t[2]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
 
 class ClusterError(Exception):
     """Redis cannot be used (bad URL, unreachable, refused password)."""
-
-
-def unavailable():
-    return LumoraError(errors.INTERNAL_ERROR, "Redis unavailable: the push was not stored", status=503)
 
 
 def parse_url(url):
@@ -139,9 +159,15 @@ def check_reachable(conf, timeout=3.0):
         raise ClusterError(f"Redis at {where} refused: {reply.decode(errors='replace').strip()}")
 
 
+class ReplyLost(StoreUnavailable):
+    """A command was sent but its reply never came (timeout, dropped
+    connection): Redis may or may not have run it."""
+
+
 class _Factory(txredisapi.RedisFactory):
     initialDelay = 0.2
     maxDelay = 1.0
+
 
 
 class _Listener(txredisapi.SubscriberProtocol):
@@ -163,32 +189,37 @@ class _Listener(txredisapi.SubscriberProtocol):
 
 def _entry_to_json(entry):
     return orjson.dumps({
-        "s": entry.sequence, "t": entry.update_type, "l": entry.legacy_ok,
-        "p": entry.payload.decode() if entry.payload is not None else None,
+        "sequence": entry.sequence,
+        "updateType": entry.update_type,
+        "legacyOk": entry.legacy_ok,
+        "payload": entry.payload.decode() if entry.payload is not None else None,
+        "checksum": entry.checksum,
     })
 
 
-def _entry_from_json(raw):
-    e = orjson.loads(raw)
-    return HistoryEntry(e["s"], e["t"], e["l"], e["p"].encode() if e["p"] is not None else None)
+def _entry_from_dict(e):
+    payload = e["payload"]
+    return HistoryEntry(
+        e["sequence"], e["updateType"], e["legacyOk"],
+        payload.encode() if payload is not None else None, e.get("checksum"),
+    )
 
 
-@implementer(ISessionStore)
+@implementer(ISharedStore)
 class RedisStore:
     """The session store and update bus of cluster mode. Use `open`."""
 
-    durable = True
     _log = Logger()
 
-    def __init__(self, conf, reactor):
+    def __init__(self, conf, reactor, reply_timeout=REPLY_TIMEOUT):
         self.conf = conf
         self.reactor = reactor
-        self.server = None
+        self.reply_timeout = reply_timeout
+        self.replica = None
         self.node = uuid.uuid4().hex[:8]
         prefix = f"lumora:{conf['db']}"
         self.channel = f"{prefix}:events"
         self._ids = "lumora:ids"
-        self._locks = collections.defaultdict(defer.DeferredLock)
         self._commands = None
         self._listener = None
         self._subscriber = None
@@ -196,19 +227,15 @@ class RedisStore:
         self._closing = False
 
     @classmethod
-    def open(cls, url, reactor=None):
+    def open(cls, url, reactor=None, reply_timeout=REPLY_TIMEOUT):
         if reactor is None:
             from twisted.internet import reactor
         conf = parse_url(url)
         check_reachable(conf)
-        return cls(conf, reactor)
+        return cls(conf, reactor, reply_timeout)
 
-    def attach(self, server):
-        self.server = server
-
-    @property
-    def hub(self):
-        return self.server.hub
+    def bind(self, replica):
+        self.replica = replica
 
     # -- connections ---------------------------------------------------
 
@@ -224,7 +251,7 @@ class RedisStore:
         conf = self.conf
         commands = _Factory(
             f"{conf['host']}:{conf['port']}", conf["db"], 1, isLazy=True, password=conf["password"],
-            username=conf["username"], replyTimeout=REPLY_TIMEOUT, convertNumbers=False,
+            username=conf["username"], replyTimeout=self.reply_timeout, convertNumbers=False,
         )
         commands.startConnecting(self._endpoint())
         self._commands = commands
@@ -240,18 +267,33 @@ class RedisStore:
 
     def _redis(self):
         if not self.available():
-            raise txredisapi.ConnectionError("Redis unavailable")
+            raise StoreUnavailable("Redis unavailable")
         return self._commands.handler
 
-    def _track(self, d):
-        """Writes still in flight; `close` waits for them."""
+    def _call(self, script, keys, args):
+        """Run a script; any Redis trouble becomes `StoreUnavailable`.
+        Writes still in flight are tracked so that `close` waits for them."""
+        try:
+            d = self._redis().eval(script, keys, args)
+        except StoreUnavailable as e:
+            return defer.fail(e)
         self._pending.add(d)
 
         def done(result):
             self._pending.discard(d)
             return result
 
-        return d.addBoth(done)
+        d.addBoth(done)
+        d.addErrback(self._as_unavailable)
+        return d
+
+    @staticmethod
+    def _as_unavailable(failure):
+        if failure.check(StoreUnavailable):
+            return failure
+        if failure.check(txredisapi.ConnectionError):
+            raise ReplyLost(f"Redis unavailable ({failure.getErrorMessage()})")
+        return failure
 
     def _key(self, session_id):
         return f"lumora:{self.conf['db']}:s:{session_id}"
@@ -259,8 +301,8 @@ class RedisStore:
     def _history_key(self, session_id):
         return f"lumora:{self.conf['db']}:h:{session_id}"
 
-    def _publish_args(self, event):
-        return [self.channel, orjson.dumps(event).decode()]
+    def _event(self, kind, session_id, **fields):
+        return orjson.dumps({"event": kind, "session": session_id, "node": self.node, **fields}).decode()
 
     # -- ISessionStore -------------------------------------------------
 
@@ -269,106 +311,143 @@ class RedisStore:
         self._connect()
         return []
 
-    def save_session(self, session):
-        event = {"t": "times", "id": session.id, "la": session.last_activity, "to": session.timeout,
-                 "n": self.node}
-        return self._track(self._redis().eval(
-            SAVE, [self._key(session.id), self._ids],
-            [session.created_at, repr(session.timeout), repr(session.last_activity), session.id,
-             *self._publish_args(event)],
-        ))
+    def create_session(self, session):
+        return self._call(
+            CREATE, [self._key(session.id), self._ids],
+            [session.created_at, repr(float(session.timeout)), repr(float(session.last_activity)), session.id],
+        )
 
-    def record_push(self, session, entry):
-        event = {"t": "load", "id": session.id, "n": self.node}
-        return self._track(self._redis().eval(
-            RECORD, [self._key(session.id), self._history_key(session.id)],
-            [session.sequence, orjson.dumps(session.schema).decode(), session.checksum or "",
-             int(session.preserve_state), _entry_to_json(entry).decode(), *self._publish_args(event)],
-        ))
+    def save_session(self, session):
+        event = self._event("times", session.id, timeout=session.timeout, lastActivity=session.last_activity)
+        return self._call(
+            TOUCH, [self._key(session.id)],
+            [repr(float(session.timeout)), repr(float(session.last_activity)), self.channel, event],
+        )
+
+    def commit_push(self, update):
+        state, entry = update.state, update.entry
+        event = self._event(
+            "push", update.session_id, entry=orjson.Fragment(_entry_to_json(entry)),
+            schema=orjson.Fragment(state.schema_bytes), preserveState=state.preserve_state,
+        )
+        d = self._call(
+            PUSH, [self._key(update.session_id), self._history_key(update.session_id)],
+            [update.base.sequence, state.sequence, state.schema_bytes, state.checksum,
+             int(state.preserve_state), repr(float(self.reactor.seconds())), _entry_to_json(entry),
+             len(state.history), self.channel, event],
+        )
+        d.addCallbacks(self._pushed, self._resolve, errbackArgs=(update,))
+        return d
+
+    @staticmethod
+    def _pushed(result):
+        result = int(result)
+        if result == DONE:
+            return None
+        if result == GONE:
+            raise errors.session_not_found()
+        raise StoreConflict(result)
+
+    @defer.inlineCallbacks
+    def _resolve(self, failure, update):
+        """The script's reply was lost (timeout, dropped connection): it may
+        or may not have run. Wait for Redis to answer again, then read what
+        it holds: our state (committed), the base (not stored) or another
+        writer's (a conflict, which the caller resolves by reading it)."""
+        failure.trap(ReplyLost)
+        if self._closing:
+            return failure
+        waited = 0.0
+        while waited < RESOLVE_TIMEOUT:
+            try:
+                fields = yield self._redis().hmget(self._key(update.session_id), ["sequence", "checksum"])
+            except (StoreUnavailable, txredisapi.ConnectionError):
+                yield task.deferLater(self.reactor, RESOLVE_INTERVAL, lambda: None)
+                waited += RESOLVE_INTERVAL
+                continue
+            sequence, checksum = fields
+            if sequence is None:
+                raise errors.session_not_found()
+            sequence = int(sequence)
+            if sequence == update.sequence and checksum == update.state.checksum:
+                self._log.info("push {seq} to session {id} landed although its reply was lost",
+                               seq=sequence, id=short_id(update.session_id))
+                return None
+            if sequence == update.base.sequence:
+                break
+            raise StoreConflict(sequence)
+        raise StoreUnavailable("Redis unavailable: the push was not stored")
 
     def delete_session(self, session_id):
-        event = {"t": "delete", "id": session_id, "n": self.node}
-        self._locks.pop(session_id, None)
-        return self._track(self._redis().eval(
+        return self._call(
             DELETE, [self._key(session_id), self._history_key(session_id), self._ids],
-            [session_id, *self._publish_args(event)],
-        ))
+            [session_id, self.channel, self._event("delete", session_id)],
+        )
+
+    def expire_if_idle(self, session_id, now):
+        d = self._call(
+            EXPIRE, [self._key(session_id), self._history_key(session_id), self._ids],
+            [session_id, repr(float(now)), self.channel, self._event("delete", session_id)],
+        )
+        return d.addCallback(lambda gone: int(gone) == 1)
 
     @defer.inlineCallbacks
     def close(self):
         self._closing = True
         if self._pending:
             pending = defer.DeferredList(list(self._pending), consumeErrors=True)
-            yield pending.addTimeout(REPLY_TIMEOUT, self.reactor).addErrback(lambda _: None)
+            yield pending.addTimeout(self.reply_timeout, self.reactor).addErrback(lambda _: None)
         for factory in (self._commands, self._listener):
             if factory is not None:
                 yield factory.disconnect().addErrback(lambda _: None)
 
-    # -- pushes --------------------------------------------------------
+    # -- reading sessions ----------------------------------------------
 
-    def push(self, session_id, schema, preserve_state=True):
-        """`HotReloadServer.push_update` in cluster mode."""
-        if not self.available():
-            return defer.fail(unavailable())
-        if session_id in self.hub.sessions:
-            return self._locks[session_id].run(self._push, session_id, schema, preserve_state)
-        # created on another daemon a moment ago: look in Redis first
-        d = self._locks[session_id].run(self._load, session_id)
-        d.addCallback(lambda _: self._locks[session_id].run(self._push, session_id, schema, preserve_state))
-        d.addErrback(self._as_unavailable)
+    def fetch(self, session_id):
+        try:
+            redis = self._redis()
+        except StoreUnavailable as e:
+            return defer.fail(e)
+        d = defer.gatherResults(
+            [redis.hgetall(self._key(session_id)), redis.lrange(self._history_key(session_id), 0, -1)],
+            consumeErrors=True,
+        )
+        d.addCallback(lambda both: self._snapshot(session_id, *both))
+        d.addErrback(lambda f: self._as_unavailable(f.value.subFailure if f.check(defer.FirstError) else f))
         return d
 
     @staticmethod
-    def _as_unavailable(failure):
-        if failure.check(LumoraError):
-            return failure
-        raise unavailable()
-
-    @defer.inlineCallbacks
-    def _push(self, session_id, schema, preserve_state):
-        hub = self.hub
-        for _ in range(20):
-            session = hub.get_session(session_id)
-            saved = _snapshot(session)
-            session, update = hub.prepare_push(session_id, schema, preserve_state)
-            if update is None:
-                return PushResult(True, 0, "none", session.sequence)
-            entry = update["entry"]
-            event = {
-                "t": "push", "id": session_id, "n": self.node, "seq": update["sequence"],
-                "ty": update["update_type"], "l": entry.legacy_ok, "c": session.checksum,
-                "ps": preserve_state, "schema": session.schema_json(),
-                "p": entry.payload.decode() if entry.payload is not None else None,
-            }
-            try:
-                result = yield self._redis().eval(
-                    PUSH, [self._key(session_id), self._history_key(session_id)],
-                    [update["sequence"] - 1, update["sequence"], orjson.dumps(session.schema).decode(),
-                     session.checksum, int(preserve_state), repr(session.last_activity),
-                     _entry_to_json(entry).decode(), hub.limits.history_size, *self._publish_args(event)],
-                )
-            except Exception as e:
-                _restore(session, saved)
-                self._log.warn("push to session {id} not stored: {e}", id=short_id(session_id), e=e)
-                raise unavailable()
-            result = int(result)
-            if result == -1:
-                count = hub.deliver(session, update)
-                return PushResult(True, count, update["update_type"], update["sequence"])
-            _restore(session, saved)
-            if result == -2:
-                self._drop(session_id)
-                raise errors.session_not_found()
-            # another daemon got there first: catch up, then try again
-            yield self._load(session_id)
-        raise LumoraError(errors.INTERNAL_ERROR, "Too many concurrent pushes to this session", status=503)
+    def _snapshot(session_id, fields, history):
+        if not fields or "created_at" not in fields:
+            return None
+        sequence = int(fields.get("sequence") or 0)
+        state = EMPTY
+        if sequence:
+            entries = [_entry_from_dict(orjson.loads(h)) for h in history]
+            kept = []
+            for entry in reversed(entries):  # the consecutive run up to `sequence`
+                if entry.sequence != sequence - len(kept):
+                    break
+                kept.append(entry)
+            body = fields["schema"].encode() if isinstance(fields["schema"], str) else fields["schema"]
+            state = State(
+                sequence, orjson.loads(body), fields.get("checksum") or None,
+                fields.get("preserve_state", "1") == "1", body, tuple(reversed(kept)),
+            )
+        return Session(
+            id=session_id,
+            created_at=int(fields["created_at"]),
+            timeout=float(fields["timeout"]),
+            last_activity=float(fields["last_activity"]),
+            state=state,
+        )
 
     # -- the bus -------------------------------------------------------
 
     def _subscribed(self, protocol):
         self._subscriber = protocol
         self._log.info("subscribed to {channel}", channel=self.channel)
-        self._load_all().addErrback(lambda f: self._log.warn("reload from Redis failed: {e}", e=f.value))
+        self._read_all().addErrback(lambda f: self._log.warn("reload from Redis failed: {e}", e=f.value))
 
     def _unsubscribed(self, protocol):
         if self._subscriber is protocol:
@@ -377,127 +456,39 @@ class RedisStore:
                 self._log.warn("lost the Redis subscription; pushes answer 503 until it is back")
 
     @defer.inlineCallbacks
-    def _load_all(self):
+    def _read_all(self):
         """After a (re)subscribe: Redis is the truth; devices behind it get
-        a full update."""
-        ids = yield self._commands.handler.smembers(self._ids)
-        ids = set(ids)
-        for session_id in list(self.hub.sessions):
-            if session_id not in ids:
-                self._locks[session_id].run(self._drop, session_id)
-        yield defer.DeferredList(
-            [self._locks[i].run(self._load, i) for i in ids], consumeErrors=True
-        )
-
-    def _drop(self, session_id):
-        if session_id in self.hub.sessions:
-            try:
-                self.hub.delete_session(session_id)
-            except LumoraError:  # already expired here
-                self.hub.sessions.pop(session_id, None)
-
-    @defer.inlineCallbacks
-    def _load(self, session_id):
-        """Read one session from Redis into the hub (replacing the mirror's
-        state, keeping the devices) and resync devices that are behind."""
-        redis = self._commands.handler
-        fields = yield redis.hgetall(self._key(session_id))
-        if not fields or "created_at" not in fields:
-            self._drop(session_id)
-            return None
-        history = yield redis.lrange(self._history_key(session_id), 0, -1)
-        session = self.hub.sessions.get(session_id)
-        if session is None:
-            session = Session(
-                id=session_id,
-                created_at=int(fields["created_at"]),
-                timeout=float(fields["timeout"]),
-                last_activity=float(fields["last_activity"]),
-            )
-            self.hub.add_loaded(session)
-        session.timeout = float(fields["timeout"])
-        session.last_activity = max(session.last_activity, float(fields["last_activity"]))
-        sequence = int(fields.get("sequence") or 0)
-        if sequence != session.sequence or session.schema is None:
-            session.schema = orjson.loads(fields["schema"]) if fields.get("schema") else None
-            session.checksum = fields.get("checksum") or None
-            session.sequence = sequence
-            session.preserve_state = fields.get("preserve_state", "1") == "1"
-            session.history = collections.deque(_entry_from_json(h) for h in history)
-            session._full = None
-            session.force_full = False
-        for device in list(session.devices.values()):
-            if device.sent_sequence != session.sequence:
-                self.hub.resync_device(session, device)
-        return session
+        a full update, sessions it no longer has are dropped."""
+        ids = set((yield self._commands.handler.smembers(self._ids)))
+        for session_id in set(self.replica.known_sessions()) - ids:
+            self.replica.received_state(session_id, None)
+        for session_id in ids:
+            snapshot = yield self.fetch(session_id)
+            self.replica.received_state(session_id, snapshot)
 
     def _received(self, raw):
         try:
             event = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+            kind, session_id = event["event"], event["session"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
             return
-        session_id = event.get("id")
-        if not session_id:
-            return
-        kind = event.get("t")
+        if event.get("node") == self.node and kind != "push":
+            return  # our own change, already applied here
         if kind == "delete":
-            if event.get("n") != self.node:
-                self._locks[session_id].run(self._drop, session_id)
+            d = self.replica.received_delete(session_id)
+        elif kind == "times":
+            d = self.replica.received_times(session_id, event["timeout"], event["lastActivity"])
+        elif kind == "push":
+            schema = event["schema"]
+            d = self.replica.received_update(
+                session_id, _entry_from_dict(event["entry"]), schema, orjson.dumps(schema),
+                event["preserveState"],
+            )
+        else:
             return
-        d = self._locks[session_id].run(self._apply, event)
-        d.addErrback(self._apply_failed, session_id)
+        if isinstance(d, defer.Deferred):
+            d.addErrback(self._apply_failed, session_id)
 
     def _apply_failed(self, failure, session_id):
         if not self._closing:
             self._log.warn("update for session {id} failed: {e}", id=short_id(session_id), e=failure.value)
-
-    def _apply(self, event):
-        session_id = event["id"]
-        session = self.hub.sessions.get(session_id)
-        if session is None:
-            return self._load(session_id)
-        kind = event["t"]
-        if kind == "times":
-            session.timeout = event["to"]
-            session.last_activity = max(session.last_activity, event["la"])
-            return None
-        if kind == "load":
-            return self._load(session_id)
-        # kind == "push"
-        sequence = event["seq"]
-        if sequence <= session.sequence:
-            return None  # ours, or already reloaded
-        if sequence != session.sequence + 1:
-            return self._load(session_id)  # a gap: resync from Redis
-        session.schema = event["schema"]
-        session.checksum = event["c"]
-        session.sequence = sequence
-        session.preserve_state = event["ps"]
-        session.force_full = False
-        session._full = None
-        if event["ty"] == "incremental":
-            payload = event["p"].encode()
-            outgoing = Outgoing(payload, sequence, "incremental")
-            entry = HistoryEntry(sequence, "incremental", event["l"], payload)
-        else:
-            outgoing = self.hub.full_update(session)
-            entry = HistoryEntry(sequence, "full")
-        session.history.append(entry)
-        while len(session.history) > self.hub.limits.history_size:
-            session.history.popleft()
-        self.hub.touch(session)
-        self.hub.deliver(session, {
-            "sequence": sequence, "update_type": event["ty"], "outgoing": outgoing, "entry": entry,
-            "legacy_ok": event["ty"] == "full" or event["l"],
-        })
-        return None
-
-
-def _snapshot(session):
-    return (session.schema, session.checksum, session.sequence, session.preserve_state,
-            session.force_full, session._full, collections.deque(session.history))
-
-
-def _restore(session, saved):
-    (session.schema, session.checksum, session.sequence, session.preserve_state,
-     session.force_full, session._full, session.history) = saved

@@ -172,7 +172,7 @@ class HotReloadServer(service.Service):
 
     def _create_session(self, schema, timeout_seconds):
         session, update = self.hub.new_session(schema=schema, timeout_seconds=timeout_seconds)
-        d = defer.maybeDeferred(self.store.save_session, session)
+        d = defer.maybeDeferred(self.store.create_session, session)
         if update is not None:
             d.addCallback(lambda _: self.store.commit_push(update))
 
@@ -353,6 +353,9 @@ class HotReloadServer(service.Service):
             if session is not None:
                 self.hub.drop(session, messages.CLOSE_NORMAL, "Session closed")
         return self._queues.run(session_id, drop)
+
+    def known_sessions(self):
+        return list(self.hub.sessions)
 
     def received_times(self, session_id, timeout, last_activity):
         session = self.hub.sessions.get(session_id)

@@ -297,6 +297,9 @@ class SQLiteStore:
             sessions.append(session)
         return sessions
 
+    def create_session(self, session):
+        self.save_session(session)
+
     def save_session(self, session):
         """Store a new session or its changed times (skipped when unchanged)."""
         row = self._session_row(session)

@@ -33,8 +33,12 @@ class ISessionStore(Interface):
         """Return the stored, unexpired sessions (as `Session` objects with
         their committed `State`, no devices)."""
 
+    def create_session(session):
+        """Store a new session (no schema yet: its first state, if any,
+        follows through `commit_push`)."""
+
     def save_session(session):
-        """Store a new session or its changed times (timeout, last
+        """Store a session's changed times (timeout, last
         activity). Never re-creates a session that was deleted meanwhile
         by another writer."""
 
@@ -56,6 +60,15 @@ class IReplica(Interface):
 
     def received_update(session_id, entry, schema, schema_bytes, preserve_state):
         """Another daemon committed the update `entry` (a `HistoryEntry`)."""
+
+    def known_sessions():
+        """The ids of the sessions this daemon holds."""
+
+    def received_delete(session_id):
+        """Another daemon deleted or expired the session."""
+
+    def received_times(session_id, timeout, last_activity):
+        """Another daemon stored new times of the session."""
 
     def received_state(session_id, snapshot):
         """The store's current record of a session (a `Session` without
@@ -86,6 +99,9 @@ class MemoryStore:
 
     def load(self):
         return []
+
+    def create_session(self, session):
+        pass
 
     def save_session(self, session):
         pass

@@ -304,7 +304,7 @@ class _SlowStore:
         self.pending.append(d)
         return d
 
-    save_session = record_push = delete_session = _write
+    create_session = save_session = commit_push = delete_session = _write
 
     def close(self):
         pass
