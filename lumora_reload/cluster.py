@@ -78,12 +78,18 @@ redis.call('SADD', KEYS[2], ARGV[4])
 return 1
 """
 
-# TOUCH: a session deleted meanwhile stays deleted; last_activity never moves back
+# TOUCH: a session deleted meanwhile stays deleted; last_activity never
+# moves back; 'held:<node>' is this daemon's claim (it has devices) until then
 TOUCH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local la = tonumber(redis.call('HGET', KEYS[1], 'last_activity') or '0')
 if tonumber(ARGV[2]) > la then la = tonumber(ARGV[2]) end
 redis.call('HSET', KEYS[1], 'timeout', ARGV[1], 'last_activity', tostring(la))
+if tonumber(ARGV[5]) > 0 then
+  redis.call('HSET', KEYS[1], 'held:' .. ARGV[6], ARGV[5])
+else
+  redis.call('HDEL', KEYS[1], 'held:' .. ARGV[6])
+end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
@@ -98,7 +104,12 @@ return 1
 EXPIRE = """
 local t = redis.call('HMGET', KEYS[1], 'last_activity', 'timeout')
 if not t[1] then return 1 end
-if tonumber(t[1]) + tonumber(t[2]) >= tonumber(ARGV[2]) then return 0 end
+local now = tonumber(ARGV[2])
+if tonumber(t[1]) + tonumber(t[2]) >= now then return 0 end
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], 1, 5) == 'held:' and tonumber(fields[i + 1]) >= now then return 0 end
+end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -216,6 +227,7 @@ class RedisStore:
         self.reactor = reactor
         self.reply_timeout = reply_timeout
         self.replica = None
+        self.hold_seconds = 120.0
         self.node = uuid.uuid4().hex[:8]
         prefix = f"lumora:{conf['db']}"
         self.channel = f"{prefix}:events"
@@ -234,8 +246,9 @@ class RedisStore:
         check_reachable(conf)
         return cls(conf, reactor, reply_timeout)
 
-    def bind(self, replica):
+    def bind(self, replica, hold_seconds=120.0):
         self.replica = replica
+        self.hold_seconds = hold_seconds
 
     # -- connections ---------------------------------------------------
 
@@ -318,26 +331,33 @@ class RedisStore:
         )
 
     def save_session(self, session):
-        event = self._event("times", session.id, timeout=session.timeout, lastActivity=session.last_activity)
+        held = self.reactor.seconds() + self.hold_seconds if session.devices else 0
+        event = self._event(
+            "times", session.id, timeout=session.timeout, lastActivity=session.last_activity, heldUntil=held
+        )
         return self._call(
             TOUCH, [self._key(session.id)],
-            [repr(float(session.timeout)), repr(float(session.last_activity)), self.channel, event],
+            [repr(float(session.timeout)), repr(float(session.last_activity)), self.channel, event,
+             repr(float(held)), self.node],
         )
 
     def commit_push(self, update):
+        d = self._call(*self._push_args(update))
+        d.addCallbacks(self._pushed, self._resolve, errbackArgs=(update,))
+        return d
+
+    def _push_args(self, update):
         state, entry = update.state, update.entry
         event = self._event(
             "push", update.session_id, entry=orjson.Fragment(_entry_to_json(entry)),
             schema=orjson.Fragment(state.schema_bytes), preserveState=state.preserve_state,
         )
-        d = self._call(
+        return (
             PUSH, [self._key(update.session_id), self._history_key(update.session_id)],
             [update.base.sequence, state.sequence, state.schema_bytes, state.checksum,
              int(state.preserve_state), repr(float(self.reactor.seconds())), _entry_to_json(entry),
              len(state.history), self.channel, event],
         )
-        d.addCallbacks(self._pushed, self._resolve, errbackArgs=(update,))
-        return d
 
     @staticmethod
     def _pushed(result):
@@ -440,6 +460,7 @@ class RedisStore:
             timeout=float(fields["timeout"]),
             last_activity=float(fields["last_activity"]),
             state=state,
+            held={k[5:]: float(v) for k, v in fields.items() if k.startswith("held:")},
         )
 
     # -- the bus -------------------------------------------------------
@@ -477,7 +498,9 @@ class RedisStore:
         if kind == "delete":
             d = self.replica.received_delete(session_id)
         elif kind == "times":
-            d = self.replica.received_times(session_id, event["timeout"], event["lastActivity"])
+            d = self.replica.received_times(
+                session_id, event["timeout"], event["lastActivity"], event["node"], event.get("heldUntil", 0)
+            )
         elif kind == "push":
             schema = event["schema"]
             d = self.replica.received_update(

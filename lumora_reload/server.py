@@ -101,8 +101,11 @@ class HotReloadServer(service.Service):
         self._queues = SessionQueues()
         self.shared = ISharedStore.providedBy(self.store)
         if self.shared:  # cluster mode: other daemons' changes come in here
-            self.store.bind(self)
+            # a daemon holding devices of a session claims it for twice its
+            # sweep interval, renewed at every sweep: no other daemon expires it
+            self.store.bind(self, hold_seconds=2 * cleanup_interval)
             self.ws_factory.lookup = self.lookup
+            self.hub.on_devices_changed = self._save_times
 
     # -- IService --------------------------------------------------------
 
@@ -357,11 +360,16 @@ class HotReloadServer(service.Service):
     def known_sessions(self):
         return list(self.hub.sessions)
 
-    def received_times(self, session_id, timeout, last_activity):
+    def received_times(self, session_id, timeout, last_activity, node=None, held_until=0):
         session = self.hub.sessions.get(session_id)
         if session is not None:
             session.timeout = timeout
             session.active_until(last_activity)
+            if node is not None:
+                if held_until:
+                    session.held[node] = held_until
+                else:
+                    session.held.pop(node, None)
 
     def _adopt(self, session_id, snapshot):
         """Make the hub's record of a session the store's (keeping this
@@ -376,6 +384,7 @@ class HotReloadServer(service.Service):
             return snapshot
         session.timeout = snapshot.timeout
         session.active_until(snapshot.last_activity)
+        session.held = snapshot.held
         if (snapshot.sequence, snapshot.checksum) != (session.sequence, session.checksum):
             self.hub.replace_state(session, snapshot.state)
         return session

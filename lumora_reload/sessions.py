@@ -191,6 +191,9 @@ class Session:
     devices: dict = attrs.field(factory=dict)  # connection_id -> Device
     by_device_id: dict = attrs.field(factory=dict)  # deviceId -> Device
     logs: collections.deque = attrs.field(factory=collections.deque)
+    # cluster mode: other daemons holding devices of this session, and until
+    # when their claim runs (node -> clock seconds)
+    held: dict = attrs.field(factory=dict)
 
     # read-only views of the committed state
     @property
@@ -222,6 +225,12 @@ class Session:
 
     def expires_at(self):
         return int(self.expires_at_seconds * 1000)
+
+    def idle_past_expiry(self, now):
+        """Expired: past its time, and no device here or on another daemon."""
+        if now <= self.expires_at_seconds or self.devices:
+            return False
+        return not any(until >= now for until in self.held.values())
 
     def active_until(self, when):
         """Record activity up to `when`; never moves expiry back."""
@@ -277,6 +286,9 @@ class Hub:
         self.sessions = {}
         self.tombstones = collections.OrderedDict()  # id -> expired at (s)
         self._log = log
+        # called with a session whose set of devices changed (cluster mode
+        # tells the other daemons that this one holds the session)
+        self.on_devices_changed = None
 
     # -- time ----------------------------------------------------------
 
@@ -335,7 +347,7 @@ class Hub:
     def get_session(self, session_id):
         session = self.sessions.get(session_id)
         if session is not None:
-            if self.now() > session.expires_at_seconds and not session.devices:
+            if session.idle_past_expiry(self.now()):
                 # the expiry sweep removes (and unstores) it; until then it
                 # already answers as expired
                 raise errors.session_expired()
@@ -386,7 +398,7 @@ class Hub:
         for session in list(self.sessions.values()):
             if session.devices:
                 session.active_until(now)
-            elif now > session.expires_at_seconds:
+            elif session.idle_past_expiry(now):
                 found.append(session)
         horizon = now - self.limits.tombstone_seconds
         while self.tombstones and next(iter(self.tombstones.values())) < horizon:
@@ -592,6 +604,8 @@ class Hub:
             session, device, payload.get("lastSequence"), payload.get("lastChecksum")
         )
         session.add_device(device)
+        if self.on_devices_changed is not None:
+            self.on_devices_changed(session)
         return session, device, outgoing
 
     def _catch_up(self, session, device, last_sequence, last_checksum=None):
@@ -672,6 +686,8 @@ class Hub:
             return
         if session.remove_device(device):
             self.touch(session)
+            if self.on_devices_changed is not None:
+                self.on_devices_changed(session)
 
     def seen(self, session_id, device):
         device.last_seen = self.now()

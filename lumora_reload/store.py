@@ -67,8 +67,9 @@ class IReplica(Interface):
     def received_delete(session_id):
         """Another daemon deleted or expired the session."""
 
-    def received_times(session_id, timeout, last_activity):
-        """Another daemon stored new times of the session."""
+    def received_times(session_id, timeout, last_activity, node, held_until):
+        """Daemon `node` stored new times of the session; it holds devices
+        of the session until `held_until` (0: it holds none)."""
 
     def received_state(session_id, snapshot):
         """The store's current record of a session (a `Session` without
@@ -81,8 +82,10 @@ class ISharedStore(ISessionStore):
 
     node = Attribute("This daemon's name among the daemons sharing the store.")
 
-    def bind(replica):
-        """Deliver other daemons' changes to `replica` (an `IReplica`)."""
+    def bind(replica, hold_seconds):
+        """Deliver other daemons' changes to `replica` (an `IReplica`).
+        `save_session` of a session with devices claims it for
+        `hold_seconds`: no daemon expires a session another one holds."""
 
     def fetch(session_id):
         """A Deferred firing with the stored record of a session (a

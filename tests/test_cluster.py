@@ -80,10 +80,10 @@ def cluster(reactor, redis):
     """Start daemons on the fixture's Redis; kill the survivors at the end."""
     running = []
 
-    async def start():
+    async def start(*extra):
         proc = DaemonProcess()
         argv = [TWISTD, "-n", "--pidfile=", "lumora-reload", "--in-memory", "--redis", redis.url,
-                "--port", "tcp:0:interface=127.0.0.1"]
+                "--port", "tcp:0:interface=127.0.0.1", *extra]
         reactor.spawnProcess(proc, TWISTD, argv, env=dict(os.environ))
         running.append(proc)
         port = await proc.started.addTimeout(30, reactor)
