@@ -490,6 +490,10 @@ class DeviceClient:
             payload["deviceName"] = self.device_name
         if self.replica.synced:
             payload["lastSequence"] = self.replica.sequence
+            if self.replica.checksum is not None:
+                # lets the daemon refuse to resume a number it reused for
+                # another schema (e.g. after losing its last pushes)
+                payload["lastChecksum"] = self.replica.checksum
         if self.token:
             payload["token"] = self.token
         self.send("connect", payload)

@@ -369,6 +369,40 @@ async def test_daemon_restart_with_state_kept_resumes(reactor):
 
 
 @ensure
+async def test_a_number_reused_for_another_schema_is_not_resumed(reactor):
+    """A daemon that lost its last push (a Redis that lost its last second)
+    may give the same number to another schema. The client says which
+    state it holds (lastChecksum), so it gets the daemon's schema in full
+    instead of keeping the wrong screen."""
+    from lumora_reload import schema as schemas
+    from lumora_reload.sessions import State
+
+    daemon = await PortDaemon(reactor).start()
+    try:
+        sid = daemon.server.create_session(schema=big_schema()).id
+        clock = task.Clock()
+        client = DeviceClient(f"{daemon.ws}?session={sid}", reactor=reactor, clock=clock, random=lambda: 0.0)
+        client.start()
+        await _wait(client.wait_for_sequence(1), reactor)
+        closed = client.when("closed")
+        await daemon.stop()
+        await closed
+        other = with_text(big_schema(), "another schema under number 1")
+        daemon.server.get_session(sid).state = State(
+            1, other, schemas.checksum(other), True, schemas.encode_schema(other)
+        )
+        daemon = await PortDaemon(reactor, daemon.number, daemon.server).start()
+        connected = client.when("connected")
+        clock.advance(0)
+        info = await _wait(connected, reactor)
+        assert info["resumed"] is False
+        assert client.replica.schema == other and client.replica.sequence == 1
+        await client.stop()
+    finally:
+        await daemon.stop()
+
+
+@ensure
 async def test_heartbeat_pings_and_a_silent_server_is_dropped(daemon, reactor):
     sid = await daemon.new_session(big_schema())
     clock = task.Clock()
