@@ -947,7 +947,12 @@ def find_unencodable(value):
                     if type(key) is not str:
                         return path, f"object key {key!r} is not a string"
                     if _SURROGATE.search(key):
-                        return _join(path, key), "key has an unpaired surrogate (not valid Unicode)"
+                        # the path names the key with the surrogate written as
+                        # a \uXXXX escape: the error body that carries the path
+                        # must itself be valid JSON (a raw lone surrogate made
+                        # the 400 answer fail to encode: an HTML 500 instead)
+                        return (_join(path, _visible(key)),
+                                "key has an unpaired surrogate (not valid Unicode)")
                 stack.extend((x, _join(path, k), depth + 1) for k, x in reversed(items))
             else:
                 stack.extend((x, f"{path}[{i}]", depth + 1) for i, x in reversed(list(enumerate(v))))
@@ -963,6 +968,11 @@ def find_unencodable(value):
         elif v is not None and t is not bool and not isinstance(v, (int, float, str)):
             return path, f"{t.__name__} is not a JSON value"
     return None
+
+
+def _visible(key):
+    """`key` with each unpaired surrogate written as a ``\\uXXXX`` escape."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", key)
 
 
 # --------------------------------------------------------------------------
