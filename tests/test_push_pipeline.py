@@ -1,4 +1,4 @@
-"""The push pipeline (issue 11) against a model, as a hypothesis state machine.
+"""The push pipeline against a model, as a hypothesis state machine.
 
 An in-process `HotReloadServer` on a `task.Clock`, with fake devices that
 keep a replica of the schema (applying every update with
