@@ -2,6 +2,7 @@
 fails the test on any logged failure, and a real daemon on loopback."""
 
 import os
+import random
 
 import pytest
 import pytest_twisted
@@ -18,6 +19,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run slow (soak, crash-loop) tests")
+    parser.addoption(
+        "--seed", type=int, default=None,
+        help="seed of the tests that draw random choices (each prints its seed: replay a failure with it)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -27,6 +32,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def seed(request):
+    """A seed for a test's own random choices: printed (shown with a
+    failure), and taken from --seed or LUMORA_SEED to replay one."""
+    value = request.config.getoption("--seed")
+    if value is None:
+        value = int(os.environ.get("LUMORA_SEED") or random.randrange(2**32))
+    print(f"random seed {value} (replay: pytest --seed {value} {request.node.nodeid})")
+    return value
 
 
 @pytest.fixture
