@@ -55,8 +55,12 @@ class AccessPolicy:
     def __init__(self, api_token=None, allowed_hosts=(), allowed_origins=(), public_url=None):
         self.api_token = api_token
         self.allowed_hosts = {h.lower() for h in allowed_hosts}
-        if public_url:
-            self.allowed_hosts.add(_strip_port(urlsplit(public_url).netloc))
+        # The host of --public-url is where a tunnel or proxy delivers
+        # requests from outside; its agent connects from loopback, so the
+        # peer address says nothing there.
+        self.public_host = _strip_port(urlsplit(public_url).netloc) if public_url else None
+        if self.public_host:
+            self.allowed_hosts.add(self.public_host)
         self.allowed_origins = {o.rstrip("/").lower() for o in allowed_origins}
         self._own = _own_names()
 
@@ -67,6 +71,11 @@ class AccessPolicy:
         if scheme.lower() != "bearer":
             return False
         return hmac.compare_digest(token.strip().encode(), self.api_token.encode())
+
+    def is_public(self, host_header):
+        """True when the request names the --public-url host: it came from
+        outside, whatever its peer address."""
+        return bool(self.public_host and host_header and _strip_port(host_header) == self.public_host)
 
     def host_ok(self, host_header, local_address=None):
         if not host_header:
@@ -88,7 +97,10 @@ class AccessPolicy:
         origin = origin.strip().rstrip("/").lower()
         if origin in self.allowed_origins:
             return True
-        parts = urlsplit(origin)
+        try:
+            parts = urlsplit(origin)
+        except ValueError:  # e.g. an unclosed "[" in an IPv6 literal
+            return False
         if parts.scheme not in ("http", "https") or not parts.netloc:
             return False
         return self.host_ok(parts.netloc, local_address)
@@ -96,14 +108,40 @@ class AccessPolicy:
     def check_browser(self, host_header, origin, local_address):
         """Return None when allowed, else a sentence saying how to fix it."""
         if not self.host_ok(host_header, local_address):
-            name = _strip_port(host_header or "") or "(none)"
+            name = _strip_port(host_header or "")
+            if not _is_name(name):
+                return "A Host header naming this machine is required"
             return (
                 f"Host '{name}' is not allowed; start the daemon with "
                 f"--allowed-host {name} if you reach it by that name"
             )
         if not self.origin_ok(origin, local_address):
+            shown = origin.strip()[:_SHOWN]
+            if not _is_origin(shown):
+                # 'null' (file:// pages, sandboxed frames) names no site
+                # that could be allowed
+                return f"Origin '{shown}' is not allowed; serve the page from an allowed host"
             return (
-                f"Origin '{origin}' is not allowed; start the daemon with "
-                f"--allowed-origin {origin} to let that page connect"
+                f"Origin '{shown}' is not allowed; start the daemon with "
+                f"--allowed-origin {shown} to let that page connect"
             )
         return None
+
+
+# characters of a client-supplied value repeated in a refusal
+_SHOWN = 200
+
+
+def _is_name(name):
+    """A host name or address the --allowed-host option would take."""
+    return 0 < len(name) <= 253 and all(c.isalnum() or c in "-._:" for c in name) and name.isascii()
+
+
+def _is_origin(origin):
+    """An origin the --allowed-origin option would take (scheme://host)."""
+    try:
+        parts = urlsplit(origin)
+        host = parts.hostname or ""
+    except ValueError:
+        return False
+    return origin.isascii() and parts.scheme in ("http", "https") and _is_name(host)

@@ -35,23 +35,64 @@ def error_body(error):
     return body
 
 
+def internal_error():
+    # the traceback goes to the log; the caller learns only that it failed
+    return LumoraError(errors.INTERNAL_ERROR, "Internal error; the daemon's log has the details", status=500)
+
+
 def _finish(request, result):
     if isinstance(result, Failure):
         if result.check(LumoraError):
             error = result.value
         else:
             _log.failure("request failed", result)
-            error = LumoraError(errors.INTERNAL_ERROR, f"Internal error: {result.getErrorMessage()}", status=500)
+            error = internal_error()
         status, body = error.status, error_body(error)
     elif isinstance(result, tuple):
         status, body = result
     else:
         status, body = 200, result
-    return write_json(request, status, body)
+    try:
+        return write_json(request, status, body)
+    except TypeError:  # a value JSON cannot carry; never an unanswered request
+        _log.failure("answer could not be encoded")
+        return write_json(request, 500, error_body(internal_error()))
+
+
+def allowed_methods(target):
+    """The methods a resource answers: the render_* methods its own classes
+    define (not twisted.web's defaults), and HEAD wherever GET is."""
+    cls = type(target)
+    methods = {
+        name[7:]
+        for name in dir(cls)
+        if name.startswith("render_") and name[7:].isupper()
+        and getattr(cls, name) is not getattr(resource.Resource, name, None)
+    }
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+def method_not_allowed(request, allowed):
+    request.setHeader(b"allow", ", ".join(allowed).encode())
+    method = request.method.decode("latin-1")[:_SHOWN]
+    return write_json(request, 405, {"error": f"Method {method} not allowed; use {', '.join(allowed)}",
+                                     "code": errors.BAD_REQUEST})
+
+
+# characters of a client-supplied value repeated in an answer
+_SHOWN = 64
+
+
+def extra_path(request):
+    """Path segments left after a leaf resource (a trailing slash is fine)."""
+    return [part for part in request.postpath if part]
 
 
 class JsonResource(resource.Resource):
-    """A resource whose render methods return data, not bytes."""
+    """A resource whose render methods return data, not bytes; it answers
+    only the methods it defines itself (405 with Allow otherwise)."""
 
     def __init__(self, server):
         super().__init__()
@@ -61,14 +102,14 @@ class JsonResource(resource.Resource):
         return NotFound()
 
     def render(self, request):
-        method = request.method.decode("ascii", "replace")
-        handler = getattr(self, "render_" + method, None)
-        if handler is None:
-            allowed = sorted(n[7:] for n in dir(self) if n.startswith("render_") and n[7:].isupper())
-            request.setHeader(b"allow", ", ".join(allowed).encode())
-            return write_json(request, 405, {"error": f"Method {method} not allowed", "code": errors.BAD_REQUEST})
+        if self.isLeaf and extra_path(request):
+            return NotFound().render(request)
+        allowed = allowed_methods(self)
+        method = request.method.decode("latin-1")
+        if method not in allowed:
+            return method_not_allowed(request, allowed)
         try:
-            result = handler(request)
+            result = getattr(self, "render_" + method)(request)
         except Exception:
             return _finish(request, Failure())
         if not isinstance(result, defer.Deferred):
@@ -88,6 +129,17 @@ class NotFound(resource.Resource):
 
     def render(self, request):
         return write_json(request, 404, {"error": "Not found", "code": errors.NOT_FOUND})
+
+
+class Folder(resource.Resource):
+    """A path segment with children and no answer of its own (the parents
+    of a nested --ws-path): 404 in JSON, like any unknown path."""
+
+    def getChild(self, path, request):
+        return NotFound()
+
+    def render(self, request):
+        return NotFound().render(request)
 
 
 class Refused(resource.Resource):
@@ -146,13 +198,33 @@ def _refuse_constant(name):
     raise ValueError(f"{name} is not JSON")
 
 
-def _number(value, name, positive=True):
+# the longest a session may be kept or extended at once
+MAX_SECONDS = 30 * 24 * 3600
+
+
+def _seconds(value, name):
+    """A number of seconds from a request body: positive, finite, at most
+    30 days (a larger one overflows the expiry time)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and value <= 0):
-        raise LumoraError(errors.BAD_REQUEST, f"'{name}' must be a positive number of seconds", status=400,
-                          details={"path": name})
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_SECONDS:
+        raise LumoraError(errors.BAD_REQUEST, f"'{name}' must be a number of seconds, more than 0 and at most "
+                          f"{MAX_SECONDS} (30 days)", status=400, details={"path": name})
     return float(value)
+
+
+_FLAGS = {b"true": True, b"1": True, b"yes": True, b"false": False, b"0": False, b"no": False}
+
+
+def _flag(request, name, default):
+    values = request.args.get(name.encode())
+    if not values:
+        return default
+    value = _FLAGS.get(values[0].lower())
+    if value is None:
+        raise LumoraError(errors.BAD_REQUEST, f"'{name}' must be true or false", status=400,
+                          details={"path": name})
+    return value
 
 
 class Health(JsonResource):
@@ -191,8 +263,7 @@ class SendTo(JsonResource):
         if schema is None:
             raise LumoraError(errors.BAD_REQUEST, "Body must be a Lumora IR schema", status=400,
                               details={"path": ""})
-        flag = (request.args.get(b"preserveState") or [b"true"])[0].decode().lower()
-        preserve = flag not in ("false", "0", "no")
+        preserve = _flag(request, "preserveState", True)
         d = self.server.push_update(self.session_id, schema, preserve_state=preserve)
         d.addCallback(lambda result: result.to_json())
         return d
@@ -216,7 +287,7 @@ class NewSession(JsonResource):
         body = read_json(request, self.server.max_body_size) or {}
         if not isinstance(body, dict):
             raise LumoraError(errors.BAD_REQUEST, "Body must be a JSON object", status=400, details={"path": ""})
-        timeout = _number(body.get("timeoutSeconds"), "timeoutSeconds")
+        timeout = _seconds(body.get("timeoutSeconds"), "timeoutSeconds")
         d = self.server.create_session_stored(schema=body.get("schema"), timeout_seconds=timeout)
         d.addCallback(
             lambda session: {
@@ -229,12 +300,16 @@ class NewSession(JsonResource):
         return d
 
 
-class SessionResource(JsonResource):
-    """/session/:id and its children."""
+class _SessionPart(JsonResource):
+    """Something under /session/:id; knows the id, answers its own methods."""
 
     def __init__(self, server, session_id):
         super().__init__(server)
         self.session_id = session_id
+
+
+class SessionResource(_SessionPart):
+    """/session/:id and its children."""
 
     def getChild(self, path, request):
         if path == b"":
@@ -258,7 +333,7 @@ class SessionResource(JsonResource):
         return self.server.delete_session(self.session_id).addCallback(lambda _: {"success": True})
 
 
-class _SessionLeaf(SessionResource):
+class _SessionLeaf(_SessionPart):
     isLeaf = True
 
 
@@ -287,7 +362,7 @@ class SessionExtend(_SessionLeaf):
         body = read_json(request, self.server.max_body_size) or {}
         if not isinstance(body, dict):
             raise LumoraError(errors.BAD_REQUEST, "Body must be a JSON object", status=400, details={"path": ""})
-        seconds = _number(body.get("seconds"), "seconds")
+        seconds = _seconds(body.get("seconds"), "seconds")
         d = self.server.extend_session_stored(self.session_id, seconds)
         d.addCallback(lambda expires_at: {"success": True, "expiresAt": expires_at})
         return d
@@ -299,7 +374,7 @@ class SessionLogs(_SessionLeaf):
         return {"sessionId": session.id, "lines": list(session.logs)}
 
 
-class SessionDevices(SessionResource):
+class SessionDevices(_SessionPart):
     """DELETE /session/:id/devices/:connectionId"""
 
     def getChild(self, path, request):
