@@ -24,6 +24,7 @@ DEVICE_TYPES = ("connect", "ping", "ack", "reload", "log", "error")
 CLOSE_NORMAL = 1000
 CLOSE_TOO_BIG = 1009
 CLOSE_RESTART = 1012
+CLOSE_TRY_AGAIN = 1013
 CLOSE_BAD_REQUEST = 4400
 CLOSE_AUTH = 4401
 CLOSE_FORBIDDEN = 4403
@@ -114,6 +115,15 @@ _PAYLOAD_FIELDS = {
 }
 
 
+def _whole(value, name, what):
+    """A whole number (JSON has one number type: 3.0 is 3)."""
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise invalid(f"'{name}' in {what} must be a whole number", details={"path": name})
+        value = int(value)
+    return value
+
+
 def parse_envelope(data):
     """Decode one text frame into ``(type, session_id, payload)``.
 
@@ -146,6 +156,8 @@ def parse_envelope(data):
     what = f"'{kind}' payload"
     for name, kinds, required in _PAYLOAD_FIELDS[kind]:
         _field(payload, name, kinds, required, what)
+    if kind == "ack":
+        payload["sequenceNumber"] = _whole(payload["sequenceNumber"], "sequenceNumber", what)
     if kind == "connect":
         check_version(payload["clientVersion"], "clientVersion")
         if not payload["deviceId"]:

@@ -52,6 +52,10 @@ class HotReloadServer(service.Service):
         allowed_hosts=(),
         allowed_origins=(),
         auto_ping_interval=None,
+        max_connections_per_address=256,
+        max_pending_bytes=128 * MiB,
+        max_log_bytes=1 * MiB,
+        max_name_length=256,
         secure=False,
         verbose=False,
         clock=None,
@@ -65,6 +69,7 @@ class HotReloadServer(service.Service):
         self.secure = secure
         self.verbose = verbose
         self.max_body_size = max_body_size
+        self.max_connections_per_address = max_connections_per_address
         self.store = store if store is not None else MemoryStore()
         self.hub = Hub(
             self.clock,
@@ -76,6 +81,7 @@ class HotReloadServer(service.Service):
                 max_sessions=max_sessions,
                 max_devices_per_session=max_devices_per_session,
                 max_ack_lag=max_ack_lag,
+                log_bytes=max_log_bytes,
             ),
         )
         self.policy = AccessPolicy(api_token, allowed_hosts, allowed_origins, public_url)
@@ -91,7 +97,8 @@ class HotReloadServer(service.Service):
             rate_burst=rate_burst,
             max_buffer=max_buffer,
             auto_ping_interval=auto_ping_interval,
-            auto_ping_timeout=connection_timeout,
+            max_pending_bytes=max_pending_bytes,
+            max_name_length=max_name_length,
         )
         self.sweeps = Sweeps(
             self.hub, self._forget, self.clock, heartbeat_interval, cleanup_interval,

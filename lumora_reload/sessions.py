@@ -64,6 +64,7 @@ class Limits:
     max_sessions: int = 10000
     max_devices_per_session: int = 10000
     log_lines: int = 1000
+    log_bytes: int = 1024 * 1024  # of log text kept per session
     max_ack_lag: int = 10
     tombstone_seconds: float = 86400.0
 
@@ -194,6 +195,7 @@ class Session:
     # cluster mode: other daemons holding devices of this session, and until
     # when their claim runs (node -> clock seconds)
     held: dict = attrs.field(factory=dict)
+    log_bytes: int = 0  # UTF-8 bytes of the messages in `logs`
 
     # read-only views of the committed state
     @property
@@ -261,6 +263,12 @@ def _invalid_schema(error):
         status=400,
         details={"path": error.path, "message": error.message},
     )
+
+
+def _log_size(line):
+    # what a log line holds beyond its fixed fields
+    return sum(len(line[k].encode("utf-8", "replace")) for k in ("message", "deviceId", "level")) + len(
+        (line["deviceName"] or "").encode("utf-8", "replace"))
 
 
 def short_id(session_id):
@@ -709,8 +717,11 @@ class Hub:
             "message": message,
         }
         session.logs.append(line)
-        while len(session.logs) > self.limits.log_lines:
-            session.logs.popleft()
+        session.log_bytes += _log_size(line)
+        while len(session.logs) > self.limits.log_lines or (
+            session.log_bytes > self.limits.log_bytes and len(session.logs) > 1
+        ):
+            session.log_bytes -= _log_size(session.logs.popleft())
         return line
 
     def find_device(self, session_id, connection_id):

@@ -6,7 +6,6 @@ import sys
 
 from twisted.application import service, strports
 from twisted.python import usage
-from twisted.web import server as web_server
 
 from lumora_reload import __version__
 
@@ -72,6 +71,10 @@ class Options(usage.Options):
         _param("rate-burst", 200, "Device messages allowed in one burst.", "count"),
         _param("max-buffer", 4 * 1024 * 1024, "Bytes queued for a slow device before it is switched to latest-wins.", "count"),
         _param("max-ack-lag", 10, "A device whose last ack lags more updates than this is unhealthy.", "count"),
+        _param("max-connections-per-address", 256, "Open connections (HTTP and WebSocket) from one remote address.", "count"),
+        _param("max-pending-bytes", 128 * 1024 * 1024, "Bytes of partly received device messages held at once, all devices together (close 1013 above).", "count"),
+        _param("max-log-bytes", 1024 * 1024, "Bytes of device log lines kept per session (oldest dropped).", "count"),
+        _param("max-name-length", 256, "Longest deviceId, deviceName, platform and clientVersion, in characters.", "count"),
     ]
 
     def __init__(self):
@@ -120,6 +123,12 @@ class Options(usage.Options):
             raise usage.UsageError("--public-url must start with http://, https://, ws:// or wss://")
         if not self["ws-path"].startswith("/") or self["ws-path"].strip("/") == "":
             raise usage.UsageError("--ws-path must be a path such as /ws")
+        from lumora_reload.web import ws_path_parts
+
+        try:
+            ws_path_parts(self["ws-path"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
         try:
@@ -185,6 +194,10 @@ def makeService(config, reactor=None):
         rate_burst=config["rate-burst"],
         max_buffer=config["max-buffer"],
         max_ack_lag=config["max-ack-lag"],
+        max_connections_per_address=config["max-connections-per-address"],
+        max_pending_bytes=config["max-pending-bytes"],
+        max_log_bytes=config["max-log-bytes"],
+        max_name_length=config["max-name-length"],
         api_token=config["api-token"],
         public_url=config["public-url"],
         allowed_hosts=config["allowed-hosts"],
@@ -193,8 +206,7 @@ def makeService(config, reactor=None):
         verbose=config["verbose"],
     )
     hot.setServiceParent(root)
-    site = web_server.Site(hot.resource(), reactor=reactor)
-    site.displayTracebacks = False
-    site.noisy = False
-    strports.service(config["port"], site, reactor=reactor).setServiceParent(root)
+    from lumora_reload import web
+
+    strports.service(config["port"], web.site(hot, reactor), reactor=reactor).setServiceParent(root)
     return root

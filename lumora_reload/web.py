@@ -1,14 +1,29 @@
-"""The resource tree: the REST API at the root and the device WebSocket at
-the ws path, on one port. The root applies SPEC §2's access rules before
-any control resource is reached."""
+"""The resource tree and the HTTP site: the REST API at the root and the
+device WebSocket at the ws path, on one port.
+
+Access is decided from the request head, before any body is read: Host,
+Origin, token, method and path, and the declared body size. `Request`
+answers a refused request as soon as its headers are in and closes the
+connection, so a client cannot make the daemon read (or store) a body it
+will refuse. Every answer is a JSON error body with a code, Twisted's own
+parse errors included (`Channel`).
+"""
+
+import io
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.web import resource
+from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
+from twisted.web import http, resource, server
+from twisted.web.http import _escape
 
 from lumora_reload import api, errors
 from lumora_reload.access import is_loopback
 
-_MUTATING = (b"POST", b"PUT", b"PATCH", b"DELETE")
+_log = Logger()
+
+# First path segments of the control API; a --ws-path must not hide them.
+API_SEGMENTS = ("health", "stats", "session", "send")
 
 
 class Root(resource.Resource):
@@ -19,15 +34,15 @@ class Root(resource.Resource):
         self.putChild(b"stats", api.Stats(server))
         self.putChild(b"session", api.Sessions(server))
         self.putChild(b"send", api.Send(server))
+        parts = ws_path_parts(ws_path)
         # /ws, or a nested path such as /lumora/ws
-        parts = [p.encode() for p in ws_path.strip("/").split("/")]
         parent = self
         for part in parts[:-1]:
-            child = resource.Resource()
-            parent.putChild(part, child)
+            child = api.Folder()
+            parent.putChild(part.encode(), child)
             parent = child
-        parent.putChild(parts[-1], ws_resource)
-        self._ws_first = parts[0]
+        parent.putChild(parts[-1].encode(), ws_resource)
+        self._ws_first = parts[0].encode()
 
     def getChildWithDefault(self, path, request):
         if path in (b"health", self._ws_first):
@@ -49,19 +64,39 @@ class Root(resource.Resource):
         policy = self.server.policy
         if policy.token_ok(_header(request, b"authorization")):
             return None
+        host = _header(request, b"host")
+        if policy.is_public(host):
+            # a tunnel agent connects from loopback; the Host says the
+            # request came from outside
+            return api.Refused(403, errors.FORBIDDEN, _token_hint(
+                policy, "Requests through the --public-url host come from outside"))
         peer = getattr(request.getClientAddress(), "host", None)
         if not is_loopback(peer) and not _unix(request):
-            hint = (
-                "send 'Authorization: Bearer <token>'"
-                if policy.api_token
-                else "start the daemon with --api-token TOKEN and send 'Authorization: Bearer TOKEN'"
-            )
-            return api.Refused(403, errors.FORBIDDEN, f"The control API answers only to loopback clients; {hint}")
+            return api.Refused(403, errors.FORBIDDEN, _token_hint(
+                policy, "The control API answers only to loopback clients"))
         local = getattr(request.getHost(), "host", None)
-        why = policy.check_browser(_header(request, b"host"), _header(request, b"origin"), local)
+        why = policy.check_browser(host, _header(request, b"origin"), local)
         if why is not None:
             return api.Refused(403, errors.FORBIDDEN, why)
         return None
+
+
+def _token_hint(policy, why):
+    if policy.api_token:
+        return f"{why}; send 'Authorization: Bearer <token>'"
+    return f"{why}; start the daemon with --api-token TOKEN and send 'Authorization: Bearer TOKEN'"
+
+
+def ws_path_parts(ws_path):
+    """The segments of a --ws-path; refuses one that would hide the API."""
+    parts = [p for p in ws_path.strip("/").split("/") if p]
+    if not parts:
+        raise ValueError("--ws-path must be a path such as /ws")
+    if parts[0] in API_SEGMENTS:
+        raise ValueError(
+            f"--ws-path {ws_path} would hide the control API's /{parts[0]}; choose another, such as /ws"
+        )
+    return parts
 
 
 def _header(request, name):
@@ -74,5 +109,275 @@ def _unix(request):
     return not hasattr(request.getClientAddress(), "host")
 
 
+class DeviceSocket(WebSocketResource):
+    """The WebSocket resource, answering plain HTTP in JSON: Autobahn's own
+    refusal of a request that is not an upgrade is an HTML page."""
+
+    def render(self, request):
+        if request.method != b"GET":
+            return api.method_not_allowed(request, ["GET"])
+        upgrade = (request.getHeader(b"upgrade") or b"").lower()
+        key = request.getHeader(b"sec-websocket-key")
+        if upgrade != b"websocket" or not key or request.getHeader(b"sec-websocket-version") != b"13":
+            request.setHeader(b"upgrade", b"websocket")
+            return api.write_json(request, 426, {
+                "error": "This path is the device WebSocket; connect with a WebSocket client (version 13)",
+                "code": errors.BAD_REQUEST,
+            })
+        return super().render(request)
+
+
 def build_root(server, ws_factory):
-    return Root(server, WebSocketResource(ws_factory), server.ws_path)
+    return Root(server, DeviceSocket(ws_factory), server.ws_path)
+
+
+# -- the HTTP site ------------------------------------------------------
+
+
+def _json_response(status, reason, body):
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncache-control: no-store\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, reason, len(body), body)
+    )
+
+
+_BAD_REQUEST = _json_response(
+    400, b"Bad Request", b'{"error":"Malformed HTTP request","code":"BAD_REQUEST"}'
+)
+
+
+class Channel(http.HTTPChannel):
+    """HTTP/1.1 whose own refusals (bad request line, headers, chunking)
+    are JSON like every other answer."""
+
+    def _respondToBadRequestAndDisconnect(self):
+        self.transport.write(_BAD_REQUEST)
+        self.loseConnection()
+
+
+class Request(server.Request):
+    """Decides from the head; keeps bodies in memory, counted as they come."""
+
+    _answered = False
+    _received = 0
+
+    def gotLength(self, length):
+        # bodies are bounded by --max-body-size: memory, never temp files
+        self.content = io.BytesIO()
+        if length == 0:
+            return  # nothing to read: process() decides, from the same rules
+        answer = self._head_answer(length)
+        if answer is not None:
+            self._answer_now(answer)
+
+    def handleContentChunk(self, data):
+        if self._answered:
+            return
+        self._received += len(data)
+        limit = _max_body(self)
+        if limit is not None and self._received > limit:
+            # a chunked body has no length up front: cut it at the limit
+            self._answer_now(_too_large(limit))
+            return
+        self.content.write(data)
+
+    def requestReceived(self, command, path, version):
+        if self._answered:
+            return
+        super().requestReceived(command, path, version)
+
+    def process(self):
+        if self.path == b"*":  # OPTIONS * and the like: no resource answers it
+            self.site = self.channel.site
+            body = api.NotFound().render(self)
+            self.setHeader(b"content-length", b"%d" % len(body))
+            self.write(body)
+            self.finish()
+            return
+        super().process()
+
+    def processingFailed(self, reason):
+        _log.failure("request failed", reason)
+        if self.startedWriting or self.finished:
+            self.loseConnection()
+            return reason
+        body = api.write_json(self, 500, api.error_body(api.internal_error()))
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+        return reason
+
+    # -- the head ----------------------------------------------------
+
+    def _head_answer(self, length):
+        """The resource that answers this request at once, or None to read
+        the body. Same rules as the resource tree, applied early."""
+        channel = self.channel
+        site = channel.site
+        self.method, self.uri, self.clientproto = channel._command, channel._path, channel._version
+        self.path, _, query = self.uri.partition(b"?")
+        self.args = http.parse_qs(query, 1) if query else {}
+        self.prepath = []
+        self.postpath = [http.unquote(p) for p in self.path[1:].split(b"/")]
+        target = site.getResourceFor(self)
+        if isinstance(target, (api.Refused, api.NotFound)):
+            return target
+        if isinstance(target, api.JsonResource):
+            if target.isLeaf and api.extra_path(self):
+                return api.NotFound()
+            allowed = api.allowed_methods(target)
+            if self.method.decode("latin-1") not in allowed:
+                return _MethodNotAllowed(allowed)
+        elif isinstance(target, DeviceSocket):
+            return None  # an upgrade; Autobahn reads the connection itself
+        limit = _max_body(self)
+        if limit is not None and length is not None and length > limit:
+            return _too_large(limit)
+        content_type = (self.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if content_type != b"application/json":
+            # a body must be JSON; form bodies would otherwise be parsed
+            # (and refused in HTML) by twisted.web itself
+            return api.Refused(415, errors.BAD_REQUEST,
+                               "Send the body as JSON with 'Content-Type: application/json'")
+        return None
+
+    def _answer_now(self, answer):
+        """Answer before the body, then close: the rest is never read."""
+        self._answered = True
+        self.requestHeaders.removeHeader(b"expect")  # no "100 Continue" after this
+        channel = self.channel
+        channel.persistent = False
+        _ignore_rest(channel)
+        self.site = channel.site
+        body = answer.render(self)
+        self.setHeader(b"connection", b"close")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
+
+def _ignore_rest(channel):
+    """Once a request is answered early, whatever else the client sends on
+    that connection is dropped unparsed."""
+    channel.allContentReceived = lambda: None
+    channel._respondToBadRequestAndDisconnect = lambda: None
+    channel.rawDataReceived = lambda data: None
+
+
+class _MethodNotAllowed(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, allowed):
+        super().__init__()
+        self.allowed = allowed
+
+    def render(self, request):
+        return api.method_not_allowed(request, self.allowed)
+
+
+def _too_large(limit):
+    return api.Refused(413, errors.PAYLOAD_TOO_LARGE, f"Body is larger than {limit} bytes")
+
+
+def _max_body(request):
+    server = getattr(request.channel.site, "hot_reload", None) if request.channel else None
+    return server.max_body_size if server is not None else None
+
+
+def access_log_line(timestamp, request):
+    """One access-log line in the combined format, with session ids cut
+    to their first characters (an id is what lets a device join) and no
+    referrer (it can hold the same)."""
+    peer = request.getClientAddress()
+    ip = getattr(peer, "host", "-")
+    line = '"%s" - - %s "%s %s %s" %d %s "-" "%s"' % (
+        _escape(ip),
+        timestamp,
+        _escape(request.method),
+        _escape(redact_uri(request.uri).encode("latin-1")),
+        _escape(request.clientproto),
+        request.code,
+        request.sentLength or "-",
+        _escape((request.getHeader(b"user-agent") or b"-")[:_AGENT_CHARS]),
+    )
+    return line
+
+
+_AGENT_CHARS = 200
+
+
+def redact_uri(uri):
+    """The request URI with every session id shortened: the path segment
+    after /session/ or /send/, and a `session` query parameter."""
+    text = uri.decode("latin-1") if isinstance(uri, bytes) else uri
+    path, mark, query = text.partition("?")
+    parts = path.split("/")
+    for i in range(1, len(parts) - 1):
+        if parts[i] in ("session", "send") and parts[i + 1] not in ("", "new"):
+            parts[i + 1] = _cut(parts[i + 1])
+    if query:
+        fields = query.split("&")
+        for i, field in enumerate(fields):
+            name, eq, value = field.partition("=")
+            if name == "session" and value:
+                fields[i] = name + eq + _cut(value)
+        query = "&".join(fields)
+    return "/".join(parts) + mark + query
+
+
+def _cut(session_id):
+    # like short_id, in ASCII: the access log is an ASCII format
+    return session_id[:6] + "..."
+
+
+class Site(server.Site):
+    requestFactory = Request
+    protocol = Channel
+
+    def __init__(self, hot_reload, reactor):
+        super().__init__(hot_reload.resource(), reactor=reactor, logFormatter=access_log_line)
+        self.hot_reload = hot_reload
+        self.displayTracebacks = False
+        self.noisy = False
+
+
+class PerAddressLimit(WrappingFactory):
+    """At most `limit` open connections from one remote address (HTTP and
+    WebSocket alike); more are closed as soon as they are accepted."""
+
+    noisy = False
+
+    def __init__(self, wrapped, limit):
+        super().__init__(wrapped)
+        self.limit = limit
+        self.per_address = {}
+
+    def logPrefix(self):
+        # "Site starting on 8080", as without the limit
+        return "Site"
+
+    def buildProtocol(self, addr):
+        host = getattr(addr, "host", None)
+        if host is not None and self.per_address.get(host, 0) >= self.limit:
+            _log.info("refused a connection from {host}: {limit} already open", host=host, limit=self.limit)
+            return None
+        protocol = super().buildProtocol(addr)
+        if host is not None:
+            self.per_address[host] = self.per_address.get(host, 0) + 1
+            protocol._limited_host = host
+        return protocol
+
+    def unregisterProtocol(self, protocol):
+        super().unregisterProtocol(protocol)
+        host = getattr(protocol, "_limited_host", None)
+        if host is not None:
+            left = self.per_address[host] - 1
+            if left:
+                self.per_address[host] = left
+            else:
+                del self.per_address[host]
+
+
+def site(hot_reload, reactor):
+    """The factory to listen with: the Site behind the per-address limit."""
+    return PerAddressLimit(Site(hot_reload, reactor), hot_reload.max_connections_per_address)

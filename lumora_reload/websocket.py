@@ -14,7 +14,11 @@ Wire protocol (SPEC §3), in short:
            AUTHENTICATION_FAILED -> 4401, sessionId mismatch -> 4400,
            UNSUPPORTED_VERSION -> 4426, RATE_LIMIT_EXCEEDED then 4429,
            oversize message -> 1009 (Autobahn), replaced device -> 4409,
-           daemon stopping -> 1012 "Service restart"
+           daemon stopping -> 1012 "Service restart",
+           partial messages of all devices over their total -> 1013
+  liveness WebSocket pings every --heartbeat-interval; a device is dropped
+           only by the liveness sweep, after --connection-timeout of
+           silence (a pong or any message counts)
 
 Outgoing updates arrive as `Outgoing` objects shared by every device of a
 broadcast; the frame is prepared once (`prepareMessage`) and cached on the
@@ -39,6 +43,50 @@ from lumora_reload.sessions import IDeviceLink, Outgoing, short_id
 
 # characters of one device `log` line that are kept and logged
 LOG_LINE_LIMIT = 8192
+
+
+# A device refused for longer than this without a pause is closed 4429.
+RATE_GRACE_SECONDS = 1.0
+
+
+class Verdict:
+    PASS = "pass"
+    WARN = "warn"  # first refusal of an episode: tell the device
+    DROP = "drop"
+    CLOSE = "close"
+
+
+class RateGuard:
+    """The message budget of one connection, decided on parsed types.
+
+    Acks answer our own updates, so they get a budget of their own (10x): a
+    device acking a fast push stream must not lose its acks. Refusals come
+    in episodes that end after a second without one; an episode longer than
+    a second, or with more than `burst` refusals, closes the connection, so
+    a steady flood is closed however many of its messages get through.
+    """
+
+    def __init__(self, rate, burst, clock):
+        self.messages = TokenBucket(rate, burst, clock)
+        self.acks = TokenBucket(rate * 10, burst * 10, clock)
+        self.burst = burst
+        self.clock = clock
+        self._refused = 0
+        self._since = None
+        self._last = None
+
+    def admit(self, kind):
+        bucket = self.acks if kind == "ack" else self.messages
+        if bucket.take():
+            return Verdict.PASS
+        now = self.clock.seconds()
+        if self._last is None or now - self._last > RATE_GRACE_SECONDS:
+            self._since, self._refused = now, 0
+        self._last = now
+        self._refused += 1
+        if self._refused > self.burst or now - self._since > RATE_GRACE_SECONDS:
+            return Verdict.CLOSE
+        return Verdict.WARN if self._refused == 1 else Verdict.DROP
 
 
 class TokenBucket:
@@ -90,10 +138,9 @@ class DeviceProtocol(WebSocketServerProtocol):
     _queued_while_paused = 0
     _congested = False
     _missed = False
-    _overflow = 0
-    _bucket = None
-    _ack_bucket = None
+    _guard = None
     _hello_timer = None
+    _pending = 0  # bytes of the message being received
 
     # -- Autobahn callbacks --------------------------------------------
 
@@ -131,8 +178,7 @@ class DeviceProtocol(WebSocketServerProtocol):
                 self._close(messages.CLOSE_NOT_FOUND, "Session not found")
             return
         factory = self.factory
-        self._bucket = TokenBucket(factory.rate_limit, factory.rate_burst, factory.clock)
-        self._ack_bucket = TokenBucket(factory.rate_limit * 10, factory.rate_burst * 10, factory.clock)
+        self._guard = RateGuard(factory.rate_limit, factory.rate_burst, factory.clock)
         self._watch_buffer()
         # a socket that never says who it is must not stay forever: the
         # liveness sweep only sees devices that sent `connect`
@@ -146,21 +192,20 @@ class DeviceProtocol(WebSocketServerProtocol):
         hub = self.factory.hub
         if self._device is not None:
             hub.seen(self._session_id, self._device)
-        # Acks answer our own updates, so they get a budget of their own:
-        # a device acking a fast push stream must not lose its acks.
-        bucket = self._ack_bucket if b'"type":"ack"' in payload else self._bucket
-        if bucket is not None and not bucket.take():
-            self._rate_limited()
-            return
-        self._overflow = 0
+        # parse once, then budget on the parsed type
         try:
-            if isBinary:
-                raise messages.invalid("Binary frames are not supported; send JSON text")
-            try:
-                text = payload.decode("utf-8")
-            except UnicodeDecodeError:
-                raise messages.invalid("Message is not valid UTF-8")
-            kind, session_id, body = messages.parse_envelope(text)
+            kind, session_id, body = self._parse(payload, isBinary)
+            problem = None
+        except LumoraError as e:
+            kind, problem = None, e
+        if self._guard is not None:
+            verdict = self._guard.admit(kind)
+            if verdict != Verdict.PASS:
+                self._rate_limited(verdict)
+                return
+        try:
+            if problem is not None:
+                raise problem
             if session_id != self._session_id:
                 raise LumoraError(
                     errors.SESSION_NOT_FOUND,
@@ -182,6 +227,42 @@ class DeviceProtocol(WebSocketServerProtocol):
             self._log.failure("handling a device message failed")
             self._send_error(LumoraError(errors.INTERNAL_ERROR, "Internal error"))
 
+    @staticmethod
+    def _parse(payload, isBinary):
+        if isBinary:
+            raise messages.invalid("Binary frames are not supported; send JSON text")
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise messages.invalid("Message is not valid UTF-8")
+        return messages.parse_envelope(text)
+
+    def onMessageFrameData(self, payload):
+        # Partial messages are held in memory until complete: count them
+        # against one total for all connections.
+        if self.failedByMe:
+            return  # closing: Autobahn drops the rest unread
+        factory = self.factory
+        self._pending += len(payload)
+        factory.pending_bytes += len(payload)
+        if factory.pending_bytes > factory.max_pending_bytes:
+            self._log.info(
+                "closing a device sending a large message: {total} bytes of partial messages held",
+                total=factory.pending_bytes,
+            )
+            self._release_pending()
+            self._fail_connection(messages.CLOSE_TRY_AGAIN, "Server busy; try again later")
+            return
+        super().onMessageFrameData(payload)
+
+    def onMessageEnd(self):
+        self._release_pending()
+        super().onMessageEnd()
+
+    def _release_pending(self):
+        self.factory.pending_bytes -= self._pending
+        self._pending = 0
+
     def onPong(self, payload):
         # an answered WebSocket ping is liveness too
         if self._device is not None:
@@ -189,6 +270,7 @@ class DeviceProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self._open = False
+        self._release_pending()
         if self._hello_timer is not None and self._hello_timer.active():
             self._hello_timer.cancel()
         if self._device is not None:
@@ -206,6 +288,10 @@ class DeviceProtocol(WebSocketServerProtocol):
     def handle_connect(self, payload):
         if self._device is not None:
             raise messages.invalid("Already connected; 'connect' is sent once")
+        limit = self.factory.max_name_length
+        for name in ("deviceId", "deviceName", "platform", "clientVersion"):
+            if len(payload.get(name) or "") > limit:
+                raise messages.invalid(f"'{name}' is longer than {limit} characters", details={"path": name})
         try:
             session, device, outgoing = self.factory.hub.attach(self._session_id, self, payload)
         except LumoraError as e:
@@ -236,6 +322,15 @@ class DeviceProtocol(WebSocketServerProtocol):
 
     def handle_ack(self, payload):
         hub = self.factory.hub
+        session = hub.get_session(self._session_id)
+        sequence = payload["sequenceNumber"]
+        if not 0 <= sequence <= session.sequence:
+            # an ack ahead of the session would show the device healthy
+            # (and a huge one could not be encoded in /health)
+            raise messages.invalid(
+                f"'sequenceNumber' must be between 0 and the session's {session.sequence}",
+                details={"path": "sequenceNumber"},
+            )
         hub.ack(self._device, payload)
         if not payload["success"]:
             self._log.info(
@@ -271,8 +366,8 @@ class DeviceProtocol(WebSocketServerProtocol):
         self._log.warn(
             "device {device} reported {code}: {message}",
             device=self._device.device_name or self._device.device_id,
-            code=payload.get("code"),
-            message=payload.get("message"),
+            code=(payload.get("code") or "")[:64],
+            message=(payload.get("message") or "")[:LOG_LINE_LIMIT],
         )
         if payload.get("code") == errors.CHECKSUM_MISMATCH:
             self._resync()
@@ -323,16 +418,15 @@ class DeviceProtocol(WebSocketServerProtocol):
         if not hub.resync_device(session, self._device):
             self._send_error(LumoraError(errors.UPDATE_FAILED, "No schema has been pushed yet"))
 
-    def _rate_limited(self):
-        self._overflow += 1
-        if self._overflow == 1:
+    def _rate_limited(self, verdict):
+        if verdict == Verdict.WARN:
             self._send_error(
                 LumoraError(
                     errors.RATE_LIMIT_EXCEEDED,
                     f"More than {self.factory.rate_limit:g} messages/s; slow down",
                 )
             )
-        elif self._overflow > self.factory.rate_burst:
+        elif verdict == Verdict.CLOSE:
             self._send_error(
                 LumoraError(
                     errors.RATE_LIMIT_EXCEEDED,
@@ -356,10 +450,12 @@ class DeviceProtocol(WebSocketServerProtocol):
 
     def _watch_buffer(self):
         transport = self.transport
-        if hasattr(transport, "SEND_LIMIT"):
+        # behind the per-address limit the socket is wrapped
+        socket = getattr(transport, "transport", transport)
+        if hasattr(socket, "SEND_LIMIT"):
             # Twisted writes at most 128 KiB per wake-up; a 500 KB update
             # would cost every device four wake-ups and epoll changes.
-            transport.SEND_LIMIT = 1 << 20
+            socket.SEND_LIMIT = 1 << 20
         try:
             if getattr(transport, "producer", None) is not None:
                 transport.unregisterProducer()
@@ -410,7 +506,8 @@ class DeviceFactory(WebSocketServerFactory):
         rate_burst=200,
         max_buffer=4 * 1024 * 1024,
         auto_ping_interval=None,
-        auto_ping_timeout=None,
+        max_pending_bytes=128 * 1024 * 1024,
+        max_name_length=256,
     ):
         super().__init__(url=url, reactor=reactor)
         self.hub = hub
@@ -419,6 +516,9 @@ class DeviceFactory(WebSocketServerFactory):
         self.rate_limit = rate_limit
         self.rate_burst = rate_burst
         self.max_buffer = max_buffer
+        self.max_pending_bytes = max_pending_bytes
+        self.max_name_length = max_name_length
+        self.pending_bytes = 0  # of partial messages, all connections
         self.connections = set()
         self._waiting = []
         # session_id -> Deferred; set by the server in cluster mode
@@ -432,12 +532,17 @@ class DeviceFactory(WebSocketServerFactory):
             failByDrop=False,
             openHandshakeTimeout=30,
             closeHandshakeTimeout=2,
+            # our policy refuses Origin 'null' with close 4403, which a
+            # page can read; Autobahn's own refusal is an HTTP 400
+            allowNullOrigin=True,
         )
         if auto_ping_interval:
-            options.update(
-                autoPingInterval=auto_ping_interval,
-                autoPingTimeout=auto_ping_timeout or auto_ping_interval,
-            )
+            # Pings keep NAT mappings open and their pongs count as
+            # liveness; only the liveness sweep drops a silent device, after
+            # --connection-timeout. Autobahn's own ping timeout stays off:
+            # measured from the ping, it raced the sweep and dropped devices
+            # without the "Connection timeout" close they can act on.
+            options.update(autoPingInterval=auto_ping_interval, autoPingTimeout=0)
         self.setProtocolOptions(**options)
 
     def opened(self, protocol):

@@ -8,8 +8,8 @@ import orjson
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, endpoints
-from twisted.web import server as web_server
 
+from lumora_reload import web
 from lumora_reload.server import HotReloadServer
 
 WAIT = 10.0
@@ -58,8 +58,7 @@ class Daemon:
     @defer.inlineCallbacks
     def start(self):
         self.server.startService()
-        site = web_server.Site(self.server.resource(), reactor=self.reactor)
-        site.noisy = False
+        site = web.site(self.server, self.reactor)
         endpoint = endpoints.TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
         self.port = yield endpoint.listen(site)
         self.url = f"http://127.0.0.1:{self.port.getHost().port}"
