@@ -229,7 +229,8 @@ class Request(server.Request):
             if self.method.decode("latin-1") not in allowed:
                 return _MethodNotAllowed(allowed)
         elif isinstance(target, DeviceSocket):
-            return None  # an upgrade; Autobahn reads the connection itself
+            # an upgrade carries no body; one that declares a body is not one
+            return _NoBody()
         limit = _max_body(self)
         if limit is not None and length is not None and length > limit:
             return _too_large(limit)
@@ -273,6 +274,13 @@ class _MethodNotAllowed(resource.Resource):
 
     def render(self, request):
         return api.method_not_allowed(request, self.allowed)
+
+
+class _NoBody(resource.Resource):
+    isLeaf = True
+
+    def render(self, request):
+        return api.write_json(request, 400, {"error": "A WebSocket upgrade has no body", "code": errors.BAD_REQUEST})
 
 
 def _too_large(limit):

@@ -16,6 +16,8 @@ TIMEOUT = 5.0
 class Response:
     def __init__(self, raw):
         self.raw = raw
+        while raw.startswith(b"HTTP/1.1 100 "):  # an interim "100 Continue"
+            raw = raw.partition(b"\r\n\r\n")[2]
         head, _, self.body = raw.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ", 2) if lines and lines[0] else [b"", b"0"]
@@ -63,7 +65,7 @@ def exchange_blocking(port, head, chunks=(), timeout=TIMEOUT):
         while True:
             try:
                 part = sock.recv(65536)
-            except ConnectionResetError:
+            except (ConnectionResetError, socket.timeout):
                 break
             if not part:
                 break
@@ -76,6 +78,8 @@ def exchange_blocking(port, head, chunks=(), timeout=TIMEOUT):
 
 
 def _complete(data):
+    while data.startswith(b"HTTP/1.1 100 "):
+        data = data.partition(b"\r\n\r\n")[2]
     head, sep, body = data.partition(b"\r\n\r\n")
     if not sep:
         return False
