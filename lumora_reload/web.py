@@ -124,7 +124,21 @@ class DeviceSocket(WebSocketResource):
                 "error": "This path is the device WebSocket; connect with a WebSocket client (version 13)",
                 "code": errors.BAD_REQUEST,
             })
-        return super().render(request)
+        channel = request.channel
+        transport = channel.transport
+        result = super().render(request)
+        # Bytes the client sent right after its handshake are still in
+        # twisted.web's parser; Autobahn never sees them, and twisted.web
+        # pauses the socket when they pass 16 KiB, so the connection would
+        # stall (and never notice a close). Hand them to the device.
+        device = getattr(transport, "wrappedProtocol", None) or getattr(transport, "protocol", None)
+        if device is not None and device is not channel:
+            buffered = b"".join(channel._dataBuffer)
+            channel._dataBuffer = []
+            channel.rawDataReceived = device.dataReceived
+            if buffered:
+                device.dataReceived(buffered)
+        return result
 
 
 def build_root(server, ws_factory):

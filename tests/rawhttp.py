@@ -87,6 +87,8 @@ def _complete(data):
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             return len(body) >= int(value.strip())
+        if name.strip().lower() == b"transfer-encoding":
+            return body.endswith(b"0\r\n\r\n")
     return False
 
 
