@@ -1,4 +1,4 @@
-"""Who may talk to the daemon (SPEC §2): the control-API access rule and the
+"""Who may talk to the daemon: the control-API access rule and the
 Host and Origin checks that keep a web page in the developer's own browser
 (DNS rebinding, cross-site requests) away from sessions.
 

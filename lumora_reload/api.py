@@ -1,4 +1,4 @@
-"""The REST control API (SPEC §2) as twisted.web resources.
+"""The REST control API as twisted.web resources.
 
 Every response is JSON. Handlers return a dict (200), a `(status, dict)`
 pair, or a Deferred of either; a `LumoraError` anywhere becomes

@@ -1,4 +1,4 @@
-"""Error codes of the contract (SPEC §2, §3) and the one exception type that
+"""Error codes of the contract and the one exception type that
 carries them from the domain to a transport.
 
 The REST layer turns a `LumoraError` into `{"error", "code"}` with its HTTP

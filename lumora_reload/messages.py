@@ -1,4 +1,4 @@
-"""The device wire protocol (SPEC §3): parse and check incoming envelopes,
+"""The device wire protocol: parse and check incoming envelopes,
 build outgoing ones.
 
 Every message is a JSON object ``{"type", "sessionId", "timestamp",
@@ -20,7 +20,7 @@ SERVER_MAJOR = 1
 
 DEVICE_TYPES = ("connect", "ping", "ack", "reload", "log", "error")
 
-# Close codes (SPEC §3)
+# Close codes
 CLOSE_NORMAL = 1000
 CLOSE_TOO_BIG = 1009
 CLOSE_RESTART = 1012

@@ -1,6 +1,6 @@
 """The device WebSocket: a thin adapter between Autobahn and the hub.
 
-Wire protocol (SPEC §3), in short:
+Wire protocol, in short:
 
   URL      ws://HOST:PORT/ws?session=ID
            no session -> close 4400 "Session ID required"
