@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lumora_reload import errors, messages, web
+from lumora_reload.config import Config
 from lumora_reload.access import AccessPolicy
 from lumora_reload.errors import LumoraError
 from lumora_reload.liveness import Sweeps
@@ -22,84 +23,60 @@ from lumora_reload.sessions import Hub, Limits, PushResult, short_id
 from lumora_reload.store import ISharedStore, MemoryStore, StoreConflict, StoreUnavailable
 from lumora_reload.websocket import DeviceFactory
 
-MiB = 1024 * 1024
-
 
 class HotReloadServer(service.Service):
     _log = Logger()
 
-    def __init__(
-        self,
-        reactor=None,
-        ws_path="/ws",
-        session_timeout=28800.0,
-        heartbeat_interval=30.0,
-        connection_timeout=60.0,
-        cleanup_interval=60.0,
-        incremental_threshold=10,
-        store=None,
-        history_size=64,
-        max_sessions=10000,
-        max_devices_per_session=10000,
-        max_message_size=10 * MiB,
-        max_body_size=10 * MiB,
-        rate_limit=100.0,
-        rate_burst=200,
-        max_buffer=4 * MiB,
-        max_ack_lag=10,
-        api_token=None,
-        public_url=None,
-        allowed_hosts=(),
-        allowed_origins=(),
-        auto_ping_interval=None,
-        max_connections_per_address=256,
-        max_pending_bytes=128 * MiB,
-        max_log_bytes=1 * MiB,
-        max_name_length=256,
-        secure=False,
-        verbose=False,
-        clock=None,
-    ):
+    def __init__(self, reactor=None, store=None, clock=None, config=None, **options):
+        """`config` is a `Config`; keyword `options` are its fields, and
+        override it when both are given. Invalid values raise ValueError."""
+        if config is None:
+            config = Config(**options)
+        elif options:
+            config = attrs.evolve(config, **options)
         if reactor is None:
             from twisted.internet import reactor
+        self.config = config
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
-        self.ws_path = "/" + ws_path.strip("/")
-        self.public_url = public_url.rstrip("/") if public_url else None
-        self.secure = secure
-        self.verbose = verbose
-        self.max_body_size = max_body_size
-        self.max_connections_per_address = max_connections_per_address
+        self.ws_path = "/" + config.ws_path.strip("/")
+        self.public_url = config.public_url.rstrip("/") if config.public_url else None
+        self.secure = config.secure
+        self.verbose = config.verbose
+        self.max_body_size = config.max_body_size
+        self.max_connections_per_address = config.max_connections_per_address
         self.store = store if store is not None else MemoryStore()
         self.hub = Hub(
             self.clock,
             Limits(
-                session_timeout=session_timeout,
-                connection_timeout=connection_timeout,
-                incremental_threshold=incremental_threshold,
-                history_size=history_size,
-                max_sessions=max_sessions,
-                max_devices_per_session=max_devices_per_session,
-                max_ack_lag=max_ack_lag,
-                log_bytes=max_log_bytes,
+                session_timeout=config.session_timeout,
+                connection_timeout=config.connection_timeout,
+                incremental_threshold=config.incremental_threshold,
+                history_size=config.history_size,
+                history_bytes=config.max_history_bytes,
+                max_sessions=config.max_sessions,
+                max_devices_per_session=config.max_devices_per_session,
+                max_ack_lag=config.max_ack_lag,
+                log_bytes=config.max_log_bytes,
             ),
         )
-        self.policy = AccessPolicy(api_token, allowed_hosts, allowed_origins, public_url)
-        if auto_ping_interval is None:
-            auto_ping_interval = heartbeat_interval
+        self.policy = AccessPolicy(
+            config.api_token, config.allowed_hosts, config.allowed_origins, config.public_url
+        )
         self.ws_factory = DeviceFactory(
             self.hub,
             self.policy,
             reactor,
             clock=self.clock,
-            max_message_size=max_message_size,
-            rate_limit=rate_limit,
-            rate_burst=rate_burst,
-            max_buffer=max_buffer,
-            auto_ping_interval=auto_ping_interval,
-            max_pending_bytes=max_pending_bytes,
-            max_name_length=max_name_length,
+            max_message_size=config.max_message_size,
+            rate_limit=config.rate_limit,
+            rate_burst=config.rate_burst,
+            max_buffer=config.max_buffer,
+            auto_ping_interval=config.auto_ping_interval or config.heartbeat_interval,
+            max_pending_bytes=config.max_pending_bytes,
+            max_name_length=config.max_name_length,
         )
+        heartbeat_interval, cleanup_interval = config.heartbeat_interval, config.cleanup_interval
         self.sweeps = Sweeps(
             self.hub, self._forget, self.clock, heartbeat_interval, cleanup_interval,
             on_active=self._save_times, expire=self._expire,

@@ -8,30 +8,7 @@ from twisted.application import service, strports
 from twisted.python import usage
 
 from lumora_reload import __version__
-
-
-_KINDS = {
-    "seconds": ("a number of seconds", float, "Seconds; fractions allowed."),
-    "count": ("a whole number", int, "A whole number."),
-    "rate": ("a number", float, "Per second; fractions allowed."),
-}
-
-
-def _param(name, default, doc, kind):
-    """An optParameters row whose coerce function names the option."""
-    what, convert, coerce_doc = _KINDS[kind]
-
-    def coerce(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise ValueError(f"--{name}: '{text}' is not {what}")
-        if not value > 0 or value != value or value == float("inf"):
-            raise ValueError(f"--{name}: '{text}' must be positive")
-        return value
-
-    coerce.coerceDoc = coerce_doc
-    return [name, None, default, doc, coerce]
+from lumora_reload.config import Config, option_rows
 
 
 def default_data_dir():
@@ -51,31 +28,12 @@ class Options(usage.Options):
     ]
     optParameters = [
         ["port", "p", "tcp:8080", "Twisted endpoint description (REST API and WebSocket share it)."],
-        ["ws-path", None, "/ws", "Path of the device WebSocket."],
-        _param("session-timeout", 28800.0, "Seconds of inactivity after which a session expires.", "seconds"),
-        _param("heartbeat-interval", 30.0, "Seconds between liveness sweeps.", "seconds"),
-        _param("connection-timeout", 60.0, "A device silent this long is disconnected.", "seconds"),
-        _param("cleanup-interval", 60.0, "Seconds between expired-session sweeps.", "seconds"),
-        _param("incremental-threshold", 10, "Deltas touching fewer than N nodes go out incremental.", "count"),
         ["data-dir", None, None, "Where durable session state lives (SQLite). [default: $XDG_STATE_HOME/lumora-reload]"],
         ["redis", None, None, "Cluster mode: share sessions with other daemons through this Redis (redis://[:password@]host:port/db or rediss://)."],
         ["api-token", None, None, "Bearer token that opens the control API to non-loopback callers."],
         ["api-token-file", None, None, "File holding the API token."],
         ["public-url", None, None, "Base URL used in wsUrl when behind a proxy or tunnel."],
-        _param("history-size", 64, "Updates kept per session for resume.", "count"),
-        _param("max-sessions", 10000, "Sessions per daemon.", "count"),
-        _param("max-devices-per-session", 10000, "Devices per session.", "count"),
-        _param("max-message-size", 10 * 1024 * 1024, "Largest device message in bytes (close 1009 above).", "count"),
-        _param("max-body-size", 10 * 1024 * 1024, "Largest HTTP body in bytes (413 above).", "count"),
-        _param("rate-limit", 100.0, "Device messages per second, sustained.", "rate"),
-        _param("rate-burst", 200, "Device messages allowed in one burst.", "count"),
-        _param("max-buffer", 4 * 1024 * 1024, "Bytes queued for a slow device before it is switched to latest-wins.", "count"),
-        _param("max-ack-lag", 10, "A device whose last ack lags more updates than this is unhealthy.", "count"),
-        _param("max-connections-per-address", 256, "Open connections (HTTP and WebSocket) from one remote address.", "count"),
-        _param("max-pending-bytes", 128 * 1024 * 1024, "Bytes of partly received device messages held at once, all devices together (close 1013 above).", "count"),
-        _param("max-log-bytes", 1024 * 1024, "Bytes of device log lines kept per session (oldest dropped).", "count"),
-        _param("max-name-length", 256, "Longest deviceId, deviceName, platform and clientVersion, in characters.", "count"),
-    ]
+    ] + option_rows()
 
     def __init__(self):
         super().__init__()
@@ -119,16 +77,6 @@ class Options(usage.Options):
                 raise usage.UsageError(f"cannot read --api-token-file: {e.strerror}")
             if not self["api-token"]:
                 raise usage.UsageError("--api-token-file is empty")
-        if self["public-url"] and not self["public-url"].split("://")[0] in ("http", "https", "ws", "wss"):
-            raise usage.UsageError("--public-url must start with http://, https://, ws:// or wss://")
-        if not self["ws-path"].startswith("/") or self["ws-path"].strip("/") == "":
-            raise usage.UsageError("--ws-path must be a path such as /ws")
-        from lumora_reload.web import ws_path_parts
-
-        try:
-            ws_path_parts(self["ws-path"])
-        except ValueError as e:
-            raise usage.UsageError(str(e))
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
         try:
@@ -137,6 +85,10 @@ class Options(usage.Options):
             endpoints.serverFromString(reactor, self["port"])
         except Exception as e:
             raise usage.UsageError(f"--port '{self['port']}' is not a valid endpoint: {e}")
+        try:
+            self["config"] = Config.from_options(self, secure=self["port"].startswith("ssl:"))
+        except ValueError as e:
+            raise usage.UsageError(str(e))
 
 
 def make_store(config, clock=None):
@@ -164,49 +116,27 @@ def make_store(config, clock=None):
 
 
 def makeService(config, reactor=None):
-    if reactor is None:
-        from twisted.internet import reactor
+    """The twistd entry point: process-wide tuning, then `build`."""
     # A daemon's start-up objects live forever: keep them out of the
     # collector's way, and collect young objects less often (a large push
     # allocates hundreds of thousands; each full pass paused fan-out for
-    # 17-37 ms in the benchmarks).
+    # 17-37 ms in the benchmarks). Only here: an embedding program or a test
+    # keeps its own collector settings.
     gc.freeze()
     gc.set_threshold(20000, 20, 20)
+    return build(config, reactor)
+
+
+def build(config, reactor=None):
+    """The daemon's service tree from parsed `Options`: the server and its
+    port, sharing one store."""
+    if reactor is None:
+        from twisted.internet import reactor
+    from lumora_reload import web
     from lumora_reload.server import HotReloadServer
 
     root = service.MultiService()
-    store = make_store(config, clock=reactor)
-    hot = HotReloadServer(
-        reactor=reactor,
-        ws_path=config["ws-path"],
-        session_timeout=config["session-timeout"],
-        heartbeat_interval=config["heartbeat-interval"],
-        connection_timeout=config["connection-timeout"],
-        cleanup_interval=config["cleanup-interval"],
-        incremental_threshold=config["incremental-threshold"],
-        store=store,
-        history_size=config["history-size"],
-        max_sessions=config["max-sessions"],
-        max_devices_per_session=config["max-devices-per-session"],
-        max_message_size=config["max-message-size"],
-        max_body_size=config["max-body-size"],
-        rate_limit=config["rate-limit"],
-        rate_burst=config["rate-burst"],
-        max_buffer=config["max-buffer"],
-        max_ack_lag=config["max-ack-lag"],
-        max_connections_per_address=config["max-connections-per-address"],
-        max_pending_bytes=config["max-pending-bytes"],
-        max_log_bytes=config["max-log-bytes"],
-        max_name_length=config["max-name-length"],
-        api_token=config["api-token"],
-        public_url=config["public-url"],
-        allowed_hosts=config["allowed-hosts"],
-        allowed_origins=config["allowed-origins"],
-        secure=config["port"].startswith("ssl:"),
-        verbose=config["verbose"],
-    )
+    hot = HotReloadServer(reactor=reactor, store=make_store(config, clock=reactor), config=config["config"])
     hot.setServiceParent(root)
-    from lumora_reload import web
-
     strports.service(config["port"], web.site(hot, reactor), reactor=reactor).setServiceParent(root)
     return root

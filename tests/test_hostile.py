@@ -583,6 +583,6 @@ def test_ws_path_that_hides_the_api_is_refused_at_start(path, capsys):
 def test_embedding_with_a_colliding_ws_path_fails_loudly(reactor):
     from lumora_reload.server import HotReloadServer
 
-    server = HotReloadServer(reactor=reactor, ws_path="/session/ws")
-    with pytest.raises(ValueError):
-        server.resource()
+    with pytest.raises(ValueError) as e:
+        HotReloadServer(reactor=reactor, ws_path="/session/ws")
+    assert "--ws-path" in str(e.value)

@@ -75,7 +75,7 @@ def test_make_service_builds_a_service(tmp_path):
     from twisted.internet.testing import MemoryReactorClock
 
     options = parse("--in-memory", "--port", "tcp:0:interface=127.0.0.1")
-    service = tap.makeService(options, reactor=MemoryReactorClock())
+    service = tap.build(options, reactor=MemoryReactorClock())
     assert IService.providedBy(service)
 
 
@@ -121,7 +121,7 @@ def test_make_service_passes_every_option_through(tmp_path):
         "--max-ack-lag", "2", "--api-token", "tok", "--public-url", "https://p.example",
         "--allowed-host", "h.example", "--allowed-origin", "http://o.example", "--verbose",
     )
-    root = tap.makeService(options, reactor=MemoryReactorClock())
+    root = tap.build(options, reactor=MemoryReactorClock())
     (hot,) = [s for s in root if isinstance(s, HotReloadServer)]
     limits = hot.hub.limits
     assert (limits.session_timeout, limits.connection_timeout, limits.incremental_threshold) == (0.2, 7, 3)
@@ -141,3 +141,55 @@ def test_error_codes_are_the_contracts():
         "INVALID_MESSAGE UNSUPPORTED_VERSION SESSION_NOT_FOUND SESSION_EXPIRED AUTHENTICATION_FAILED "
         "SCHEMA_VALIDATION_FAILED UPDATE_FAILED CHECKSUM_MISMATCH RATE_LIMIT_EXCEEDED INTERNAL_ERROR".split()
     )
+
+
+def test_embedders_get_the_same_validation_as_the_command_line():
+    from lumora_reload.server import HotReloadServer
+
+    for option, value in [("history_size", -1), ("session_timeout", 0), ("rate_burst", 1.5),
+                          ("max_body_size", float("inf")), ("public_url", "ftp://x")]:
+        with pytest.raises(ValueError) as e:
+            HotReloadServer(**{option: value})
+        assert "--" + option.replace("_", "-") in str(e.value)
+
+
+def test_every_config_setting_with_a_kind_is_an_option():
+    from lumora_reload.config import Config
+
+    options = tap.Options()
+    for field in Config.option_fields():
+        assert field.name.replace("_", "-") in options, field.name
+
+
+def test_max_history_bytes_bounds_what_a_session_keeps_for_resume(tmp_path):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from lumora_reload.server import HotReloadServer
+    from tests.helpers import make_schema, node, with_text
+
+    options = parse("--in-memory", "--port", "tcp:0:interface=127.0.0.1", "--max-history-bytes", "2000")
+    root = tap.build(options, reactor=MemoryReactorClock())
+    (hot,) = [s for s in root if isinstance(s, HotReloadServer)]
+    assert hot.hub.limits.history_bytes == 2000
+    schema = make_schema([node("root", "View", [node("title", text="x"), node("pad", text="p" * 5000)])])
+    sid = hot.create_session(schema).id
+    for i in range(10):
+        hot.push_update(sid, with_text(schema, f"edit {i}"))
+    history = hot.get_session(sid).history
+    assert sum(len(e.payload or b"") for e in history) <= 2000 or len(history) == 1
+    assert history[-1].sequence == 11 and len(history) < 10
+
+
+def test_only_the_twistd_entry_point_tunes_the_garbage_collector(monkeypatch):
+    import gc
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    calls = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(gc, "set_threshold", lambda *a: calls.append(a))
+    options = parse("--in-memory", "--port", "tcp:0:interface=127.0.0.1")
+    tap.build(options, reactor=MemoryReactorClock())
+    assert calls == []
+    tap.makeService(options, reactor=MemoryReactorClock())
+    assert calls == ["freeze", (20000, 20, 20)]
