@@ -54,7 +54,8 @@ class Bench:
 
 async def start(reactor, *extra):
     p = Proc(); argv = [TWISTD, "-n", "--pidfile=", "lumora-reload", "--in-memory", "--port", "tcp:0:interface=127.0.0.1",
-                        "--rate-limit", "10000", "--max-devices-per-session", "100000", *extra]
+                        "--rate-limit", "10000", "--max-devices-per-session", "100000",
+                        "--max-connections-per-address", "1000000", *extra]
     p.argv = b" ".join(a.encode() for a in argv)
     reactor.spawnProcess(p, TWISTD, argv, env=dict(os.environ))
     port = await p.started

@@ -239,7 +239,9 @@ class Daemon(Server):
             twistd = shutil.which("twistd") or "twistd"
         argv = [
             twistd, "-n", "--pidfile=", "--logfile", os.path.join(workdir, f"daemon-{port}.log"),
-            "lumora-reload", "--in-memory", "--port", f"tcp:{port}:interface={HOST}", *extra,
+            "lumora-reload", "--in-memory", "--port", f"tcp:{port}:interface={HOST}",
+            # every simulated device connects from loopback
+            "--max-connections-per-address", "1000000", *extra,
         ]
         self.argv = argv
         super().__init__(argv, port, os.path.join(workdir, f"daemon-{port}.out"))

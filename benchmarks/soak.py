@@ -276,6 +276,7 @@ class Soak:
             "lumora-reload", "--in-memory",
             "--port", f"tcp:{self.port}:interface=127.0.0.1",
             "--max-buffer", str(self.o.max_buffer),
+            "--max-connections-per-address", "1000000",  # every device is on loopback
         ]
         self.daemon = subprocess.Popen(args, cwd=self.log_dir)
         self.base = f"http://127.0.0.1:{self.port}"
