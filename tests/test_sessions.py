@@ -240,7 +240,8 @@ def test_push_serializes_the_schema_once(clock, monkeypatch):
     calls = []
     encode = schemas.encode_schema
     monkeypatch.setattr(schemas, "encode_schema", lambda s: calls.append(1) or encode(s))
-    monkeypatch.setattr(schemas, "_orjson_bytes", lambda obj: pytest.fail("serialized twice"))
+    # choose_update's own serializer: it lives in (and is looked up in) schema.choose
+    monkeypatch.setattr(schemas.choose, "_orjson_bytes", lambda obj: pytest.fail("serialized twice"))
     update = hub.plan_push(sid, with_text(make_schema(), "x"))
     assert update.update_type == "incremental" and calls == [1]
     import orjson

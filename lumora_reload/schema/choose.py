@@ -1,0 +1,89 @@
+"""What to send after a push: nothing, a delta, or the full schema.
+
+`choose_update` computes the delta from the schema devices hold to the new
+one and sends it only when it is both small (fewer entries than a
+threshold) and shorter on the wire than the full schema; `Choice` carries
+the decision, including whether protocol-1.0 devices can take the delta and
+the compact JSON of the new schema when the size check produced it (so the
+caller does not serialize the schema twice).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+from lumora_reload.schema._common import _orjson
+from lumora_reload.schema.apply import legacy_compatible
+from lumora_reload.schema.canonical import _reference_serialize
+from lumora_reload.schema.delta import (
+    DeltaNotRepresentable,
+    compute_delta,
+    delta_size,
+    is_empty_delta,
+)
+
+__all__ = ["Choice", "choose_update"]
+
+
+class Choice(NamedTuple):
+    """What to send after a push: ``update_type`` is "none", "incremental" or
+    "full"; ``delta`` is set for "incremental" only; ``legacy_ok`` says
+    whether protocol-1.0 devices can take the incremental (True otherwise)."""
+
+    update_type: str
+    delta: dict | None
+    legacy_ok: bool
+    # compact JSON of the new schema when the size check made it (orjson
+    # bytes, as the wire uses), so the caller need not serialize it again
+    new_json: bytes | None = None
+
+
+def _orjson_bytes(obj):
+    if _orjson is None:
+        return None
+    try:
+        return _orjson.dumps(obj)
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def _wire_len(obj):
+    if _orjson is not None:
+        try:
+            return len(_orjson.dumps(obj))
+        except (TypeError, ValueError, RecursionError):
+            pass
+    try:
+        return len(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    except (TypeError, ValueError, RecursionError):
+        return len(_reference_serialize(obj).encode("utf-8"))
+
+
+def choose_update(old, new, threshold=10, new_len=None):
+    """Decide how to send `new` to devices that hold `old`.
+
+    "none" when the delta is empty (only ``generatedAt`` differs, or
+    nothing); "incremental" when ``delta_size < threshold`` and the compact
+    JSON of the delta is shorter than the compact JSON of `new` (both
+    measured with orjson, not the exact wire envelope); else "full". `old`
+    None (no schema yet) -> "full". `new_len`, when the caller already
+    serialized `new`, saves serializing it again.
+    """
+    if old is None:
+        return Choice("full", None, True)
+    try:
+        delta = compute_delta(old, new)
+    except DeltaNotRepresentable:
+        return Choice("full", None, True)
+    if is_empty_delta(delta):
+        return Choice("none", None, True)
+    if delta_size(delta) >= threshold:
+        return Choice("full", None, True)
+    new_json = None
+    if new_len is None:
+        new_json = _orjson_bytes(new)
+        new_len = len(new_json) if new_json is not None else _wire_len(new)
+    if _wire_len(delta) < new_len:
+        return Choice("incremental", delta, legacy_compatible(old, delta), new_json)
+    return Choice("full", None, True, new_json)

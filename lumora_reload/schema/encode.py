@@ -1,0 +1,90 @@
+"""What a schema must be to travel as JSON, and its wire bytes.
+
+`encode_schema` turns a schema into the compact JSON (bytes) that full
+updates carry, and refuses with a `SchemaError` naming the path of the first
+value a device could not receive: nesting deeper than `MAX_DEPTH`, a number
+that is not finite or that no double can hold, a string or key with an
+unpaired surrogate, or a value that is not JSON at all. `find_unencodable`
+finds that value without raising, for callers that report it themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from lumora_reload.schema._common import _SURROGATE, SchemaError, _join, _orjson
+
+__all__ = ["MAX_DEPTH", "encode_schema", "find_unencodable"]
+
+
+# Nesting of JSON objects and arrays a schema may have, the schema object
+# itself counting as one level (about 125 levels of nested nodes). Every
+# step of a push handles this depth without recursion (validation, delta,
+# apply, checksum) and the encoder serializes it natively.
+MAX_DEPTH = 254
+_MAX_DOUBLE_INT = 1 << 1024  # from here on a double cannot hold the integer
+
+
+def encode_schema(schema):
+    """The compact JSON of `schema` (bytes), as the wire carries it.
+
+    Raises `SchemaError` with the path of the first value JSON cannot carry
+    to a device: nesting deeper than `MAX_DEPTH`, a number that is not
+    finite or that no double can hold, a string or key with an unpaired
+    surrogate, a value that is not JSON at all. Integers beyond 64 bits that
+    a double can hold are encoded by the standard library.
+    """
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(schema)
+        except _orjson.JSONEncodeError:
+            pass
+    problem = find_unencodable(schema)
+    if problem is not None:
+        raise SchemaError(*problem)
+    return json.dumps(schema, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def find_unencodable(value):
+    """``(path, message)`` for the first value that cannot travel as JSON
+    (see `encode_schema`), or None. Iterative: any depth is fine."""
+    stack = [(value, "", 1)]
+    while stack:
+        v, path, depth = stack.pop()
+        t = type(v)
+        if t is dict or t is list:
+            if depth > MAX_DEPTH:
+                return path, f"nested deeper than {MAX_DEPTH} levels of objects and arrays"
+            if t is dict:
+                items = list(v.items())
+                for key, _ in items:
+                    if type(key) is not str:
+                        return path, f"object key {key!r} is not a string"
+                    if _SURROGATE.search(key):
+                        # the path names the key with the surrogate written as
+                        # a \uXXXX escape: the error body that carries the path
+                        # must itself be valid JSON (a raw lone surrogate made
+                        # the 400 answer fail to encode: an HTML 500 instead)
+                        return (_join(path, _visible(key)),
+                                "key has an unpaired surrogate (not valid Unicode)")
+                stack.extend((x, _join(path, k), depth + 1) for k, x in reversed(items))
+            else:
+                stack.extend((x, f"{path}[{i}]", depth + 1) for i, x in reversed(list(enumerate(v))))
+        elif t is str:
+            if _SURROGATE.search(v):
+                return path, "string has an unpaired surrogate (not valid Unicode)"
+        elif t is float:
+            if not math.isfinite(v):
+                return path, f"number {v} is not finite"
+        elif t is int:
+            if abs(v) >= _MAX_DOUBLE_INT:
+                return path, "integer is too large for a double"
+        elif v is not None and t is not bool and not isinstance(v, (int, float, str)):
+            return path, f"{t.__name__} is not a JSON value"
+    return None
+
+
+def _visible(key):
+    """`key` with each unpaired surrogate written as a ``\\uXXXX`` escape."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", key)

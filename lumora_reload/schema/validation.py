@@ -1,0 +1,141 @@
+"""Validation of a Lumora IR schema.
+
+Schema
+    ``{"version": str, "metadata": {...}, "nodes": [node...], ...}``; a node is
+    ``{"id", "type", "props"?, "children"?, "metadata"?, ...}``. Node ids are
+    unique across the whole tree. `validate` checks this and reports the JSON
+    path of the first problem (document order) in a `SchemaError`.
+
+A fast pass that keeps no paths accepts the usual, valid schema; only when
+it finds a problem does a second, path-keeping walk name the first one.
+Both are iterative, so any depth is fine.
+"""
+
+from __future__ import annotations
+
+from lumora_reload.schema._common import _MISSING, SchemaError, _json_type
+
+__all__ = ["validate"]
+
+
+def validate(schema):
+    """Raise `SchemaError` for the first problem of `schema`, else return None.
+
+    Root: an object with ``version`` (string), ``metadata`` (object whose
+    ``sourceFramework``/``sourceFile`` are strings and ``generatedAt`` a
+    number, string or null when present) and ``nodes`` (array). Nodes: objects
+    with non-empty string ``id`` and ``type``; ``props`` and ``metadata``
+    objects and ``children`` an array of nodes when present. Ids are unique
+    in the whole tree. Iterative: any depth is fine.
+    """
+    _validate_root(schema)
+    nodes = schema["nodes"]
+    if _nodes_ok_fast(nodes):
+        return
+    _validate_nodes_slow(nodes)  # raises with the exact path
+
+
+def _validate_root(schema):
+    if not isinstance(schema, dict):
+        raise SchemaError("", f"schema must be a JSON object, got {_json_type(schema)}")
+    if "version" not in schema:
+        raise SchemaError("version", "missing required field 'version'")
+    if not isinstance(schema["version"], str):
+        raise SchemaError("version", f"must be a string, got {_json_type(schema['version'])}")
+    if "metadata" not in schema:
+        raise SchemaError("metadata", "missing required field 'metadata'")
+    meta = schema["metadata"]
+    if not isinstance(meta, dict):
+        raise SchemaError("metadata", f"must be an object, got {_json_type(meta)}")
+    for key in ("sourceFramework", "sourceFile"):
+        if key in meta and not isinstance(meta[key], str):
+            raise SchemaError(
+                f"metadata.{key}", f"must be a string, got {_json_type(meta[key])}"
+            )
+    if "generatedAt" in meta:
+        g = meta["generatedAt"]
+        if not (g is None or isinstance(g, str) or (
+            isinstance(g, (int, float)) and not isinstance(g, bool)
+        )):
+            raise SchemaError(
+                "metadata.generatedAt", f"must be a number or a string, got {_json_type(g)}"
+            )
+    if "nodes" not in schema:
+        raise SchemaError("nodes", "missing required field 'nodes'")
+    if not isinstance(schema["nodes"], list):
+        raise SchemaError("nodes", f"must be an array, got {_json_type(schema['nodes'])}")
+
+
+def _nodes_ok_fast(nodes):
+    """True when the node tree is certainly valid (no paths kept)."""
+    ids = []
+    add_id = ids.append
+    stack = [nodes]
+    pop = stack.pop
+    push = stack.append
+    missing = _MISSING
+    while stack:
+        for n in pop():
+            if type(n) is not dict:
+                return False
+            i = n.get("id")
+            if type(i) is not str or not i:
+                return False
+            add_id(i)
+            t = n.get("type")
+            if type(t) is not str or not t:
+                return False
+            v = n.get("props", missing)
+            if v is not missing and type(v) is not dict:
+                return False
+            v = n.get("metadata", missing)
+            if v is not missing and type(v) is not dict:
+                return False
+            v = n.get("children", missing)
+            if v is not missing:
+                if type(v) is not list:
+                    return False
+                if v:
+                    push(v)
+    return len(set(ids)) == len(ids)
+
+
+def _check_node(n, path):
+    if not isinstance(n, dict):
+        raise SchemaError(path, f"node must be an object, got {_json_type(n)}")
+    for key in ("id", "type"):
+        if key not in n:
+            raise SchemaError(f"{path}.{key}", f"missing required field '{key}'")
+        v = n[key]
+        if not isinstance(v, str):
+            raise SchemaError(f"{path}.{key}", f"must be a non-empty string, got {_json_type(v)}")
+        if not v:
+            raise SchemaError(f"{path}.{key}", "must be a non-empty string, got an empty string")
+    for key in ("props", "metadata"):
+        if key in n and not isinstance(n[key], dict):
+            raise SchemaError(f"{path}.{key}", f"must be an object, got {_json_type(n[key])}")
+    if "children" in n and not isinstance(n["children"], list):
+        raise SchemaError(
+            f"{path}.children", f"must be an array, got {_json_type(n['children'])}"
+        )
+
+
+def _validate_nodes_slow(nodes):
+    """Pre-order walk in document order keeping paths; raises on the first problem."""
+    first = {}
+    stack = [(nodes, "nodes", 0)]
+    while stack:
+        lst, prefix, i = stack.pop()
+        if i >= len(lst):
+            continue
+        stack.append((lst, prefix, i + 1))
+        n = lst[i]
+        path = f"{prefix}[{i}]"
+        _check_node(n, path)
+        nid = n["id"]
+        if nid in first:
+            raise SchemaError(path, f"duplicate node id {nid!r} (first at {first[nid]})")
+        first[nid] = path
+        children = n.get("children")
+        if children:
+            stack.append((children, f"{path}.children", 0))
