@@ -76,6 +76,42 @@ class _Failures:
         return [e for e in self.events if not (self.expected and e["log_failure"].check(*self.expected))]
 
 
+def _ours(call):
+    """Whether a pending DelayedCall was scheduled by lumora-reload's code."""
+    func = getattr(call, "func", None)
+    owner = getattr(func, "__self__", None)
+    # a LoopingCall schedules itself and keeps what it calls as .f
+    for candidate in (func, owner, getattr(func, "f", None), getattr(owner, "f", None)):
+        module = getattr(candidate, "__module__", "") or ""
+        if module.startswith("lumora_reload"):
+            return True
+    return False
+
+
+def leaked_timers(reactor, before):
+    """Our timers pending on `reactor` that were not there `before` (a set
+    of ids); they are cancelled, so one leak does not fail later tests."""
+    leaked = [c for c in reactor.getDelayedCalls() if id(c) not in before and c.active() and _ours(c)]
+    for call in leaked:
+        call.cancel()
+    return leaked
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_timers(request):
+    """A test leaves none of our timers pending on the global reactor (the
+    dirty-reactor check of trial, for the timers lumora-reload schedules)."""
+    if "reactor" not in request.fixturenames:
+        yield
+        return
+    from twisted.internet import reactor as global_reactor
+
+    before = set(map(id, global_reactor.getDelayedCalls()))
+    yield
+    leaked = leaked_timers(global_reactor, before)
+    assert not leaked, "timers left pending: " + "; ".join(repr(c) for c in leaked)
+
+
 @pytest.fixture(autouse=True)
 def logged_failures():
     observer = _Failures()

@@ -249,3 +249,18 @@ def test_push_serializes_the_schema_once(clock, monkeypatch):
     # the state carries those bytes; its full update splices them in
     assert orjson.loads(update.state.schema_bytes) == update.state.schema
     assert update.state.schema_bytes in hub._full_update(sid, update.state).payload
+
+
+def test_the_leak_check_sees_our_timers_and_not_others(reactor, clock):
+    """tests/conftest.py's dirty-reactor check: a sweep left running on the
+    reactor is reported (and cancelled); a third-party timer is not."""
+    from tests.conftest import leaked_timers
+
+    before = set(map(id, reactor.getDelayedCalls()))
+    sweeps = Sweeps(Hub(clock), lambda s: None, reactor, heartbeat_interval=60, cleanup_interval=60)
+    sweeps.start()
+    other = reactor.callLater(60, print)
+    leaked = leaked_timers(reactor, before)
+    assert len(leaked) == 2 and not any(c.active() for c in leaked)
+    assert other.active()
+    other.cancel()
