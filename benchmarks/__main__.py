@@ -171,7 +171,7 @@ def main(argv=None):
         gens.stop()
     results["seconds"] = round(time.monotonic() - started, 1)
     results["loadavg_at_end"] = os.getloadavg()
-    say("## Targets (issue 7)")
+    say("## Targets")
     say(report.targets_table(results))
     say()
     with open(args.json, "w") as f:

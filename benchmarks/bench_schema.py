@@ -1,7 +1,7 @@
 """Micro-benchmarks of lumora_reload.schema (delta, checksum, validation).
 
 Run: ``python benchmarks/bench_schema.py [--runs N]``. Prints a markdown
-table of median wall times (ms) over N runs. Targets (SPEC work plan):
+table of median wall times (ms) over N runs. Targets:
 delta of a 10,000-node tree with one changed leaf <= 10 ms, validation of a
 10,000-node tree <= 10 ms, checksum of a ~500 KB schema <= 15 ms.
 """

@@ -97,7 +97,7 @@ def profile_text(profile):
     return "\n".join(lines)
 
 
-# -- targets (issue 7) --------------------------------------------------------------
+# -- targets --------------------------------------------------------------
 
 
 def _find(rows, schema, devices, update):

@@ -1,4 +1,4 @@
-"""Soak test (issue 4): many devices, steady pushes, a few devices dropping
+"""Soak test: many devices, steady pushes, a few devices dropping
 off and resuming at random, one device that never reads.
 
     python -m benchmarks.soak [--seconds 300] [--devices 200] [--rate 10]

@@ -2,7 +2,8 @@
 
 Developers push Lumora IR schemas to a session over a small REST API; every
 device previewing that session receives the new schema (full or as a delta)
-over a WebSocket. See README.md and SPEC §6 for embedding.
+over a WebSocket. See README.md ("Embedding") to use it as a library and
+docs/protocol.md for the protocol.
 """
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The durable session store: SQLite in ``--data-dir`` (SPEC §5).
+"""The durable session store: SQLite in ``--data-dir`` (docs/protocol.md, section 5).
 
 What is kept, per session, and nothing that the daemon can recompute:
 

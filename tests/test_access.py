@@ -1,4 +1,4 @@
-"""Access rules (SPEC §2) at unit level: the policy, and the root resource
+"""Access rules (docs/protocol.md, section 3) at unit level: the policy, and the root resource
 seen from a non-loopback client (which a loopback test cannot be)."""
 
 import orjson

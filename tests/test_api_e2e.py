@@ -1,4 +1,4 @@
-"""The REST control API (SPEC §2) over real HTTP on loopback."""
+"""The REST control API (docs/protocol.md, section 3) over real HTTP on loopback."""
 
 import pytest_twisted
 from twisted.internet import task

@@ -1,4 +1,4 @@
-"""Checksums byte-identical to the TypeScript calculateChecksum (SPEC §4,
+"""Checksums byte-identical to the TypeScript calculateChecksum (docs/protocol.md, section 4,
 vectors/README.md), and the fast path agreeing with the reference
 serializer."""
 

@@ -1,4 +1,4 @@
-"""SPEC §5 with a real daemon: `twistd -n lumora-reload` as a subprocess
+"""Durability (docs/protocol.md, section 5) with a real daemon: `twistd -n lumora-reload` as a subprocess
 on a temporary data dir, killed and started again.
 
 - SIGKILL at random moments of a push stream loses no answered push, and

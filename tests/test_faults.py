@@ -1,4 +1,4 @@
-"""Fault tests (issue 4): devices that drop mid-burst, stop reading, die
+"""Fault tests: devices that drop mid-burst, stop reading, die
 without a close frame, or come back under the same id — against a real
 daemon on loopback with real WebSocket clients.
 

@@ -1,7 +1,7 @@
-"""Hostile input (issue 4): hypothesis throws random and mutated frames at
+"""Hostile input: hypothesis throws random and mutated frames at
 one live connection of a real daemon on loopback.
 
-After every frame the test checks what SPEC §3 promises:
+After every frame the test checks what docs/protocol.md (section 2) promises:
 - anything unparseable, a binary frame, an unknown type, a field of the
   wrong type gets ``error INVALID_MESSAGE`` (recoverable) and the
   connection stays open (a ping right after gets its pong);
@@ -13,7 +13,7 @@ After every frame the test checks what SPEC §3 promises:
 - nothing is logged as a failure, and a device of *another* session still
   receives a push.
 
-`expected()` is the oracle: it reads the frame the way SPEC §3 describes
+`expected()` is the oracle: it reads the frame the way docs/protocol.md (section 2) describes
 and returns the outcomes allowed (a frame with several faults may be
 reported by any one of them).
 
@@ -34,7 +34,7 @@ from tests.helpers import DeviceClient, make_schema, open_device_as, with_text
 
 MAX_MESSAGE = 256 * 1024
 
-# Field table of SPEC §3 (types as the server checks them).
+# Field table of docs/protocol.md (section 2) (types as the server checks them).
 STR, NUM, BOOL, STR_OR_OBJ, ANY = "str", "num", "bool", "str|obj", "any"
 FIELDS = {
     "connect": {
@@ -72,7 +72,7 @@ VALID_PAYLOADS = {
     "error": {"code": "RENDER", "message": "m", "severity": "error", "details": {"k": [1]}, "recoverable": True},
 }
 
-# protocol versions and what SPEC says about them (None: accepted)
+# protocol versions and what docs/protocol.md says about them (None: accepted)
 VERSIONS = {
     "1.1.0": None,
     "1.0": None,
@@ -125,7 +125,7 @@ def _version_faults(value):
 
 
 def expected(data, binary, session_id):
-    """The outcomes SPEC §3 allows for one frame sent by a connected device."""
+    """The outcomes docs/protocol.md (section 2) allows for one frame sent by a connected device."""
     if len(data) > MAX_MESSAGE:
         return {"close:1009"}
     if binary:

@@ -1,4 +1,4 @@
-"""The device protocol (SPEC §3) against a real daemon on loopback, with a
+"""The device protocol (docs/protocol.md, section 2) against a real daemon on loopback, with a
 real WebSocket client."""
 
 import pytest

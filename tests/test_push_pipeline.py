@@ -413,7 +413,7 @@ class PushPipeline(RuleBasedStateMachine):
         if known is None:
             self.problem(f"{device.name} holds state {device.sequence}, never committed")
         elif device.checksum != known[1] or not unchanged(device.schema, known[0]):
-            # `generatedAt` does not travel in an incremental update (SPEC §4)
+            # `generatedAt` does not travel in an incremental update (docs/protocol.md, section 4)
             self.problem(f"{device.name} holds another schema than committed state {device.sequence}")
 
     # -- helpers ------------------------------------------------------------

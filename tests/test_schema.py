@@ -1,4 +1,4 @@
-"""Schema validation and deltas (SPEC §4): exact error paths, and the one rule
+"""Schema validation and deltas (docs/protocol.md, section 4): exact error paths, and the one rule
 that matters, apply_delta(old, compute_delta(old, new)) == new, on random
 trees and random edit scripts."""
 
