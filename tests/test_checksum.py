@@ -1,6 +1,6 @@
-"""Checksums byte-identical to the TypeScript calculateChecksum (docs/protocol.md, section 4,
-vectors/README.md), and the fast path agreeing with the reference
-serializer."""
+"""Checksums byte-identical to the TypeScript calculateChecksum
+(docs/protocol.md, section 4; the vectors in tests/data/checksum-vectors.json),
+and the fast path agreeing with the reference serializer."""
 
 import hashlib
 import json
