@@ -28,8 +28,11 @@ class Options(usage.Options):
     ]
     optParameters = [
         ["port", "p", "tcp:8080", "Twisted endpoint description (REST API and WebSocket share it)."],
-        ["data-dir", None, None, "Where durable session state lives (SQLite). [default: $XDG_STATE_HOME/lumora-reload]"],
-        ["redis", None, None, "Cluster mode: share sessions with other daemons through this Redis (redis://[:password@]host:port/db or rediss://)."],
+        ["data-dir", None, None,
+         "Where durable session state lives (SQLite). [default: $XDG_STATE_HOME/lumora-reload]"],
+        ["redis", None, None,
+         "Cluster mode: share sessions with other daemons through this Redis "
+         "(redis://[:password@]host:port/db or rediss://)."],
         ["api-token", None, None, "Bearer token that opens the control API to non-loopback callers."],
         ["api-token-file", None, None, "File holding the API token."],
         ["public-url", None, None, "Base URL used in wsUrl when behind a proxy or tunnel."],

@@ -354,7 +354,7 @@ def _cut(session_id):
 
 class Site(server.Site):
     requestFactory = Request
-    protocol = Channel
+    protocol = Channel  # type: ignore[assignment]  # a factory of channels, as HTTPFactory's default
 
     def __init__(self, hot_reload, reactor):
         super().__init__(hot_reload.resource(), reactor=reactor, logFormatter=access_log_line)

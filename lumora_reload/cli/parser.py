@@ -15,6 +15,7 @@ from lumora_reload.cli.push import cmd_push
 from lumora_reload.cli.session import cmd_logs, cmd_reload, cmd_session_new, cmd_status
 from lumora_reload.cli.watch import cmd_watch
 
+
 def _global_options(parser, suppress):
     kw = {"default": argparse.SUPPRESS} if suppress else {}
     parser.add_argument(
@@ -49,7 +50,9 @@ def build_parser():
     new = session_commands.add_parser(
         "new", help="create a session; print its URL and a QR code", parents=[common]
     )
-    new.add_argument("--host", help="host name or address phones use to reach this machine (default: chosen LAN address)")
+    new.add_argument(
+        "--host", help="host name or address phones use to reach this machine (default: chosen LAN address)"
+    )
     new.add_argument("--schema", metavar="FILE", help="initial schema")
     new.add_argument("--timeout", dest="timeout", type=float, metavar="S", help="seconds of inactivity before expiry")
     new.add_argument("--no-qr", action="store_true", help="do not draw the QR code")

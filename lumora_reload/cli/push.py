@@ -8,6 +8,7 @@ from urllib.parse import quote
 from lumora_reload.cli.control import ApiError, describe
 from lumora_reload.cli.output import EXIT_OK, CliError
 
+
 def read_schema(path):
     """``(raw bytes, parsed)`` of a schema file, or `-` for stdin."""
     name = "stdin" if path == "-" else path

@@ -9,6 +9,7 @@ from lumora_reload.cli.lan import device_url, print_qr
 from lumora_reload.cli.output import EXIT_OK, CliError, clock_time, relative, table
 from lumora_reload.cli.push import read_schema
 
+
 def cmd_session_new(args, api, out):
     body = {}
     if args.schema:

@@ -8,6 +8,7 @@ from lumora_reload.cli.control import ApiError, session_info
 from lumora_reload.cli.output import EXIT_ERROR, CliError
 from lumora_reload.cli.push import parse_schema, push_line, push_raw, strip_bom
 
+
 class Debouncer:
     """Says when a burst of changes has settled: `delay` seconds after the
     last `poke`. Time is passed in, so tests need no sleeping."""

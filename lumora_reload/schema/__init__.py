@@ -65,6 +65,12 @@ from lumora_reload.schema.delta import (
 from lumora_reload.schema.encode import MAX_DEPTH, encode_schema, find_unencodable
 from lumora_reload.schema.validation import validate
 
+# internals the tests and benchmarks reach through the package
+_INTERNALS = (
+    _orjson, _fast_canonical_bytes, _normalized, _reference_canonical_json, _reference_serialize,
+    _orjson_bytes, _count,
+)
+
 __all__ = [
     "SchemaError",
     "DeltaNotRepresentable",

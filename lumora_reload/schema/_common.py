@@ -10,7 +10,7 @@ import re
 try:  # optional accelerator
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised only without orjson
-    _orjson = None
+    _orjson = None  # type: ignore[assignment]
 
 _MISSING = object()
 
