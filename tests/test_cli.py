@@ -432,3 +432,17 @@ async def test_device_exits_non_zero_on_a_checksum_mismatch(daemon, reactor):
 async def test_device_for_an_unknown_session_fails_cleanly(daemon):
     line = one_error_line(*await run(daemon, "device", "0" * 32))
     assert "not found" in line
+
+
+@ensure
+async def test_ctrl_c_on_device_ends_cleanly_without_a_traceback(daemon, reactor):
+    sid = await daemon.new_session(make_schema())
+    proc = Proc(reactor, ["-m", "lumora_reload", "--url", daemon.url, "device", sid])
+    try:
+        await proc.wait_line(lambda l: "connected" in l)
+        proc.transport.signalProcess("INT")
+        code = await proc.wait_exit()
+    finally:
+        await proc.stop()
+    assert code == 0
+    assert "Traceback" not in proc.err.decode(), proc.err.decode()

@@ -32,14 +32,17 @@ def run_reactor(main):
     """Run the reactor until `main(reactor)` (a Deferred of an exit code)
     fires; Ctrl-C ends it too (exit 0)."""
     from twisted.internet import defer, reactor
+    from twisted.internet.error import ReactorNotRunning
 
     code = EXIT_OK
 
     def finished(result):
         nonlocal code
         code = result
-        if reactor.running:
+        try:
             reactor.stop()
+        except ReactorNotRunning:  # already stopping: Ctrl-C ended it first
+            pass
 
     def failed(failure):
         print_error(failure.getErrorMessage())
