@@ -1,4 +1,4 @@
-"""A device client for lumora-reload (SPEC §3), for Twisted programs.
+"""A device client for lumora-reload, for Twisted programs.
 
 `DeviceClient` is what a phone does, in Python: it connects to
 ``ws://HOST:PORT/ws?session=ID``, sends ``connect``, keeps a local replica of
@@ -31,7 +31,7 @@ Time comes from an injected `clock` (pings, backoff); the network from an
 injected `reactor`. Neither defaults to anything but the global reactor, and
 only when not given.
 
-Close codes (SPEC §3): 4400, 4401, 4403, 4404, 4410, 4426 are final, as are
+Close codes: 4400, 4401, 4403, 4404, 4410, 4426 are final, as are
 1009 and a 1000 other than "Connection timeout" (the session was closed or
 the device was disconnected on purpose). 1012 "Service restart" reconnects
 at once (with up to `Backoff.initial` of jitter, so a restarted daemon is not
@@ -52,13 +52,22 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from lumora_reload import __version__, errors
+from lumora_reload import __version__, errors, messages
 from lumora_reload import schema as schemas
 
 CLIENT_VERSION = "1.1.0"
 
-FINAL_CLOSE_CODES = frozenset({4400, 4401, 4403, 4404, 4410, 4426})
-RETRY_CLOSE_CODES = frozenset({1000, 1006, 1012, 4409, 4429})
+# closes that a reconnect cannot fix: the request, the session or the
+# device's protocol version is wrong, or a message was too big
+FINAL_CLOSE_CODES = frozenset({
+    messages.CLOSE_BAD_REQUEST,
+    messages.CLOSE_AUTH,
+    messages.CLOSE_FORBIDDEN,
+    messages.CLOSE_NOT_FOUND,
+    messages.CLOSE_EXPIRED,
+    messages.CLOSE_UNSUPPORTED,
+    messages.CLOSE_TOO_BIG,
+})
 
 STOP = "stop"
 RETRY = "retry"
@@ -68,11 +77,11 @@ RESTART = "restart"
 def close_action(code, reason=None):
     """What a device does after a close: `STOP`, `RETRY` (with backoff) or
     `RESTART` (the daemon is restarting: reconnect at once)."""
-    if code in FINAL_CLOSE_CODES or code == 1009:
+    if code in FINAL_CLOSE_CODES:
         return STOP
-    if code == 1000:
+    if code == messages.CLOSE_NORMAL:
         return RETRY if reason == "Connection timeout" else STOP
-    if code == 1012:
+    if code == messages.CLOSE_RESTART:
         return RESTART
     return RETRY
 
@@ -96,7 +105,7 @@ class Backoff:
 
 
 class UpdateError(Exception):
-    """An update the replica could not take (`code` is a SPEC §3 code)."""
+    """An update the replica could not take (`code` is an error code of the wire protocol)."""
 
     def __init__(self, code, message):
         super().__init__(message)
@@ -136,12 +145,12 @@ class Replica:
         if not isinstance(sequence, int) or isinstance(sequence, bool):
             raise UpdateError(errors.UPDATE_FAILED, "update without a sequenceNumber")
         expected = payload.get("checksum")
-        if kind == "full":
+        if kind == messages.UPDATE_FULL:
             schema = payload.get("schema")
             if not isinstance(schema, dict):
                 raise UpdateError(errors.UPDATE_FAILED, "full update without a schema")
             actual = self._check(schema, expected)
-        elif kind == "incremental":
+        elif kind == messages.UPDATE_INCREMENTAL:
             if self.schema is None:
                 raise UpdateError(errors.UPDATE_FAILED, "incremental update but no schema held")
             if sequence <= self.sequence:
@@ -355,7 +364,7 @@ class DeviceClient:
         if self._protocol is not None:
             protocol = self._protocol
             if protocol.state == protocol.STATE_OPEN:
-                protocol.sendClose(code=1000, reason="Client stopping")
+                protocol.sendClose(code=messages.CLOSE_NORMAL, reason="Client stopping")
             else:
                 protocol.dropConnection(abort=True)
         elif self._connecting is not None:
@@ -379,15 +388,9 @@ class DeviceClient:
         protocol = self._protocol
         if protocol is None or protocol.state != protocol.STATE_OPEN:
             return False
-        message = {
-            "type": kind,
-            "sessionId": self.session_id,
-            "timestamp": int(self.clock.seconds() * 1000),
-            "version": self.client_version,
-        }
-        if payload is not None:
-            message["payload"] = payload
-        protocol.sendMessage(orjson.dumps(message))
+        now_ms = int(self.clock.seconds() * 1000)
+        message = messages.envelope(kind, self.session_id, now_ms, payload, version=self.client_version)
+        protocol.sendMessage(messages.encode(message))
         return True
 
     def log(self, level, message):
@@ -567,12 +570,12 @@ class DeviceClient:
             changed = self.replica.apply(payload)
         except UpdateError as e:
             apply_ms = (time.perf_counter() - started) * 1000
-            if kind == "full" and self._failed_full == sequence:
+            if kind == messages.UPDATE_FULL and self._failed_full == sequence:
                 # the server already resent this state and it still fails:
                 # asking again would loop forever
                 self._log.warn("full update {seq} failed again: {error}", seq=sequence, error=e.message)
             else:
-                if kind == "full":
+                if kind == messages.UPDATE_FULL:
                     self._failed_full = sequence
                 self.send(
                     "ack",

@@ -18,7 +18,11 @@ from lumora_reload.errors import LumoraError
 SERVER_VERSION = "1.1.0"
 SERVER_MAJOR = 1
 
-DEVICE_TYPES = ("connect", "ping", "ack", "reload", "log", "error")
+# What a push sends: the `type` of an `update` payload, and "none" for a
+# push that changed nothing (no update, no new sequence number).
+UPDATE_FULL = "full"
+UPDATE_INCREMENTAL = "incremental"
+UPDATE_NONE = "none"
 
 # Close codes
 CLOSE_NORMAL = 1000
@@ -165,12 +169,12 @@ def parse_envelope(data):
     return kind, session_id, payload
 
 
-def envelope(kind, session_id, now_ms, payload=None):
+def envelope(kind, session_id, now_ms, payload=None, version=SERVER_VERSION):
     message = {
         "type": kind,
         "sessionId": session_id,
         "timestamp": now_ms,
-        "version": SERVER_VERSION,
+        "version": version,
     }
     if payload is not None:
         message["payload"] = payload
@@ -196,3 +200,57 @@ def error_payload(error):
     if error.details is not None:
         payload["details"] = error.details
     return payload
+
+
+# -- server -> device messages (encoded; key order is part of the bytes) ---
+
+
+def connected_frame(session_id, now_ms, connection_id, sequence, resumed, initial=None):
+    """`initial` is ``(schema, checksum)`` for a device that starts from
+    the full schema, None for one that resumes (or a session without one)."""
+    payload = {
+        "connectionId": connection_id,
+        "serverVersion": SERVER_VERSION,
+        "sequenceNumber": sequence,
+        "resumed": resumed,
+        "capabilities": {
+            "incrementalUpdates": True,
+            "compression": False,
+            "statePreservation": True,
+            "resume": True,
+        },
+    }
+    if initial is not None:
+        payload["initialSchema"], payload["checksum"] = initial
+    return encode(envelope("connected", session_id, now_ms, payload))
+
+
+def full_update_frame(session_id, now_ms, schema, preserve_state, sequence, checksum):
+    payload = {
+        "type": UPDATE_FULL,
+        "schema": schema,
+        "preserveState": preserve_state,
+        "sequenceNumber": sequence,
+        "checksum": checksum,
+    }
+    return encode(envelope("update", session_id, now_ms, payload))
+
+
+def incremental_update_frame(session_id, now_ms, delta, preserve_state, sequence, checksum):
+    payload = {
+        "type": UPDATE_INCREMENTAL,
+        "delta": delta,
+        "preserveState": preserve_state,
+        "sequenceNumber": sequence,
+        "checksum": checksum,
+    }
+    return encode(envelope("update", session_id, now_ms, payload))
+
+
+def pong_frame(session_id, now_ms, sequence):
+    return encode(envelope("pong", session_id, now_ms, {"serverTime": now_ms, "sequenceNumber": sequence}))
+
+
+def error_frame(session_id, now_ms, problem):
+    """The error frame of a `LumoraError`."""
+    return encode(envelope("error", session_id, now_ms, error_payload(problem)))

@@ -1,4 +1,4 @@
-"""`HotReloadServer`: the embeddable daemon (SPEC §6).
+"""`HotReloadServer`: the embeddable daemon.
 
 One object owns the hub (sessions and devices), the store, the periodic
 sweeps and the WebSocket factory, and hands out a twisted.web resource
@@ -15,8 +15,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lumora_reload import errors, messages, web
-from lumora_reload.config import Config
 from lumora_reload.access import AccessPolicy
+from lumora_reload.config import Config
 from lumora_reload.errors import LumoraError
 from lumora_reload.liveness import Sweeps
 from lumora_reload.sessions import Hub, Limits, PushResult, short_id
@@ -226,7 +226,7 @@ class HotReloadServer(service.Service):
                 session = self.hub.get_session(session_id)
                 self.hub.touch(session)
                 self._save_times(session)
-                return PushResult(True, 0, "none", session.sequence)
+                return PushResult(True, 0, messages.UPDATE_NONE, session.sequence)
             try:
                 yield defer.maybeDeferred(self.store.commit_push, update)
             except StoreConflict:

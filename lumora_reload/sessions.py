@@ -18,7 +18,8 @@ import attrs
 import orjson
 from zope.interface import Interface
 
-from lumora_reload import errors, messages, schema as schemas
+from lumora_reload import errors, messages
+from lumora_reload import schema as schemas
 from lumora_reload.errors import LumoraError
 
 
@@ -40,12 +41,11 @@ class Outgoing:
     one serialization and one framing.
     """
 
-    __slots__ = ("payload", "sequence", "kind", "cache")
+    __slots__ = ("payload", "sequence", "cache")
 
-    def __init__(self, payload, sequence=None, kind=None):
+    def __init__(self, payload, sequence=None):
         self.payload = payload
         self.sequence = sequence
-        self.kind = kind
         self.cache = {}
 
     def __len__(self):
@@ -127,7 +127,7 @@ class PreparedUpdate:
     session_id: str
     base: State
     state: State
-    update_type: str  # "incremental" | "full"
+    update_type: str  # messages.UPDATE_INCREMENTAL | messages.UPDATE_FULL
     outgoing: Outgoing  # what protocol-1.1 devices receive
     entry: HistoryEntry
     legacy_ok: bool  # protocol-1.0 devices may take `outgoing` too
@@ -441,27 +441,22 @@ class Hub:
         except schemas.SchemaError as e:
             raise _invalid_schema(e)
         if force_full:
-            choice = schemas.Choice("full", None, True)
+            choice = schemas.Choice(messages.UPDATE_FULL, None, True)
         else:
             choice = schemas.choose_update(
                 base.schema, schema, self.limits.incremental_threshold, new_len=len(schema_bytes)
             )
-            if choice.update_type == "none":
+            if choice.update_type == messages.UPDATE_NONE:
                 return None
         sequence = base.sequence + 1
         checksum = schemas.checksum(schema)
-        if choice.update_type == "incremental":
-            payload = {
-                "type": "incremental",
-                "delta": choice.delta,
-                "preserveState": preserve_state,
-                "sequenceNumber": sequence,
-                "checksum": checksum,
-            }
-            frame = messages.encode(messages.envelope("update", session.id, self.now_ms(), payload))
-            entry = HistoryEntry(sequence, "incremental", choice.legacy_ok, frame, checksum)
+        if choice.update_type == messages.UPDATE_INCREMENTAL:
+            frame = messages.incremental_update_frame(
+                session.id, self.now_ms(), choice.delta, preserve_state, sequence, checksum
+            )
+            entry = HistoryEntry(sequence, messages.UPDATE_INCREMENTAL, choice.legacy_ok, frame, checksum)
         else:
-            entry = HistoryEntry(sequence, "full", checksum=checksum)
+            entry = HistoryEntry(sequence, messages.UPDATE_FULL, checksum=checksum)
         return self._prepared(session.id, base, entry, schema, schema_bytes, preserve_state)
 
     def plan_received(self, session_id, entry, schema, schema_bytes, preserve_state):
@@ -473,8 +468,8 @@ class Hub:
     def _prepared(self, session_id, base, entry, schema, schema_bytes, preserve_state):
         history = self._history_after(base.history, entry)
         state = State(entry.sequence, schema, entry.checksum, preserve_state, schema_bytes, history)
-        if entry.update_type == "incremental":
-            outgoing = Outgoing(entry.payload, entry.sequence, "incremental")
+        if entry.update_type == messages.UPDATE_INCREMENTAL:
+            outgoing = Outgoing(entry.payload, entry.sequence)
             legacy_ok = entry.legacy_ok
         else:
             outgoing = self._full_update(session_id, state)
@@ -520,20 +515,12 @@ class Hub:
 
     def _full_update(self, session_id, state):
         """The full update of one state (made once per state)."""
-        outgoing = state._cache.get("full")
+        outgoing = state._cache.get(messages.UPDATE_FULL)
         if outgoing is None:
-            payload = {
-                "type": "full",
-                "schema": state.schema_json(),
-                "preserveState": state.preserve_state,
-                "sequenceNumber": state.sequence,
-                "checksum": state.checksum,
-            }
-            outgoing = state._cache["full"] = Outgoing(
-                messages.encode(messages.envelope("update", session_id, self.now_ms(), payload)),
-                state.sequence,
-                "full",
+            frame = messages.full_update_frame(
+                session_id, self.now_ms(), state.schema_json(), state.preserve_state, state.sequence, state.checksum
             )
+            outgoing = state._cache[messages.UPDATE_FULL] = Outgoing(frame, state.sequence)
         return outgoing
 
     def full_update(self, session):
@@ -619,28 +606,17 @@ class Hub:
     def _catch_up(self, session, device, last_sequence, last_checksum=None):
         replay = self._replay(session, device, last_sequence, last_checksum)
         resumed = replay is not None
-        connected = {
-            "connectionId": device.connection_id,
-            "serverVersion": messages.SERVER_VERSION,
-            "sequenceNumber": session.sequence,
-            "resumed": resumed,
-            "capabilities": {
-                "incrementalUpdates": True,
-                "compression": False,
-                "statePreservation": True,
-                "resume": True,
-            },
-        }
+        initial = None
         if not resumed and session.schema is not None:
-            connected["initialSchema"] = session.schema_json()
-            connected["checksum"] = session.checksum
+            initial = (session.schema_json(), session.checksum)
         device.last_ack_sequence = int(last_sequence) if resumed else 0
         device.sent_sequence = session.sequence
         device.sent_checksum = session.checksum
         first = Outgoing(
-            messages.encode(messages.envelope("connected", session.id, self.now_ms(), connected)),
+            messages.connected_frame(
+                session.id, self.now_ms(), device.connection_id, session.sequence, resumed, initial
+            ),
             session.sequence,
-            "connected",
         )
         return [first] + (replay or [])
 
@@ -668,14 +644,14 @@ class Hub:
             if entry.sequence != expected:
                 return None
             expected += 1
-            if entry.update_type != "incremental" or (device.legacy and not entry.legacy_ok):
+            if entry.update_type != messages.UPDATE_INCREMENTAL or (device.legacy and not entry.legacy_ok):
                 return None
             size += len(entry.payload)
         if expected != session.sequence + 1:
             return None
         if size > len(self.full_update(session)):
             return None
-        return [Outgoing(e.payload, e.sequence, "incremental") for e in wanted]
+        return [Outgoing(e.payload, e.sequence) for e in wanted]
 
     @staticmethod
     def _checksum_of(session, sequence):
