@@ -1,4 +1,4 @@
-"""The device WebSocket: a thin adapter between Autobahn and the hub.
+"""The device WebSocket: a thin adapter from Autobahn to `connection.Connection`.
 
 Wire protocol, in short:
 
@@ -25,10 +25,12 @@ broadcast; the frame is prepared once (`prepareMessage`) and cached on the
 object, so per-device work is one buffer write. Per-message compression is
 not offered: it would defeat that sharing.
 
-Slow devices: we register a push producer on the transport. While the
-transport says "pause" (its buffer is full) we count what we still queue;
-past `max_buffer` bytes we stop queueing updates for that device and, once
-it drains, send it one full update of the latest state (latest wins).
+Per-connection state (awaiting `connect`, attached, closing; rate limit,
+back-pressure and the connect timeout) lives in `connection.Connection`,
+which knows nothing of Autobahn; `DeviceProtocol` feeds it Autobahn's
+events and carries out its two requests (write a frame, send a close). A
+push producer registered on the transport reports when the kernel stopped
+taking our bytes and when it drained.
 """
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -36,111 +38,40 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lumora_reload import errors, messages
-from lumora_reload.errors import LumoraError
-from lumora_reload.sessions import IDeviceLink, Outgoing, short_id
-
-
-# characters of one device `log` line that are kept and logged
-LOG_LINE_LIMIT = 8192
-
-
-# A device refused for longer than this without a pause is closed 4429.
-RATE_GRACE_SECONDS = 1.0
-
-
-class Verdict:
-    PASS = "pass"
-    WARN = "warn"  # first refusal of an episode: tell the device
-    DROP = "drop"
-    CLOSE = "close"
-
-
-class RateGuard:
-    """The message budget of one connection, decided on parsed types.
-
-    Acks answer our own updates, so they get a budget of their own (10x): a
-    device acking a fast push stream must not lose its acks. Refusals come
-    in episodes that end after a second without one; an episode longer than
-    a second, or with more than `burst` refusals, closes the connection, so
-    a steady flood is closed however many of its messages get through.
-    """
-
-    def __init__(self, rate, burst, clock):
-        self.messages = TokenBucket(rate, burst, clock)
-        self.acks = TokenBucket(rate * 10, burst * 10, clock)
-        self.burst = burst
-        self.clock = clock
-        self._refused = 0
-        self._since = None
-        self._last = None
-
-    def admit(self, kind):
-        bucket = self.acks if kind == "ack" else self.messages
-        if bucket.take():
-            return Verdict.PASS
-        now = self.clock.seconds()
-        if self._last is None or now - self._last > RATE_GRACE_SECONDS:
-            self._since, self._refused = now, 0
-        self._last = now
-        self._refused += 1
-        if self._refused > self.burst or now - self._since > RATE_GRACE_SECONDS:
-            return Verdict.CLOSE
-        return Verdict.WARN if self._refused == 1 else Verdict.DROP
-
-
-class TokenBucket:
-    """`rate` messages per second sustained, `burst` at once."""
-
-    def __init__(self, rate, burst, clock):
-        self.rate = float(rate)
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.clock = clock
-        self.stamp = clock.seconds()
-
-    def take(self):
-        now = self.clock.seconds()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+from lumora_reload import messages
+from lumora_reload.connection import Connection, IWire, Phase
 
 
 class _BufferWatch:
-    """Push producer registered on the transport: tells the protocol when
-    the kernel stopped taking its bytes and when it drained."""
+    """Push producer registered on the transport: tells the connection
+    when the kernel stopped taking its bytes and when it drained."""
 
-    def __init__(self, protocol):
-        self.protocol = protocol
+    def __init__(self, connection):
+        self.connection = connection
 
     def pauseProducing(self):
-        self.protocol._transport_paused()
+        self.connection.paused()
 
     def resumeProducing(self):
-        self.protocol._transport_resumed()
+        self.connection.resumed()
 
     def stopProducing(self):
         pass
 
 
-@implementer(IDeviceLink)
+@implementer(IWire)
 class DeviceProtocol(WebSocketServerProtocol):
     _log = Logger()
 
+    connection = None  # a Connection once the handshake is done
     _session_id = None
-    _device = None
     _refusal = None
-    _open = False
-    _paused = False
-    _queued_while_paused = 0
-    _congested = False
-    _missed = False
-    _guard = None
-    _hello_timer = None
     _pending = 0  # bytes of the message being received
+
+    @property
+    def device(self):
+        """The hub's `Device` once the device sent `connect`, else None."""
+        return None if self.connection is None else self.connection.device
 
     # -- Autobahn callbacks --------------------------------------------
 
@@ -159,83 +90,25 @@ class DeviceProtocol(WebSocketServerProtocol):
         return None
 
     def onOpen(self):
-        self._open = True
-        self.factory.opened(self)
-        if self._refusal is not None:
-            self._log.info("refused device upgrade: {why}", why=self._refusal)
-            origin_problem = self._refusal.startswith("Origin")
-            self._close(messages.CLOSE_FORBIDDEN, "Origin not allowed" if origin_problem else "Host not allowed")
-            return
-        if not self._session_id:
-            self._close(messages.CLOSE_BAD_REQUEST, "Session ID required")
-            return
-        try:
-            self.factory.hub.get_session(self._session_id)
-        except LumoraError as e:
-            if e.code == errors.SESSION_EXPIRED:
-                self._close(messages.CLOSE_EXPIRED, "Session expired")
-            else:
-                self._close(messages.CLOSE_NOT_FOUND, "Session not found")
-            return
         factory = self.factory
-        self._guard = RateGuard(factory.rate_limit, factory.rate_burst, factory.clock)
-        self._watch_buffer()
-        # a socket that never says who it is must not stay forever: the
-        # liveness sweep only sees devices that sent `connect`
-        self._hello_timer = self.factory.clock.callLater(
-            self.factory.hub.limits.connection_timeout, self._no_hello
+        self.connection = Connection(
+            factory.hub,
+            self,
+            self._session_id,
+            factory.clock,
+            rate_limit=factory.rate_limit,
+            rate_burst=factory.rate_burst,
+            max_buffer=factory.max_buffer,
+            max_name_length=factory.max_name_length,
         )
+        factory.opened(self)
+        self.connection.opened(self._refusal)
+        if self.connection.phase is Phase.AWAITING_CONNECT:
+            self._watch_buffer()
 
     def onMessage(self, payload, isBinary):
-        if not self._open or self.state != self.STATE_OPEN:
-            return
-        hub = self.factory.hub
-        if self._device is not None:
-            hub.seen(self._session_id, self._device)
-        # parse once, then budget on the parsed type
-        try:
-            kind, session_id, body = self._parse(payload, isBinary)
-            problem = None
-        except LumoraError as e:
-            kind, problem = None, e
-        if self._guard is not None:
-            verdict = self._guard.admit(kind)
-            if verdict != Verdict.PASS:
-                self._rate_limited(verdict)
-                return
-        try:
-            if problem is not None:
-                raise problem
-            if session_id != self._session_id:
-                raise LumoraError(
-                    errors.SESSION_NOT_FOUND,
-                    "sessionId does not match the session of this connection",
-                    close_code=messages.CLOSE_BAD_REQUEST,
-                )
-            if self._device is None and kind != "connect":
-                raise LumoraError(
-                    errors.AUTHENTICATION_FAILED,
-                    "Send 'connect' first",
-                    close_code=messages.CLOSE_AUTH,
-                )
-            getattr(self, "handle_" + kind)(body)
-        except LumoraError as e:
-            self._send_error(e)
-            if e.close_code is not None:
-                self._close(e.close_code, e.message)
-        except Exception:
-            self._log.failure("handling a device message failed")
-            self._send_error(LumoraError(errors.INTERNAL_ERROR, "Internal error"))
-
-    @staticmethod
-    def _parse(payload, isBinary):
-        if isBinary:
-            raise messages.invalid("Binary frames are not supported; send JSON text")
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise messages.invalid("Message is not valid UTF-8")
-        return messages.parse_envelope(text)
+        if self.connection is not None and self.state == self.STATE_OPEN:
+            self.connection.received(payload, isBinary)
 
     def onMessageFrameData(self, payload):
         # Partial messages are held in memory until complete: count them
@@ -264,189 +137,32 @@ class DeviceProtocol(WebSocketServerProtocol):
         self._pending = 0
 
     def onPong(self, payload):
-        # an answered WebSocket ping is liveness too
-        if self._device is not None:
-            self.factory.hub.seen(self._session_id, self._device)
+        if self.connection is not None:
+            self.connection.ponged()
 
     def onClose(self, wasClean, code, reason):
-        self._open = False
         self._release_pending()
-        if self._hello_timer is not None and self._hello_timer.active():
-            self._hello_timer.cancel()
-        if self._device is not None:
-            self._log.info(
-                "device {device} left session {session} ({code})",
-                device=self._device.device_name or self._device.device_id,
-                session=short_id(self._session_id),
-                code=code,
-            )
-            self.factory.hub.detach(self._session_id, self._device)
+        if self.connection is not None:
+            self.connection.closed(code)
         self.factory.closed(self)
 
-    # -- message handlers ----------------------------------------------
+    # -- IWire -----------------------------------------------------------
 
-    def handle_connect(self, payload):
-        if self._device is not None:
-            raise messages.invalid("Already connected; 'connect' is sent once")
-        limit = self.factory.max_name_length
-        for name in ("deviceId", "deviceName", "platform", "clientVersion"):
-            if len(payload.get(name) or "") > limit:
-                raise messages.invalid(f"'{name}' is longer than {limit} characters", details={"path": name})
-        try:
-            session, device, outgoing = self.factory.hub.attach(self._session_id, self, payload)
-        except LumoraError as e:
-            if e.code == errors.SESSION_EXPIRED:
-                e.close_code = messages.CLOSE_EXPIRED
-            elif e.code == errors.SESSION_NOT_FOUND:
-                e.close_code = messages.CLOSE_NOT_FOUND
-            raise
-        self._device = device
-        if self._hello_timer is not None and self._hello_timer.active():
-            self._hello_timer.cancel()
-        self._log.info(
-            "device {device} ({platform}, {version}) joined session {session}",
-            device=device.device_name or device.device_id,
-            platform=device.platform,
-            version=device.client_version,
-            session=short_id(session.id),
-        )
-        for item in outgoing:
-            self.send(item)
-
-    def handle_ping(self, payload):
-        session = self.factory.hub.get_session(self._session_id)
-        self._send_message(
-            "pong",
-            {"serverTime": self.factory.hub.now_ms(), "sequenceNumber": session.sequence},
-        )
-
-    def handle_ack(self, payload):
-        hub = self.factory.hub
-        session = hub.get_session(self._session_id)
-        sequence = payload["sequenceNumber"]
-        if not 0 <= sequence <= session.sequence:
-            # an ack ahead of the session would show the device healthy
-            # (and a huge one could not be encoded in /health)
-            raise messages.invalid(
-                f"'sequenceNumber' must be between 0 and the session's {session.sequence}",
-                details={"path": "sequenceNumber"},
-            )
-        hub.ack(self._device, payload)
-        if not payload["success"]:
-            self._log.info(
-                "device {device} failed to apply update {seq}: {error}; sending full schema",
-                device=self._device.device_name or self._device.device_id,
-                seq=payload["sequenceNumber"],
-                error=payload.get("error"),
-            )
-            self._resync()
-
-    def handle_reload(self, payload):
-        self._resync()
-
-    def handle_log(self, payload):
-        session = self.factory.hub.get_session(self._session_id)
-        message = payload["message"]
-        if len(message) > LOG_LINE_LIMIT:
-            # the ring buffer keeps 1000 lines: 10 MiB each would be 10 GB
-            message = message[:LOG_LINE_LIMIT] + f"… [{len(message) - LOG_LINE_LIMIT} more characters]"
-        line = self.factory.hub.add_log(session, self._device, payload["level"][:32], message)
-        level = payload["level"].lower()
-        emit = {
-            "error": self._log.error,
-            "fatal": self._log.error,
-            "warn": self._log.warn,
-            "warning": self._log.warn,
-            "debug": self._log.debug,
-            "trace": self._log.debug,
-        }.get(level, self._log.info)
-        emit("[{device}] {message}", device=line["deviceName"] or line["deviceId"], message=line["message"])
-
-    def handle_error(self, payload):
-        self._log.warn(
-            "device {device} reported {code}: {message}",
-            device=self._device.device_name or self._device.device_id,
-            code=(payload.get("code") or "")[:64],
-            message=(payload.get("message") or "")[:LOG_LINE_LIMIT],
-        )
-        if payload.get("code") == errors.CHECKSUM_MISMATCH:
-            self._resync()
-
-    # -- IDeviceLink ----------------------------------------------------
-
-    def send(self, outgoing):
-        if not self._open or self.state != self.STATE_OPEN:
-            return
-        if self._congested:
-            self._missed = True
+    def send_frame(self, outgoing):
+        if self.state != self.STATE_OPEN:
             return
         prepared = outgoing.cache.get("ws")
         if prepared is None:
             prepared = outgoing.cache["ws"] = self.factory.prepareMessage(outgoing.payload)
         self.sendPreparedMessage(prepared)
-        if self._paused:
-            self._queued_while_paused += len(outgoing.payload)
-            if self._queued_while_paused > self.factory.max_buffer:
-                self._congested = True
 
-    def close(self, code, reason):
-        self._close(code, reason)
-
-    # -- helpers ---------------------------------------------------------
-
-    def _close(self, code, reason):
+    def send_close(self, code, reason):
         if self.state != self.STATE_OPEN:
             return
         # sendClose() refuses 1012; the frame itself is fine by RFC 6455
         self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:120], isReply=False)
 
-    def _send_message(self, kind, payload):
-        self.send(
-            Outgoing(
-                messages.encode(
-                    messages.envelope(kind, self._session_id or "", self.factory.hub.now_ms(), payload)
-                )
-            )
-        )
-
-    def _send_error(self, error):
-        self._send_message("error", messages.error_payload(error))
-
-    def _resync(self):
-        hub = self.factory.hub
-        session = hub.get_session(self._session_id)
-        if not hub.resync_device(session, self._device):
-            self._send_error(LumoraError(errors.UPDATE_FAILED, "No schema has been pushed yet"))
-
-    def _rate_limited(self, verdict):
-        if verdict == Verdict.WARN:
-            self._send_error(
-                LumoraError(
-                    errors.RATE_LIMIT_EXCEEDED,
-                    f"More than {self.factory.rate_limit:g} messages/s; slow down",
-                )
-            )
-        elif verdict == Verdict.CLOSE:
-            self._send_error(
-                LumoraError(
-                    errors.RATE_LIMIT_EXCEEDED,
-                    "Rate limit exceeded repeatedly; closing",
-                    close_code=messages.CLOSE_RATE_LIMIT,
-                )
-            )
-            self._close(messages.CLOSE_RATE_LIMIT, "Rate limit exceeded")
-
-    def _no_hello(self):
-        if self._device is None and self.state == self.STATE_OPEN:
-            timeout = self.factory.hub.limits.connection_timeout
-            self._send_error(
-                LumoraError(
-                    errors.AUTHENTICATION_FAILED,
-                    f"No 'connect' within {timeout:g} s",
-                    close_code=messages.CLOSE_AUTH,
-                )
-            )
-            self._close(messages.CLOSE_AUTH, "No connect")
+    # -- helpers ---------------------------------------------------------
 
     def _watch_buffer(self):
         transport = self.transport
@@ -459,33 +175,11 @@ class DeviceProtocol(WebSocketServerProtocol):
         try:
             if getattr(transport, "producer", None) is not None:
                 transport.unregisterProducer()
-            transport.registerProducer(_BufferWatch(self), True)
+            transport.registerProducer(_BufferWatch(self.connection), True)
         except Exception:
             # Not every transport supports producers (e.g. test doubles);
             # then we simply never see back-pressure.
             self._log.debug("transport does not accept a producer")
-
-    def _transport_paused(self):
-        # The transport calls this on every write while its buffer is
-        # full, not once: only the first call starts the count.
-        if not self._paused:
-            self._paused = True
-            self._queued_while_paused = 0
-
-    def _transport_resumed(self):
-        self._paused = False
-        self._queued_while_paused = 0
-        if self._congested:
-            self._congested = False
-            if self._missed and self._device is not None:
-                self._missed = False
-                self._log.info(
-                    "device {device} drained; sending the latest state",
-                    device=self._device.device_name or self._device.device_id,
-                )
-                session = self.factory.hub.sessions.get(self._session_id)
-                if session is not None:
-                    self.factory.hub.resync_device(session, self._device)
 
 
 class DeviceFactory(WebSocketServerFactory):
@@ -563,7 +257,7 @@ class DeviceFactory(WebSocketServerFactory):
         d = defer.Deferred()
         self._waiting.append(d)
         for protocol in list(self.connections):
-            protocol._close(code, reason)
+            protocol.connection.close(code, reason)
         timer = self.reactor.callLater(timeout, lambda: d.called or d.callback(None))
         d.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
         return d

@@ -119,7 +119,7 @@ def server_side(daemon, device_id):
     """The daemon's protocol object of a connected device."""
     (protocol,) = [
         p for p in daemon.server.ws_factory.connections
-        if p._device is not None and p._device.device_id == device_id
+        if p.device is not None and p.device.device_id == device_id
     ]
     return protocol
 

@@ -17,7 +17,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from lumora_reload import errors
 from lumora_reload.access import AccessPolicy
-from lumora_reload.websocket import RateGuard, Verdict
+from lumora_reload.connection import RateGuard, Verdict
 from tests.helpers import WAIT, DeviceClient, connected_device, make_schema, open_device_as, with_text
 from tests.rawhttp import exchange, request_head
 

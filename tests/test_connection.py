@@ -1,0 +1,287 @@
+"""The per-connection state machine, driven by a Clock, a real hub and a
+fake wire: no sockets, no Autobahn."""
+
+import orjson
+import pytest
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from lumora_reload import errors, messages
+from lumora_reload.connection import Connection, Flow, IWire, Phase
+from lumora_reload.sessions import Hub, IDeviceLink, Limits
+from tests.helpers import make_schema, with_text
+
+
+@implementer(IWire)
+class Wire:
+    def __init__(self):
+        self.frames = []
+        self.closes = []
+
+    def send_frame(self, outgoing):
+        self.frames.append(orjson.loads(outgoing.payload))
+
+    def send_close(self, code, reason):
+        self.closes.append((code, reason))
+
+    def types(self):
+        return [f["type"] for f in self.frames]
+
+    def errors(self):
+        return [f["payload"]["code"] for f in self.frames if f["type"] == "error"]
+
+
+def frame(kind, sid, payload=None):
+    return messages.encode(messages.envelope(kind, sid, 0, payload))
+
+
+def opened(hub, sid, clock, **settings):
+    wire = Wire()
+    connection = Connection(hub, wire, sid, clock, **settings)
+    connection.opened()
+    return connection, wire
+
+
+def attached(hub, sid, clock, device_id="d", **settings):
+    connection, wire = opened(hub, sid, clock, **settings)
+    connection.received(
+        frame("connect", sid, {"deviceId": device_id, "platform": "ios", "clientVersion": "1.1.0"})
+    )
+    assert connection.phase is Phase.ATTACHED
+    return connection, wire
+
+
+def push(hub, sid, schema):
+    update = hub.plan_push(sid, schema)
+    hub.apply_update(update)
+    return update
+
+
+def test_a_connection_is_a_device_link_on_a_wire(clock):
+    hub = Hub(clock)
+    connection, wire = opened(hub, hub.create_session().id, clock)
+    assert verifyObject(IDeviceLink, connection) and verifyObject(IWire, wire)
+
+
+def test_connect_attaches_the_device_and_answers_connected(clock):
+    hub = Hub(clock)
+    session = hub.create_session(make_schema())
+    wire = Wire()
+    connection = Connection(hub, wire, session.id, clock)
+    assert connection.phase is Phase.NEW
+    connection.opened()
+    assert connection.phase is Phase.AWAITING_CONNECT and wire.frames == []
+    connection.received(frame("connect", session.id, {"deviceId": "d", "platform": "ios", "clientVersion": "1.1.0"}))
+    assert connection.phase is Phase.ATTACHED
+    assert wire.types() == ["connected"]
+    assert wire.frames[0]["payload"]["initialSchema"] == make_schema()
+    assert [d.device_id for d in session.devices.values()] == ["d"]
+    assert clock.getDelayedCalls() == []  # the connect timeout is gone
+
+
+@pytest.mark.parametrize(
+    "refusal, reason",
+    [
+        ("Origin 'https://evil' is not allowed", "Origin not allowed"),
+        ("Host 'evil' is not allowed", "Host not allowed"),
+    ],
+)
+def test_a_refused_upgrade_is_closed_4403(clock, refusal, reason):
+    hub = Hub(clock)
+    connection = Connection(hub, wire := Wire(), hub.create_session().id, clock)
+    connection.opened(refusal)
+    assert wire.closes == [(messages.CLOSE_FORBIDDEN, reason)]
+    assert connection.phase is Phase.CLOSING and clock.getDelayedCalls() == []
+
+
+def test_the_session_is_checked_when_the_socket_opens(clock):
+    hub = Hub(clock)
+    gone = hub.create_session(timeout_seconds=10).id
+    clock.advance(11)  # idle past its expiry
+    for sid, close in [
+        (None, (messages.CLOSE_BAD_REQUEST, "Session ID required")),
+        ("nope", (messages.CLOSE_NOT_FOUND, "Session not found")),
+        (gone, (messages.CLOSE_EXPIRED, "Session expired")),
+    ]:
+        connection, wire = opened(hub, sid, clock)
+        assert wire.closes == [close] and connection.phase is Phase.CLOSING
+    assert clock.getDelayedCalls() == []
+
+
+def test_no_connect_within_the_connection_timeout_is_closed_4401(clock):
+    hub = Hub(clock, Limits(connection_timeout=10))
+    connection, wire = opened(hub, hub.create_session().id, clock)
+    clock.advance(9.9)
+    assert wire.closes == []
+    clock.advance(0.1)
+    assert wire.errors() == [errors.AUTHENTICATION_FAILED]
+    assert wire.closes == [(messages.CLOSE_AUTH, "No connect")]
+    assert connection.phase is Phase.CLOSING
+
+
+def test_anything_before_connect_is_closed_4401(clock):
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    connection, wire = opened(hub, sid, clock)
+    connection.received(frame("ping", sid))
+    assert wire.errors() == [errors.AUTHENTICATION_FAILED]
+    assert wire.closes == [(messages.CLOSE_AUTH, "Send 'connect' first")]
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_bad_message_is_answered_and_the_connection_stays(clock):
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    connection, wire = attached(hub, sid, clock)
+    connection.received(b"\xff", binary=False)
+    connection.received(b"{}", binary=True)
+    connection.received(b"not json")
+    assert wire.errors() == [errors.INVALID_MESSAGE] * 3 and wire.closes == []
+    connection.received(frame("ping", sid))
+    assert wire.types()[-1] == "pong" and connection.phase is Phase.ATTACHED
+
+
+def test_rate_limit_warns_once_then_closes_after_more_than_a_burst_of_refusals(clock):
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    connection, wire = attached(hub, sid, clock, rate_limit=1, rate_burst=3)
+    wire.frames.clear()
+    for _ in range(2):  # `connect` took one of the three
+        connection.received(frame("ping", sid))
+    assert wire.types() == ["pong", "pong"]
+    connection.received(frame("ping", sid))  # first refusal: told
+    assert wire.errors() == [errors.RATE_LIMIT_EXCEEDED] and "slow down" in wire.frames[-1]["payload"]["message"]
+    connection.received(frame("ping", sid))  # dropped quietly
+    connection.received(frame("ping", sid))
+    assert len(wire.frames) == 3 and wire.closes == []
+    connection.received(frame("ping", sid))  # a fourth refusal, more than the burst
+    assert wire.errors() == [errors.RATE_LIMIT_EXCEEDED] * 2
+    assert wire.closes == [(messages.CLOSE_RATE_LIMIT, "Rate limit exceeded")]
+    connection.received(frame("ping", sid))  # closing: ignored
+    assert len(wire.frames) == 4
+
+
+def test_rate_limit_closes_refusals_lasting_more_than_a_second_even_when_some_get_through(clock):
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    connection, wire = attached(hub, sid, clock, rate_limit=1, rate_burst=3)
+    for _ in range(3):
+        connection.received(frame("ping", sid))  # the third is refused: the episode starts
+    for _ in range(3):
+        clock.advance(0.5)
+        connection.received(frame("ping", sid))  # refused, through, refused
+    assert wire.types().count("pong") == 3
+    assert wire.closes == [(messages.CLOSE_RATE_LIMIT, "Rate limit exceeded")]
+
+
+def test_a_quiet_second_ends_a_refusal_episode(clock):
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    connection, wire = attached(hub, sid, clock, rate_limit=1, rate_burst=3)
+    for _ in range(3):
+        for _ in range(4):
+            connection.received(frame("ping", sid))
+        clock.advance(3.5)
+    assert wire.errors() == [errors.RATE_LIMIT_EXCEEDED] * 3  # one warning per episode
+    assert wire.closes == []
+
+
+def test_acks_have_a_budget_of_their_own(clock):
+    hub = Hub(clock)
+    sid = hub.create_session(make_schema()).id
+    connection, wire = attached(hub, sid, clock, rate_limit=1, rate_burst=2)
+    for _ in range(15):
+        connection.received(frame("ack", sid, {"sequenceNumber": 1, "success": True}))
+    connection.received(frame("ping", sid))
+    assert wire.errors() == [] and wire.types()[-1] == "pong"
+
+
+def test_a_congested_device_gets_only_the_latest_state_when_it_drains(clock):
+    hub = Hub(clock)
+    schema = make_schema()
+    sid = hub.create_session(schema).id
+    connection, wire = attached(hub, sid, clock, max_buffer=1)
+    connection.paused()
+    assert connection.flow is Flow.PAUSED
+    push(hub, sid, schema := with_text(schema, "one"))  # written, and past the buffer
+    assert connection.flow is Flow.CONGESTED
+    for text in ("two", "three", "four"):
+        push(hub, sid, schema := with_text(schema, text))
+    assert [f["payload"].get("sequenceNumber") for f in wire.frames if f["type"] == "update"] == [2]
+    connection.resumed()
+    assert connection.flow is Flow.FLOWING
+    last = wire.frames[-1]["payload"]
+    assert (last["type"], last["sequenceNumber"], last["schema"]) == (messages.UPDATE_FULL, 5, schema)
+    assert len(wire.frames) == 3
+    push(hub, sid, with_text(schema, "five"))
+    assert wire.frames[-1]["payload"]["type"] == messages.UPDATE_INCREMENTAL  # flowing again
+
+
+def test_the_buffer_count_starts_at_the_first_pause_only(clock):
+    hub = Hub(clock)
+    sid = hub.create_session(make_schema()).id
+    size = len(hub.full_update(hub.get_session(sid)))
+    connection, wire = attached(hub, sid, clock, max_buffer=size + size // 2)
+    connection.paused()
+    connection.received(frame("reload", sid))  # one full update queued
+    connection.paused()  # transports repeat it on every write while full
+    assert connection.flow is Flow.PAUSED
+    connection.received(frame("reload", sid))  # a second one: past the buffer
+    assert connection.flow is Flow.CONGESTED
+
+
+def test_a_drain_without_missed_updates_sends_nothing(clock):
+    hub = Hub(clock)
+    sid = hub.create_session(make_schema()).id
+    connection, wire = attached(hub, sid, clock)
+    connection.paused()
+    push(hub, sid, with_text(make_schema(), "one"))
+    connection.resumed()
+    assert wire.types() == ["connected", "update"]
+
+
+def test_close_is_idempotent_and_ends_sending(clock):
+    hub = Hub(clock)
+    session = hub.create_session(make_schema())
+    connection, wire = attached(hub, session.id, clock)
+    connection.close(messages.CLOSE_NORMAL, "bye")
+    connection.close(messages.CLOSE_RESTART, "Service restart")
+    assert wire.closes == [(messages.CLOSE_NORMAL, "bye")]
+    before = len(wire.frames)
+    push(hub, session.id, with_text(make_schema(), "late"))
+    connection.received(frame("ping", session.id))
+    assert len(wire.frames) == before
+    assert len(session.devices) == 1  # still there until the transport is gone
+    connection.closed(1000)
+    connection.closed(1000)
+    connection.close(messages.CLOSE_NORMAL, "again")
+    connection.resumed()
+    assert connection.phase is Phase.CLOSED and session.devices == {}
+    assert wire.closes == [(messages.CLOSE_NORMAL, "bye")] and len(wire.frames) == before
+
+
+def test_a_connection_closed_before_connect_cancels_its_timer(clock):
+    hub = Hub(clock)
+    connection, wire = opened(hub, hub.create_session().id, clock)
+    connection.closed(1006)
+    assert connection.phase is Phase.CLOSED and clock.getDelayedCalls() == []
+
+
+def test_a_second_connection_of_the_same_device_replaces_the_first(clock):
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    first, first_wire = attached(hub, sid, clock, device_id="p")
+    second, _ = attached(hub, sid, clock, device_id="p")
+    assert first_wire.closes == [(messages.CLOSE_REPLACED, "Replaced")] and first.phase is Phase.CLOSING
+    first.closed(messages.CLOSE_REPLACED)
+    assert [d.device_id for d in hub.get_session(sid).devices.values()] == ["p"]
+    assert second.phase is Phase.ATTACHED
+
+
+def test_a_pong_counts_as_liveness(clock):
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    connection, _ = attached(hub, sid, clock)
+    clock.advance(30)
+    connection.ponged()
+    assert connection.device.last_seen == 30
