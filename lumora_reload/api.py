@@ -13,7 +13,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from lumora_reload import errors, schema as schemas
+from lumora_reload import errors
+from lumora_reload import schema as schemas
 from lumora_reload.errors import LumoraError
 
 _log = Logger()
@@ -231,8 +232,7 @@ class Health(JsonResource):
     isLeaf = True
 
     def render_GET(self, request):
-        hub = self.server.hub
-        return {"status": "ok", "sessions": len(hub.sessions), "totalDevices": hub.total_devices()}
+        return self.server.get_health()
 
 
 class Stats(JsonResource):
@@ -339,17 +339,14 @@ class _SessionLeaf(_SessionPart):
 
 class SessionSchema(_SessionLeaf):
     def render_GET(self, request):
-        session = self.server.hub.get_session(self.session_id)
-        if session.schema is None:
-            raise errors.not_found("No schema has been pushed to this session yet")
-        return session.schema
+        return self.server.get_schema(self.session_id)
 
 
 class SessionReload(_SessionLeaf):
     def render_POST(self, request):
         read_json(request, self.server.max_body_size)
-        session, count = self.server.hub.reload_all(self.session_id)
-        return {"success": True, "devicesUpdated": count, "sequenceNumber": session.sequence}
+        count, sequence = self.server.reload_all(self.session_id)
+        return {"success": True, "devicesUpdated": count, "sequenceNumber": sequence}
 
 
 class SessionHealth(_SessionLeaf):
@@ -370,8 +367,7 @@ class SessionExtend(_SessionLeaf):
 
 class SessionLogs(_SessionLeaf):
     def render_GET(self, request):
-        session = self.server.hub.get_session(self.session_id)
-        return {"sessionId": session.id, "lines": list(session.logs)}
+        return {"sessionId": self.session_id, "lines": self.server.get_logs(self.session_id)}
 
 
 class SessionDevices(_SessionPart):

@@ -176,6 +176,26 @@ class HotReloadServer(service.Service):
     def get_session(self, session_id):
         return self.hub.get_session(session_id)
 
+    def get_schema(self, session_id):
+        """The session's current schema (404 before the first push)."""
+        session = self.hub.get_session(session_id)
+        if session.schema is None:
+            raise errors.not_found("No schema has been pushed to this session yet")
+        return session.schema
+
+    def reload_all(self, session_id):
+        """Send every device of the session the full current schema.
+        Returns ``(devices updated, the session's sequence number)``."""
+        session, count = self.hub.reload_all(session_id)
+        return count, session.sequence
+
+    def get_logs(self, session_id):
+        """The session's log lines, oldest first."""
+        return list(self.hub.get_session(session_id).logs)
+
+    def get_health(self):
+        return {"status": "ok", "sessions": len(self.hub.sessions), "totalDevices": self.hub.total_devices()}
+
     def session_info(self, session_id):
         session = self.hub.get_session(session_id)
         return {
