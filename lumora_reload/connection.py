@@ -10,10 +10,13 @@ events, so everything below is tested with a `task.Clock` and fake wires.
 Where a connection is (`Phase`):
 
   NEW --opened--> AWAITING_CONNECT --connect--> ATTACHED
-   any open phase --close(code)--> CLOSING --closed--> CLOSED
-   (a refused upgrade goes from NEW straight to CLOSING)
+  AWAITING_CONNECT or ATTACHED --close(code)--> CLOSING --closed--> CLOSED
+  (a refused upgrade, or no such session, goes from NEW straight to CLOSING;
+  a transport that ends by itself goes to CLOSED from any phase)
 
-and, independently, how its socket keeps up (`Flow`):
+Only AWAITING_CONNECT and ATTACHED read messages and send frames. Flow is
+kept apart from the phase because a socket can fill up before `connect`
+as well as after it. How the socket keeps up (`Flow`):
 
   FLOWING --transport paused--> PAUSED --more than max_buffer queued--> CONGESTED
   PAUSED or CONGESTED --transport resumed--> FLOWING
