@@ -154,7 +154,8 @@ def check_reachable(conf, timeout=3.0):
         with sock:
             command = b""
             if conf["password"]:
-                args = [b"AUTH"] + ([conf["username"].encode()] if conf["username"] else []) + [conf["password"].encode()]
+                user = [conf["username"].encode()] if conf["username"] else []
+                args = [b"AUTH", *user, conf["password"].encode()]
                 command += b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
             command += b"*1\r\n$4\r\nPING\r\n"
             sock.sendall(command)

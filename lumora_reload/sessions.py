@@ -2,9 +2,9 @@
 
 Nothing here knows about WebSockets, HTTP or the global reactor. Time comes
 from an injected clock (``clock.seconds()``); devices are reached through
-`IDeviceLink`, which the WebSocket layer implements. Every update is
-serialized once (an `Outgoing`) and the same object is handed to every
-device, so a transport can prepare the frame once per broadcast.
+`IDeviceLink`, which the WebSocket layer implements. The values the hub
+works on (`Session`, `State`, `PreparedUpdate`, ...) are in
+lumora_reload.model and importable from here too.
 
 Sequence numbers number the session's schema *states*: each accepted push
 that changes something takes the next number. A full resync of one device
@@ -14,270 +14,30 @@ carries the current number and never advances it.
 import collections
 import secrets
 
-import attrs
-import orjson
-from zope.interface import Interface
-
 from lumora_reload import errors, messages
 from lumora_reload import schema as schemas
 from lumora_reload.errors import LumoraError
+from lumora_reload.model import (
+    EMPTY,
+    Device,
+    HistoryEntry,
+    IDeviceLink,
+    Limits,
+    Outgoing,
+    PreparedUpdate,
+    PushResult,
+    Session,
+    State,
+    _invalid_schema,
+    _log_size,
+    _ms,
+    short_id,
+)
 
-
-class IDeviceLink(Interface):
-    """How the domain reaches one connected device."""
-
-    def send(outgoing):
-        """Queue an `Outgoing` message for the device (never blocks)."""
-
-    def close(code, reason):
-        """Close the device's connection with a WebSocket close code."""
-
-
-class Outgoing:
-    """One serialized server message, shared by every device it goes to.
-
-    `cache` lets a transport keep its own encoding of the same bytes (the
-    WebSocket layer stores the prepared frame there), so a broadcast costs
-    one serialization and one framing.
-    """
-
-    __slots__ = ("payload", "sequence", "cache")
-
-    def __init__(self, payload, sequence=None):
-        self.payload = payload
-        self.sequence = sequence
-        self.cache = {}
-
-    def __len__(self):
-        return len(self.payload)
-
-
-@attrs.frozen
-class Limits:
-    """Bounds and knobs of the domain; the daemon's options fill them."""
-
-    session_timeout: float = 28800.0
-    connection_timeout: float = 60.0
-    incremental_threshold: int = 10
-    history_size: int = 64
-    history_bytes: int = 16 * 1024 * 1024  # replayable frames kept per session
-    max_sessions: int = 10000
-    max_devices_per_session: int = 10000
-    log_lines: int = 1000
-    log_bytes: int = 1024 * 1024  # of log text kept per session
-    max_ack_lag: int = 10
-    tombstone_seconds: float = 86400.0
-
-
-@attrs.frozen
-class HistoryEntry:
-    """One past update, kept so a reconnecting device can catch up.
-
-    Only incremental updates are replayable; a full update is recorded as a
-    marker (no payload), because replaying across it is never smaller than
-    sending the current schema. `checksum` is the checksum of the state the
-    update leads to, so a device's claim "I hold state k" can be checked.
-    """
-
-    sequence: int
-    update_type: str
-    legacy_ok: bool = False
-    payload: bytes | None = None
-    checksum: str | None = None
-
-
-@attrs.frozen(eq=False)
-class State:
-    """One committed schema state of a session: a value, never changed.
-
-    A session moves from one `State` to the next in a single assignment
-    (`Hub.apply_update`), so nothing can see half of a push. Everything that
-    is derived from one state (its compact JSON, its full update frame) is
-    cached on the state itself, so a cache can never outlive its state.
-    """
-
-    sequence: int = 0
-    schema: dict | None = None
-    checksum: str | None = None
-    preserve_state: bool = True
-    schema_bytes: bytes | None = None  # compact JSON of `schema`
-    history: tuple = ()  # HistoryEntry, consecutive sequence numbers
-    _cache: dict = attrs.field(factory=dict, repr=False)
-
-    def schema_json(self):
-        """The schema's JSON, spliced into the messages that carry it."""
-        if self.schema_bytes is None:
-            return None
-        return orjson.Fragment(self.schema_bytes)
-
-
-EMPTY = State()
-
-
-@attrs.frozen(eq=False)
-class PreparedUpdate:
-    """A push planned from a session's committed state, before anything
-    changed: what the store must make durable and what devices will get.
-
-    `base` is the state it was computed from; the store refuses the update
-    when its own current number is not `base.sequence` (another writer got
-    there first), and the hub refuses to apply it on any other state.
-    """
-
-    session_id: str
-    base: State
-    state: State
-    update_type: str  # messages.UPDATE_INCREMENTAL | messages.UPDATE_FULL
-    outgoing: Outgoing  # what protocol-1.1 devices receive
-    entry: HistoryEntry
-    legacy_ok: bool  # protocol-1.0 devices may take `outgoing` too
-
-    @property
-    def sequence(self):
-        return self.state.sequence
-
-
-@attrs.frozen
-class PushResult:
-    success: bool
-    devices_updated: int
-    update_type: str
-    sequence_number: int
-
-    def to_json(self):
-        return {
-            "success": self.success,
-            "clientsUpdated": self.devices_updated,
-            "devicesUpdated": self.devices_updated,
-            "updateType": self.update_type,
-            "sequenceNumber": self.sequence_number,
-        }
-
-
-@attrs.define(eq=False)
-class Device:
-    connection_id: str
-    device_id: str
-    platform: str
-    device_name: str | None
-    client_version: str
-    connected_at: int  # Unix ms
-    last_seen: float  # clock seconds
-    link: object
-    legacy: bool = False
-    last_ack_sequence: int = 0
-    # the state the device was last sent (or resumed at): a reload from the
-    # store compares both, so a number reused for another schema is noticed
-    sent_sequence: int = 0
-    sent_checksum: str | None = None
-
-    def to_json(self):
-        return {
-            "connectionId": self.connection_id,
-            "deviceId": self.device_id,
-            "platform": self.platform,
-            "deviceName": self.device_name,
-            "connectedAt": self.connected_at,
-            "lastAckSequence": self.last_ack_sequence,
-        }
-
-
-@attrs.define(eq=False)
-class Session:
-    id: str
-    created_at: int  # Unix ms
-    timeout: float  # seconds of inactivity before expiry
-    last_activity: float  # clock seconds; only ever moves forward
-    state: State = EMPTY
-    devices: dict = attrs.field(factory=dict)  # connection_id -> Device
-    by_device_id: dict = attrs.field(factory=dict)  # deviceId -> Device
-    logs: collections.deque = attrs.field(factory=collections.deque)
-    # cluster mode: other daemons holding devices of this session, and until
-    # when their claim runs (node -> clock seconds)
-    held: dict = attrs.field(factory=dict)
-    log_bytes: int = 0  # UTF-8 bytes of the messages in `logs`
-
-    # read-only views of the committed state
-    @property
-    def schema(self):
-        return self.state.schema
-
-    @property
-    def checksum(self):
-        return self.state.checksum
-
-    @property
-    def sequence(self):
-        return self.state.sequence
-
-    @property
-    def preserve_state(self):
-        return self.state.preserve_state
-
-    @property
-    def history(self):
-        return self.state.history
-
-    def schema_json(self):
-        return self.state.schema_json()
-
-    @property
-    def expires_at_seconds(self):
-        return self.last_activity + self.timeout
-
-    def expires_at(self):
-        return int(self.expires_at_seconds * 1000)
-
-    def idle_past_expiry(self, now):
-        """Expired: past its time, and no device here or on another daemon."""
-        if now <= self.expires_at_seconds or self.devices:
-            return False
-        return not any(until >= now for until in self.held.values())
-
-    def active_until(self, when):
-        """Record activity up to `when`; never moves expiry back."""
-        if when > self.last_activity:
-            self.last_activity = when
-
-    def device_by_id(self, device_id):
-        return self.by_device_id.get(device_id)
-
-    def add_device(self, device):
-        self.devices[device.connection_id] = device
-        self.by_device_id[device.device_id] = device
-
-    def remove_device(self, device):
-        """Forget `device` if it is still the registered one (idempotent)."""
-        if self.devices.get(device.connection_id) is not device:
-            return False
-        del self.devices[device.connection_id]
-        if self.by_device_id.get(device.device_id) is device:
-            del self.by_device_id[device.device_id]
-        return True
-
-
-def _invalid_schema(error):
-    return LumoraError(
-        errors.SCHEMA_VALIDATION_FAILED,
-        str(error),
-        status=400,
-        details={"path": error.path, "message": error.message},
-    )
-
-
-def _log_size(line):
-    # what a log line holds beyond its fixed fields
-    return sum(len(line[k].encode("utf-8", "replace")) for k in ("message", "deviceId", "level")) + len(
-        (line["deviceName"] or "").encode("utf-8", "replace"))
-
-
-def short_id(session_id):
-    """A session id is a capability: never log it in full."""
-    return session_id[:6] + "…"
-
-
-def _ms(seconds):
-    return int(seconds * 1000)
+__all__ = [
+    "EMPTY", "Device", "HistoryEntry", "Hub", "IDeviceLink", "Limits", "Outgoing", "PreparedUpdate",
+    "PushResult", "Session", "State", "short_id",
+]
 
 
 class Hub:
