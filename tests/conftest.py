@@ -34,13 +34,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def choose_seed(option, environ):
+    """--seed, else LUMORA_SEED, else a fresh random seed."""
+    if option is not None:
+        return option
+    return int(environ.get("LUMORA_SEED") or random.randrange(2**32))
+
+
 @pytest.fixture
 def seed(request):
     """A seed for a test's own random choices: printed (shown with a
     failure), and taken from --seed or LUMORA_SEED to replay one."""
-    value = request.config.getoption("--seed")
-    if value is None:
-        value = int(os.environ.get("LUMORA_SEED") or random.randrange(2**32))
+    value = choose_seed(request.config.getoption("--seed"), os.environ)
     print(f"random seed {value} (replay: pytest --seed {value} {request.node.nodeid})")
     return value
 

@@ -264,3 +264,11 @@ def test_the_leak_check_sees_our_timers_and_not_others(reactor, clock):
     assert len(leaked) == 2 and not any(c.active() for c in leaked)
     assert other.active()
     other.cancel()
+
+
+def test_a_seed_is_replayed_from_the_option_or_the_environment():
+    from tests.conftest import choose_seed
+
+    assert choose_seed(7, {"LUMORA_SEED": "9"}) == 7
+    assert choose_seed(None, {"LUMORA_SEED": "9"}) == 9
+    assert 0 <= choose_seed(None, {}) < 2**32
