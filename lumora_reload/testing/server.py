@@ -242,7 +242,7 @@ class LumoraServer:
             raise ValueError("the session has no schema yet")
         last = session.history[-1] if session.history else None
         if last is not None and last.sequence == session.sequence and last.payload is not None:
-            outgoing = Outgoing(last.payload, last.sequence, "incremental")
+            outgoing = Outgoing(last.payload)
         else:
             outgoing = self.server.hub.full_update(session)
         for link in self.links(session_id, device):
@@ -266,8 +266,9 @@ class LumoraServer:
 
         Expected: the later one arrives first and does not follow the
         client's number: not applied, acked ``success: false``, a full
-        update follows; the earlier one, arriving late, is older than what
-        the client holds and is ignored."""
+        update follows. The earlier one, arriving late, is applied if it
+        follows what the client holds and ignored if it is older; either
+        way the full update leaves the client on the latest state."""
         for tap in self._taps_of(session_id, device):
             tap.rules.append(misbehave.Reorder())
 
@@ -302,7 +303,7 @@ class LumoraServer:
             connected["checksum"] = session.checksum or schema_checksum(session.schema)
         device.last_ack_sequence = 0
         frame = messages.encode(messages.envelope("connected", session.id, self.server.hub.now_ms(), connected))
-        return session, device, [Outgoing(frame, session.sequence, "connected")]
+        return session, device, [Outgoing(frame)]
 
 
 def _ours(call):

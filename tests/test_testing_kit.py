@@ -1,0 +1,270 @@
+"""The test kit (lumora_reload.testing): its pytest fixtures, a clean stop,
+and every misbehaviour against the project's own DeviceClient."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, error, protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint
+
+from lumora_reload.client import Backoff
+from lumora_reload.testing import LumoraServer
+from tests.helpers import make_schema, with_text
+
+FAST = Backoff(initial=0.02, maximum=0.1)
+
+
+@pytest_twisted.inlineCallbacks
+def test_push_reaches_a_device(lumora_server, lumora_device):
+    session_id = lumora_server.create_session()
+    client = yield lumora_device(session_id)
+    assert client.connected and client.session_id == session_id
+    schema = make_schema()
+    result = yield lumora_server.push(session_id, schema)
+    assert (result.sequence_number, result.update_type, result.devices_updated) == (1, "full", 1)
+    yield client.wait_for_sequence(1)
+    assert client.replica.schema == schema
+    result = yield lumora_server.push(session_id, with_text(schema, "Bye"))
+    assert result.update_type == "incremental"
+    yield client.wait_for_sequence(2)
+    assert client.replica.schema == with_text(schema, "Bye")
+    assert client.replica.checksum == lumora_server.session(session_id).checksum
+
+
+def test_urls_and_server(lumora_server):
+    session_id = lumora_server.create_session(make_schema())
+    port = lumora_server.port.getHost().port
+    assert lumora_server.url == f"http://127.0.0.1:{port}"
+    assert lumora_server.ws_url(session_id) == f"ws://127.0.0.1:{port}/ws?session={session_id}"
+    assert lumora_server.server.get_session(session_id).sequence == 1
+    assert lumora_server.server.config.heartbeat_interval == 30.0
+
+
+@pytest.mark.lumora(heartbeat_interval=0.5, connection_timeout=2.0)
+def test_marker_sets_options(lumora_server):
+    assert lumora_server.server.config.heartbeat_interval == 0.5
+    assert lumora_server.server.config.connection_timeout == 2.0
+
+
+@pytest_twisted.inlineCallbacks
+def test_factory_starts_more_servers(lumora_server, lumora_server_factory):
+    other = yield lumora_server_factory(history_size=3)
+    assert other.port.getHost().port != lumora_server.port.getHost().port
+    assert other.server.config.history_size == 3
+
+
+@pytest_twisted.inlineCallbacks
+def test_device_on_a_new_session(lumora_server, lumora_device):
+    client = yield lumora_device()
+    assert client.session_id in lumora_server.server.hub.sessions
+
+
+@pytest_twisted.inlineCallbacks
+def test_refused_device_fails(lumora_server):
+    with pytest.raises(ConnectionError, match="4404"):
+        yield lumora_server.device("no-such-session")
+
+
+@pytest_twisted.inlineCallbacks
+def test_stop_leaves_nothing(reactor):
+    before = set(map(id, reactor.getDelayedCalls()))
+    server = yield LumoraServer(heartbeat_interval=0.2).start()
+    session_id = server.create_session(make_schema())
+    yield server.device(session_id, ping_interval=0.05)
+    yield server.device(session_id)
+    port = server.port.getHost().port
+    yield server.stop()
+    assert not server.server.ws_factory.connections
+    left = [c for c in reactor.getDelayedCalls() if id(c) not in before and c.active()]
+    assert not left, left
+    with pytest.raises(error.ConnectionRefusedError):
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(protocol.Factory.forProtocol(protocol.Protocol))
+
+
+# -- misbehaviour ------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_close_with_a_final_code(lumora_server, lumora_device):
+    client = yield lumora_device()
+    stopped = client.when("stopped")
+    lumora_server.close_device(client.session_id, 4404, "Session not found")
+    closed = yield stopped
+    assert (closed.code, closed.reason, closed.final) == (4404, "Session not found", True)
+
+
+@pytest_twisted.inlineCallbacks
+def test_close_4409_reconnects_and_resumes(lumora_server, lumora_device):
+    client = yield lumora_device(backoff=FAST)
+    yield lumora_server.push(client.session_id, make_schema())
+    yield client.wait_for_sequence(1)
+    closed = client.when("closed")
+    again = client.when("connected")
+    lumora_server.close_device(client.session_id, 4409, "Replaced", device=client)
+    assert (yield closed).retry_in is not None
+    assert (yield again)["resumed"] is True
+
+
+@pytest_twisted.inlineCallbacks
+def test_drop_reconnects_and_resumes(lumora_server, lumora_device):
+    client = yield lumora_device(backoff=FAST)
+    yield lumora_server.push(client.session_id, make_schema())
+    yield client.wait_for_sequence(1)
+    closed = client.when("closed")
+    again = client.when("connected")
+    lumora_server.drop_device(client.session_id, client.device_id)
+    assert (yield closed).code == 1006
+    assert (yield again)["resumed"] is True
+
+
+@pytest_twisted.inlineCallbacks
+def test_stall_makes_the_client_give_up_and_reconnect(lumora_server, lumora_device):
+    client = yield lumora_device(backoff=FAST, ping_interval=0.05, receive_timeout=0.2)
+    again = client.when("connected")
+    stalls = lumora_server.stall_device(client.session_id)
+    yield again
+    assert client.connections == 2
+    for stall in stalls:
+        stall.resume()
+
+
+@pytest_twisted.inlineCallbacks
+def test_stall_then_resume_delivers_what_was_held(lumora_server, lumora_device):
+    client = yield lumora_device()
+    schema = make_schema()
+    yield lumora_server.push(client.session_id, schema)
+    yield client.wait_for_sequence(1)
+    (stall,) = lumora_server.stall_device(client.session_id, reading=False)
+    yield lumora_server.push(client.session_id, with_text(schema, "two"))
+    assert client.replica.sequence == 1 and len(stall.queued) == 1
+    stall.resume()
+    yield client.wait_for_sequence(2)
+    assert client.replica.schema == with_text(schema, "two")
+
+
+def _updates(client):
+    seen = []
+    client.subscribe("update", seen.append)
+    return seen
+
+
+@pytest_twisted.inlineCallbacks
+def test_wrong_checksum_is_refused_then_repaired(lumora_server, lumora_device):
+    client = yield lumora_device()
+    yield lumora_server.push(client.session_id, make_schema())
+    yield client.wait_for_sequence(1)
+    seen = _updates(client)
+    repaired = client.when("update", lambda event: event.ok)
+    lumora_server.send_wrong_checksum(client.session_id)
+    yield repaired
+    assert [(u.ok, u.code) for u in seen] == [(False, "CHECKSUM_MISMATCH"), (True, None)]
+    assert client.replica.checksum == lumora_server.session(client.session_id).checksum
+
+
+@pytest_twisted.inlineCallbacks
+def test_duplicate_changes_nothing(lumora_server, lumora_device):
+    client = yield lumora_device()
+    schema = make_schema()
+    yield lumora_server.push(client.session_id, schema)
+    yield lumora_server.push(client.session_id, with_text(schema, "two"))
+    yield client.wait_for_sequence(2)
+    seen = client.when("update")
+    lumora_server.send_duplicate(client.session_id)
+    event = yield seen
+    assert (event.sequence, event.update_type, event.ok, event.changed) == (2, "incremental", True, False)
+
+
+@pytest_twisted.inlineCallbacks
+def test_gap_ends_in_a_full_update(lumora_server, lumora_device):
+    client = yield lumora_device()
+    schema = make_schema()
+    yield lumora_server.push(client.session_id, schema)
+    yield client.wait_for_sequence(1)
+    seen = _updates(client)
+    lumora_server.withhold_next_update(client.session_id, client)
+    yield lumora_server.push(client.session_id, with_text(schema, "two"))
+    yield lumora_server.push(client.session_id, with_text(schema, "three"))
+    yield client.wait_for_sequence(3)
+    assert [(u.sequence, u.update_type, u.ok) for u in seen] == [(3, "incremental", False), (3, "full", True)]
+    assert client.replica.schema == with_text(schema, "three")
+
+
+@pytest_twisted.inlineCallbacks
+def test_out_of_order_ends_on_the_latest(lumora_server, lumora_device):
+    client = yield lumora_device()
+    schema = make_schema()
+    yield lumora_server.push(client.session_id, schema)
+    yield client.wait_for_sequence(1)
+    seen = _updates(client)
+    lumora_server.reorder_next_updates(client.session_id)
+    yield lumora_server.push(client.session_id, with_text(schema, "two"))
+    assert seen == []
+    full = client.when("update", lambda u: u.update_type == "full")
+    yield lumora_server.push(client.session_id, with_text(schema, "three"))
+    yield full
+    assert [(u.sequence, u.update_type, u.ok) for u in seen] == [
+        (3, "incremental", False), (2, "incremental", True), (3, "full", True)
+    ]
+    assert client.replica.schema == with_text(schema, "three")
+
+
+@pytest_twisted.inlineCallbacks
+def test_late_pongs_make_the_client_reconnect(lumora_server, lumora_device):
+    session_id = lumora_server.create_session()
+    client = yield lumora_device(session_id, backoff=FAST, ping_interval=0.05, receive_timeout=0.2)
+    lumora_server.delay_pongs(session_id, 5.0)
+    closed = yield client.when("closed")
+    assert closed.retry_in is not None
+    yield client.when("connected")
+
+
+@pytest_twisted.inlineCallbacks
+def test_one_late_pong_is_tolerated(lumora_server, lumora_device):
+    session_id = lumora_server.create_session()
+    client = yield lumora_device(session_id, ping_interval=0.05, receive_timeout=1.0)
+    lumora_server.delay_pongs(session_id, 0.1, count=1)
+    pongs = []
+    client.subscribe("pong", pongs.append)
+    while len(pongs) < 3:
+        yield client.when("pong")
+    assert client.connections == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_refused_resume_starts_over(lumora_server, lumora_device):
+    client = yield lumora_device(backoff=FAST)
+    schema = make_schema()
+    yield lumora_server.push(client.session_id, schema)
+    yield client.wait_for_sequence(1)
+    lumora_server.refuse_resume(client.session_id)
+    again = client.when("connected")
+    lumora_server.drop_device(client.session_id)
+    connected = yield again
+    assert connected["resumed"] is False
+    assert connected["initialSchema"] == schema
+    assert connected["checksum"] == client.replica.checksum
+    again = client.when("connected")
+    lumora_server.drop_device(client.session_id)
+    assert (yield again)["resumed"] is True
+
+
+@pytest_twisted.inlineCallbacks
+def test_send_update_by_hand(lumora_server, lumora_device):
+    client = yield lumora_device()
+    seen = client.when("update")
+    lumora_server.send_update(client.session_id, {"type": "bogus", "sequenceNumber": 0})
+    event = yield seen
+    assert not event.ok
+
+
+def test_unknown_device_is_an_error(lumora_server):
+    session_id = lumora_server.create_session()
+    with pytest.raises(LookupError):
+        lumora_server.close_device(session_id, 1000, "x", device="nobody")
+
+
+@pytest_twisted.inlineCallbacks
+def test_defer_is_used(lumora_server):
+    # push on a session with no device answers at once
+    session_id = lumora_server.create_session()
+    result = yield defer.maybeDeferred(lumora_server.push, session_id, make_schema())
+    assert result.devices_updated == 0
