@@ -26,7 +26,8 @@ def test_fixtures_listed_in_an_empty_directory(tmp_path):
 
 
 def test_pytest_example_passes(tmp_path):
-    code, out = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES / "test_client_pytest.py")], tmp_path)
+    example = str(EXAMPLES / "test_client_pytest.py")
+    code, out = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", example], tmp_path)
     assert code == 0, out
     assert "3 passed" in out, out
 
