@@ -309,6 +309,16 @@ class _SlowStore:
     def close(self):
         pass
 
+    async def written(self, reactor):
+        """Wait (bounded) until a write reaches the store."""
+        from twisted.internet import task as t
+
+        for _ in range(500):
+            if self.pending:
+                return
+            await t.deferLater(reactor, 0.01, lambda: None)
+        raise AssertionError("no write reached the store")
+
     def settle(self):
         while self.pending:
             d = self.pending.pop(0)
@@ -320,18 +330,16 @@ class _SlowStore:
 
 @ensure
 async def test_create_and_extend_answer_only_once_stored(daemon_factory, reactor):
-    from twisted.internet import task as t
-
     store = _SlowStore()
     daemon = await daemon_factory(store=store)
     answer = daemon.call("POST", "/session/new")
-    await t.deferLater(reactor, 0.2, lambda: None)
-    assert not answer.called and store.pending  # waiting on the store
+    await store.written(reactor)
+    assert not answer.called  # waiting on the store
     store.settle()
     status, body = await answer
     assert status == 200
     answer = daemon.call("POST", f"/session/{body['sessionId']}/extend", {"seconds": 100})
-    await t.deferLater(reactor, 0.2, lambda: None)
+    await store.written(reactor)
     assert not answer.called
     store.settle()
     status, _ = await answer
@@ -340,13 +348,11 @@ async def test_create_and_extend_answer_only_once_stored(daemon_factory, reactor
 
 @ensure
 async def test_create_answers_503_when_the_store_fails(daemon_factory, reactor, logged_failures):
-    from twisted.internet import task as t
-
     logged_failures.expect(ConnectionError)
     store = _SlowStore(fail=True)
     daemon = await daemon_factory(store=store)
     answer = daemon.call("POST", "/session/new")
-    await t.deferLater(reactor, 0.2, lambda: None)
+    await store.written(reactor)
     store.settle()
     status, body = await answer
     assert status == 503 and body["code"] == "INTERNAL_ERROR"
