@@ -479,14 +479,13 @@ class RedisStore:
 
     @defer.inlineCallbacks
     def _read_all(self):
-        """After a (re)subscribe: Redis is the truth; devices behind it get
-        a full update, sessions it no longer has are dropped."""
+        """After a (re)subscribe: Redis is the truth. Every session it has or
+        this daemon has is read again, each inside its session's queue (so
+        the read is never older than what this daemon committed); devices
+        not on the stored state get it in full, sessions gone are dropped."""
         ids = set((yield self._commands.handler.smembers(self._ids)))
-        for session_id in set(self.replica.known_sessions()) - ids:
-            self.replica.received_state(session_id, None)
-        for session_id in ids:
-            snapshot = yield self.fetch(session_id)
-            self.replica.received_state(session_id, snapshot)
+        for session_id in ids | set(self.replica.known_sessions()):
+            yield self.replica.reread(session_id)
 
     def _received(self, raw):
         try:

@@ -351,9 +351,6 @@ class HotReloadServer(service.Service):
         self.hub.apply_update(update)
         return None
 
-    def received_state(self, session_id, snapshot):
-        return self._queues.run(session_id, self._adopt, session_id, snapshot)
-
     def received_delete(self, session_id):
         def drop():
             session = self.hub.sessions.get(session_id)
@@ -432,13 +429,15 @@ class HotReloadServer(service.Service):
                     self.hub.expire(session)
                 self._log.info("session {id} expired", id=short_id(session.id))
                 return None
-            return self._refresh_queued(session.id)
+            return self.reread(session.id)
 
         d.addCallback(decided)
         d.addErrback(lambda f: self._log.warn("expiry of session {id} not decided: {e}",
                                               id=short_id(session.id), e=f.getErrorMessage()))
 
-    def _refresh_queued(self, session_id):
+    def reread(self, session_id):
+        """IReplica: read the session from the shared store again, inside
+        its queue (never older than what this daemon committed), and adopt it."""
         return self._queues.run(session_id, self._refresh, session_id)
 
     def _forget(self, session):

@@ -71,10 +71,10 @@ class IReplica(Interface):
         """Daemon `node` stored new times of the session; it holds devices
         of the session until `held_until` (0: it holds none)."""
 
-    def received_state(session_id, snapshot):
-        """The store's current record of a session (a `Session` without
-        devices), read after a gap, a conflict or a reconnect; None when
-        the session no longer exists."""
+    def reread(session_id):
+        """Read the session from the store again, in the session's queue,
+        and adopt what it holds (None: the session is gone); devices not on
+        the stored state get it in full. Returns a Deferred."""
 
 
 class ISharedStore(ISessionStore):
