@@ -51,6 +51,8 @@ REPLY_TIMEOUT = 5.0
 # how long a push whose reply was lost waits for Redis to answer again
 RESOLVE_TIMEOUT = 10.0
 RESOLVE_INTERVAL = 0.25
+# after a resubscribe, sessions whose read failed are read again this many times
+READ_ALL_ROUNDS = 30
 
 # Results of PUSH: GONE (the session does not exist), DONE, or the stored
 # sequence number when it is not the one the push was planned from.
@@ -378,13 +380,12 @@ class RedisStore:
         failure.trap(ReplyLost)
         if self._closing:
             return failure
-        waited = 0.0
-        while waited < RESOLVE_TIMEOUT:
+        deadline = self.reactor.seconds() + RESOLVE_TIMEOUT
+        while self.reactor.seconds() < deadline:
             try:
                 fields = yield self._redis().hmget(self._key(update.session_id), ["sequence", "checksum"])
             except (StoreUnavailable, txredisapi.ConnectionError):
                 yield task.deferLater(self.reactor, RESOLVE_INTERVAL, lambda: None)
-                waited += RESOLVE_INTERVAL
                 continue
             sequence, checksum = fields
             if sequence is None:
@@ -482,10 +483,25 @@ class RedisStore:
         """After a (re)subscribe: Redis is the truth. Every session it has or
         this daemon has is read again, each inside its session's queue (so
         the read is never older than what this daemon committed); devices
-        not on the stored state get it in full, sessions gone are dropped."""
+        not on the stored state get it in full, sessions gone are dropped.
+        A session whose read fails is read again a moment later, until every
+        one has been read or the subscription is lost again."""
+        subscriber = self._subscriber
         ids = set((yield self._commands.handler.smembers(self._ids)))
-        for session_id in ids | set(self.replica.known_sessions()):
-            yield self.replica.reread(session_id)
+        waiting = ids | set(self.replica.known_sessions())
+        for _ in range(READ_ALL_ROUNDS):
+            if not waiting or self._closing or self._subscriber is not subscriber:
+                break
+            failed = set()
+            for session_id in waiting:
+                try:
+                    yield self.replica.reread(session_id)
+                except Exception as e:
+                    failed.add(session_id)
+                    self._log.warn("reading session {id} from Redis failed: {e}", id=short_id(session_id), e=e)
+            waiting = failed
+            if waiting:
+                yield task.deferLater(self.reactor, RESOLVE_INTERVAL * 4, lambda: None)
 
     def _received(self, raw):
         try:

@@ -161,7 +161,21 @@ class HotReloadServer(service.Service):
         session, update = self.hub.new_session(schema=schema, timeout_seconds=timeout_seconds)
         d = defer.maybeDeferred(self.store.create_session, session)
         if update is not None:
-            d.addCallback(lambda _: self.store.commit_push(update))
+
+            def commit_first_state(_):
+                committed = defer.maybeDeferred(self.store.commit_push, update)
+
+                def undo(failure):
+                    # the session must not stay behind without its schema
+                    forget = defer.maybeDeferred(self.store.delete_session, session.id)
+                    forget.addErrback(lambda f: self._log.warn(
+                        "removing half-created session {id} failed: {e}", id=short_id(session.id),
+                        e=f.getErrorMessage()))
+                    return forget.addBoth(lambda _: failure)
+
+                return committed.addErrback(undo)
+
+            d.addCallback(commit_first_state)
 
         def stored(_):
             if update is not None:
@@ -250,6 +264,8 @@ class HotReloadServer(service.Service):
             try:
                 yield defer.maybeDeferred(self.store.commit_push, update)
             except StoreConflict:
+                if not self.shared:  # a single writer cannot lose a race
+                    self._not_stored(Failure(), "store the push")
                 # another daemon committed first: adopt its state, plan again
                 yield self._refresh(session_id)
                 continue

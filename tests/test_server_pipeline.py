@@ -164,3 +164,18 @@ def test_activity_never_moves_an_extended_expiry_back():
     server.hub.seen(sid, device)  # any device message
     server.cleanup_expired_sessions()  # a sweep with a device connected
     assert server.get_session(sid).expires_at() == extended
+
+
+def test_a_session_whose_first_state_is_not_stored_is_not_left_behind(logged_failures):
+    logged_failures.expect(RuntimeError)
+    store = LaterStore()
+    server, _ = make_server(store)
+    created = results(server.create_session_stored(make_schema()))
+    store.succeed()  # the session row
+    (update,), _ = store.waiting[0]
+    store.fail()  # its first state
+    (forgotten,), _ = store.waiting[0]
+    assert forgotten == update.session_id  # the store is asked to forget it
+    store.succeed()
+    assert created[0].value.status == 500
+    assert server.hub.sessions == {}
