@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from lumora_reload import errors
-from lumora_reload.sessions import EMPTY, HistoryEntry, Session, State, short_id
+from lumora_reload.model import EMPTY, HistoryEntry, Session, State, consecutive_history, short_id
 from lumora_reload.store import ISharedStore, StoreConflict, StoreUnavailable
 
 REPLY_TIMEOUT = 5.0
@@ -445,16 +445,11 @@ class RedisStore:
         sequence = int(fields.get("sequence") or 0)
         state = EMPTY
         if sequence:
-            entries = [_entry_from_dict(orjson.loads(h)) for h in history]
-            kept = []
-            for entry in reversed(entries):  # the consecutive run up to `sequence`
-                if entry.sequence != sequence - len(kept):
-                    break
-                kept.append(entry)
+            kept = consecutive_history((_entry_from_dict(orjson.loads(h)) for h in history), sequence)
             body = fields["schema"].encode() if isinstance(fields["schema"], str) else fields["schema"]
             state = State(
                 sequence, orjson.loads(body), fields.get("checksum") or None,
-                fields.get("preserve_state", "1") == "1", body, tuple(reversed(kept)),
+                fields.get("preserve_state", "1") == "1", body, kept,
             )
         return Session(
             id=session_id,

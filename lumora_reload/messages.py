@@ -225,26 +225,23 @@ def connected_frame(session_id, now_ms, connection_id, sequence, resumed, initia
     return encode(envelope("connected", session_id, now_ms, payload))
 
 
-def full_update_frame(session_id, now_ms, schema, preserve_state, sequence, checksum):
+def _update_frame(session_id, now_ms, kind, body_key, body, preserve_state, sequence, checksum):
     payload = {
-        "type": UPDATE_FULL,
-        "schema": schema,
+        "type": kind,
+        body_key: body,
         "preserveState": preserve_state,
         "sequenceNumber": sequence,
         "checksum": checksum,
     }
     return encode(envelope("update", session_id, now_ms, payload))
+
+
+def full_update_frame(session_id, now_ms, schema, preserve_state, sequence, checksum):
+    return _update_frame(session_id, now_ms, UPDATE_FULL, "schema", schema, preserve_state, sequence, checksum)
 
 
 def incremental_update_frame(session_id, now_ms, delta, preserve_state, sequence, checksum):
-    payload = {
-        "type": UPDATE_INCREMENTAL,
-        "delta": delta,
-        "preserveState": preserve_state,
-        "sequenceNumber": sequence,
-        "checksum": checksum,
-    }
-    return encode(envelope("update", session_id, now_ms, payload))
+    return _update_frame(session_id, now_ms, UPDATE_INCREMENTAL, "delta", delta, preserve_state, sequence, checksum)
 
 
 def pong_frame(session_id, now_ms, sequence):

@@ -272,3 +272,15 @@ def short_id(session_id):
 
 def _ms(seconds):
     return int(seconds * 1000)
+
+
+def consecutive_history(entries, sequence):
+    """The run of history entries that leads, without a gap, up to state
+    `sequence` (older entries behind a gap cannot be replayed). `entries` are
+    oldest first, as every store keeps them."""
+    kept = []
+    for entry in reversed(list(entries)):
+        if entry.sequence != sequence - len(kept):
+            break
+        kept.append(entry)
+    return tuple(reversed(kept))

@@ -110,7 +110,6 @@ class Hub:
         self.sessions[session.id] = session
         self.tombstones.pop(session.id, None)
 
-    add_loaded = add_session
 
     def get_session(self, session_id):
         session = self.sessions.get(session_id)

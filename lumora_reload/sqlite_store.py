@@ -48,7 +48,7 @@ import orjson
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lumora_reload.sessions import EMPTY, HistoryEntry, Session, State, short_id
+from lumora_reload.model import EMPTY, HistoryEntry, Session, State, consecutive_history, short_id
 from lumora_reload.store import ISessionStore, StoreConflict
 
 DB_NAME = "sessions.sqlite3"
@@ -284,7 +284,7 @@ class SQLiteStore:
             if sequence:
                 state = State(
                     sequence, schema, checksum, bool(preserve), bytes(body),
-                    _consecutive(histories.get(session_id, ()), sequence),
+                    consecutive_history(histories.get(session_id, ()), sequence),
                 )
             session = Session(
                 id=session_id,
@@ -423,17 +423,6 @@ class SQLiteStore:
         if code == _BUSY or "locked" in text:
             return f"{doing} {self.path}: {text}; another program is using it"
         return f"{doing} {self.path}: {text}"
-
-
-def _consecutive(entries, sequence):
-    """The stored history entries that lead, without a gap, up to the
-    stored state `sequence` (anything else cannot be replayed)."""
-    kept = []
-    for entry in reversed(entries):
-        if entry.sequence != sequence - len(kept):
-            break
-        kept.append(entry)
-    return tuple(reversed(kept))
 
 
 def _make_dir(data_dir):

@@ -272,3 +272,12 @@ def test_a_seed_is_replayed_from_the_option_or_the_environment():
     assert choose_seed(7, {"LUMORA_SEED": "9"}) == 7
     assert choose_seed(None, {"LUMORA_SEED": "9"}) == 9
     assert 0 <= choose_seed(None, {}) < 2**32
+
+
+def test_only_the_gapless_run_up_to_the_state_is_replayable_history():
+    from lumora_reload.model import HistoryEntry, consecutive_history
+
+    entries = [HistoryEntry(n, "incremental", True, b"x") for n in (1, 2, 4, 5, 6)]
+    assert [e.sequence for e in consecutive_history(entries, 6)] == [4, 5, 6]
+    assert consecutive_history(entries, 7) == ()  # the state itself is missing
+    assert consecutive_history((), 3) == ()
