@@ -1,4 +1,4 @@
-"""Issue 11 from the outside: a real `twistd -n lumora-reload` on a temporary
+"""A push is a transaction, seen from the outside: a real `twistd -n lumora-reload` on a temporary
 data dir, real HTTP and WebSocket devices, one test per defect the issue
 lists (cluster mode aside, see tests/test_cluster.py):
 
