@@ -1,6 +1,6 @@
-"""A push is a transaction, seen from the outside: a real `twistd -n lumora-reload` on a temporary
-data dir, real HTTP and WebSocket devices, one test per defect the issue
-lists (cluster mode aside, see tests/test_cluster.py):
+"""A push is a transaction, seen from the outside: a real `twistd -n
+lumora-reload` on a temporary data dir, real HTTP and WebSocket devices, one
+test per defect found (cluster mode aside, see tests/test_cluster.py):
 
 - a push whose SQLite write fails (the database locked by another program)
   answers 500 and changes nothing: number, schema, `initialSchema`, devices;
