@@ -1,4 +1,4 @@
-"""Markdown tables of benchmark results, and the issue's targets checked
+"""Markdown tables of benchmark results, and the project's targets checked
 against them."""
 
 
