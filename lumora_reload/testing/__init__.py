@@ -19,6 +19,7 @@ Three ways in, one object underneath (`LumoraServer`, a real
 Importing this package imports no reactor.
 """
 
+from lumora_reload.testing.memory import MemoryLink, MemoryNetwork
 from lumora_reload.testing.server import LumoraServer
 
-__all__ = ["LumoraServer"]
+__all__ = ["LumoraServer", "MemoryLink", "MemoryNetwork"]

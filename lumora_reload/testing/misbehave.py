@@ -121,6 +121,31 @@ class Delay:
         return True
 
 
+class PingStall:
+    """The daemon's WebSocket pings held back on one connection (Autobahn
+    keeps the ping interval per connection, copied from its factory)."""
+
+    def __init__(self, protocol):
+        self.protocol = protocol
+        self.interval = protocol.autoPingInterval
+        self.active = True
+        protocol.autoPingInterval = 0  # an instance attribute: this connection only
+        if protocol.autoPingPendingCall is not None:
+            protocol.autoPingPendingCall.cancel()
+            protocol.autoPingPendingCall = None
+
+    def resume(self):
+        """Ping again, now and then every interval."""
+        if not self.active:
+            return
+        self.active = False
+        protocol = self.protocol
+        protocol.autoPingInterval = self.interval
+        if self.interval and protocol.state == protocol.STATE_OPEN and protocol.autoPingPendingCall is None:
+            # Autobahn's own auto-ping, so that its pong schedules the next
+            protocol._sendAutoPing()
+
+
 class Stall:
     """A device the server stopped serving: nothing read from it, nothing
     sent to it (what the server would send is kept, in order, for
@@ -308,12 +333,25 @@ class Misbehaviours:
     # -- misbehaviour: liveness and resume ---------------------------------
 
     def delay_pongs(self, session_id, seconds, device=None, count=None):
-        """Answer ``ping`` `seconds` late (`count` pongs, or all of them).
+        """Answer ``ping`` `seconds` late (`count` pongs, or all of them),
+        on the device's present connection only: after a reconnect pongs
+        are on time again.
 
         Expected: a client tolerates a late ``pong`` up to its receive
         timeout; past it, it drops the connection and reconnects."""
         for tap in self._taps_of(session_id, device):
             tap.rules.append(Delay({"pong"}, seconds, count))
+
+    def stall_pings(self, session_id, device=None):
+        """Stop the daemon's WebSocket pings (Autobahn's, every
+        ``heartbeat_interval``) on the device's present connection;
+        returns the `PingStall` objects (``.resume()`` each). Messages still
+        flow.
+
+        Expected: a client that watches the daemon's WebSocket pings as its
+        heartbeat gives the connection up once they stop for its timeout,
+        and reconnects; the new connection is pinged again."""
+        return [PingStall(link.wire) for link in self.links(session_id, device)]
 
     def refuse_resume(self, session_id, times=1):
         """The next `times` ``connect``s to the session get ``resumed:
