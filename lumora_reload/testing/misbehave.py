@@ -42,6 +42,7 @@ class Tap:
         self.rules = []
         self._calls = []
         self._send = link.send
+        self._own = link.__dict__.get("send")  # someone else's wrapper, kept on removal
         link.send = self.send  # an instance attribute: shadows the method
 
     def send(self, outgoing):
@@ -66,7 +67,10 @@ class Tap:
         self._calls = []
         self.rules = []
         if self.link.__dict__.get("send") == self.send:
-            del self.link.send
+            if self._own is not None:
+                self.link.send = self._own
+            else:
+                del self.link.send
 
 
 class Once:

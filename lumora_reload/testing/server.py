@@ -34,13 +34,14 @@ STOP_TIMEOUT = 5.0
 
 class LumoraServer(misbehave.Misbehaviours):
     """One `HotReloadServer` (in-memory store) on 127.0.0.1, port chosen by
-    the system. `options` are `HotReloadServer` / `Config` options
+    the system (or `port`). `options` are `HotReloadServer` / `Config` options
     (``heartbeat_interval``, ``connection_timeout``, ``history_size``, ...)."""
 
-    def __init__(self, reactor=None, **options):
+    def __init__(self, reactor=None, port=0, **options):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        self._port_number = port
         options.setdefault("heartbeat_interval", 30.0)
         self.server = HotReloadServer(reactor=reactor, **options)
         self.port = None
@@ -57,7 +58,7 @@ class LumoraServer(misbehave.Misbehaviours):
         self._before = {id(c) for c in self.reactor.getDelayedCalls()}
         self.server.startService()
         site = web.site(self.server, self.reactor)
-        endpoint = endpoints.TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
+        endpoint = endpoints.TCP4ServerEndpoint(self.reactor, self._port_number, interface="127.0.0.1")
         self.port = yield endpoint.listen(site)
         self.url = f"http://127.0.0.1:{self.port.getHost().port}"
         return self
