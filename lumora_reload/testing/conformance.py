@@ -253,7 +253,7 @@ class Runner:
                 ready = yield self._ready()
                 checks = [ready]
                 if ready.passed:
-                    checks = yield getattr(self, "scenario_" + name.replace("-", "_"))()
+                    checks += yield getattr(self, "scenario_" + name.replace("-", "_"))()
                 outcome = Outcome(name, title, checks, time.monotonic() - started)
                 outcomes.append(outcome)
                 self.say(f"  {'pass' if outcome.passed else 'FAIL'}")
