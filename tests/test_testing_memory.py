@@ -300,3 +300,13 @@ def test_delay_pongs_is_per_connection():
     net.advance(5.0)
     assert slow.connections == 2 and fine.connections == 1
     net.stop()
+
+
+@pytest.mark.lumora(heartbeat_interval=2.0)
+def test_memory_fixture(lumora_memory):
+    """The lumora_memory fixture is a MemoryNetwork with the marker's options, on a fresh clock."""
+    assert isinstance(lumora_memory, MemoryNetwork) and lumora_memory.clock.seconds() == 0
+    assert lumora_memory.server.config.heartbeat_interval == 2.0
+    client = lumora_memory.device(lumora_memory.create_session(make_schema()))
+    lumora_memory.pump()
+    assert client.replica.sequence == 1
