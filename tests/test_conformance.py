@@ -74,6 +74,11 @@ def test_device_client_passes_every_scenario(reactor):
     failed = [(s["name"], c) for s in document["scenarios"] for c in s["checks"] if not c["passed"]]
     assert failed == [] and document["passed"] is True
     assert document["summary"] == {"scenarios": 10, "passed": 10, "failed": 0, "failedScenarios": []}
+    resume = next(s for s in document["scenarios"] if s["name"] == "resume-1012")
+    assert [c["name"] for c in resume["checks"]] == [
+        "client connected and in sync", "reconnected", "resumed with lastSequence of the state it held",
+        "lastChecksum is that state's checksum", "ends on the exact schema",
+    ]
 
 
 @pytest_twisted.inlineCallbacks

@@ -468,7 +468,7 @@ class Runner:
         if seen is None:
             seen = self.recorder.current()
             self.server.close_device(self.session_id, code, reason, device=seen.connection_id)
-        held = self.session.sequence
+        held, held_checksum = self.session.sequence, self.session.checksum
         yield self._until(lambda: seen.closed_at is not None)
         since = self.clock.seconds()
         self._push(self._edit())  # missed while away: the resume replays it
@@ -484,6 +484,10 @@ class Runner:
         last = new.connect.get("lastSequence")
         checks.append(Check("resumed with lastSequence of the state it held", last == held,
                             f"lastSequence {last!r}, held #{held}"))
+        if "lastChecksum" in new.connect:  # optional; wrong is worse than absent
+            sent = new.connect["lastChecksum"]
+            checks.append(Check("lastChecksum is that state's checksum", sent == held_checksum,
+                                f"{str(sent)[:12]}, state #{held} is {held_checksum[:12]}"))
         checks.append((yield self._synced(since)))
         return checks
 
