@@ -310,3 +310,29 @@ def test_memory_fixture(lumora_memory):
     client = lumora_memory.device(lumora_memory.create_session(make_schema()))
     lumora_memory.pump()
     assert client.replica.sequence == 1
+
+
+def test_client_by_hand_and_link_drop(real_reactor_untouched):
+    """A DeviceClient built by hand on the network's endpoint and clock works the same; link.drop() is a dead network."""
+    from lumora_reload.client import DeviceClient
+    from lumora_reload.testing import CLIENT_PROTOCOL_OPTIONS
+
+    net = MemoryNetwork()
+    session_id = net.create_session(make_schema())
+    client = DeviceClient(
+        net.ws_url(session_id), reactor=net.clock, clock=net.clock, endpoint=net.endpoint,
+        protocol_options=CLIENT_PROTOCOL_OPTIONS, backoff=NO_JITTER, random=lambda: 0.0,
+    )
+    closed = _record(client, "closed", net)
+    client.start()
+    net.pump()
+    assert client.connected and client.replica.sequence == 1
+    (link,) = net.open_links
+    link.drop()
+    net.pump()
+    assert [(c.code, c.retry_in) for _, c in closed] == [(1006, 1.0)] and net.session(session_id).devices == {}
+    net.advance(1.0)
+    assert client.connected and client.connections == 2
+    client.stop()
+    net.stop()
+    assert client.done.called
