@@ -88,6 +88,8 @@ async def _run(reactor, args, as_json):
         launcher = None
         if args.client_cmd is not None:
             launcher = ProcessLauncher(reactor, args.client_cmd, server.url, say)
+            # Ctrl-C: the client must not outlive the run
+            reactor.addSystemEventTrigger("before", "shutdown", launcher.stop)
         connect_timeout = args.connect_timeout or (args.timeout if launcher is not None else 60.0)
         runner = Runner(server, launcher=launcher, timeout=args.timeout, final_wait=args.final_wait,
                         connect_timeout=connect_timeout, say=say)
