@@ -12,8 +12,7 @@ from twisted.internet import defer
 
 from lumora_reload.cli import conformance as cli_conformance
 from lumora_reload.client import Backoff, DeviceClient
-from lumora_reload.testing import LumoraServer
-from lumora_reload.testing import conformance
+from lumora_reload.testing import LumoraServer, conformance
 
 QUICK = Backoff(initial=0.2, maximum=0.5)
 BROKEN = ["resume-1012", "replaced-4409", "final-4404", "final-4410"]
@@ -133,7 +132,7 @@ def _lumora(*argv):
 
 
 def test_cli_with_the_device_command(tmp_path):
-    """`lumora-reload conformance --client-cmd` runs `lumora-reload device` through every scenario: exit 0, JSON report."""
+    """`conformance --client-cmd` runs `lumora-reload device` through every scenario: exit 0, a JSON report."""
     url_file, report_file = tmp_path / "url", tmp_path / "report.json"
     client = shlex.join(_lumora("--url", "{http}", "device", "{session}", "--keep-going", "--no-log"))
     run = subprocess.run(

@@ -328,7 +328,7 @@ def _pings(factory, count):
 @pytest.mark.lumora(heartbeat_interval=0.05)
 @pytest_twisted.inlineCallbacks
 def test_stall_pings_over_real_sockets(lumora_server, reactor):
-    """stall_pings silences the daemon's WebSocket pings to one device while another keeps getting them; resume restarts them."""
+    """stall_pings silences the daemon's pings to one device while another keeps getting them; resume restarts them."""
     session_id = lumora_server.create_session()
     quiet, quiet_protocol = yield _ping_counter(reactor, lumora_server, session_id, "quiet")
     other, other_protocol = yield _ping_counter(reactor, lumora_server, session_id, "other")

@@ -274,7 +274,7 @@ def test_stall_pings_on_one_connection():
 
 
 def test_stalled_pings_trip_a_ping_watching_client():
-    """A client expecting a WebSocket ping every 2.5 s drops its connection 2.5 s after the last one; others keep theirs."""
+    """A client expecting a WebSocket ping every 2.5 s drops its connection 2.5 s after the last; others stay."""
     net = MemoryNetwork(heartbeat_interval=1.0, connection_timeout=100.0)
     session_id = net.create_session(make_schema())
     quiet = _ping_watcher(net, session_id, "quiet", timeout=2.5)
@@ -313,7 +313,7 @@ def test_memory_fixture(lumora_memory):
 
 
 def test_client_by_hand_and_link_drop(real_reactor_untouched):
-    """A DeviceClient built by hand on the network's endpoint and clock works the same; link.drop() is a dead network."""
+    """A DeviceClient built by hand on the network's endpoint and clock works; link.drop() is a dead network."""
     from lumora_reload.client import DeviceClient
     from lumora_reload.testing import CLIENT_PROTOCOL_OPTIONS
 
