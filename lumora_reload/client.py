@@ -102,6 +102,7 @@ class DeviceClient:
         connect_timeout=10.0,
         max_message_size=64 * 1024 * 1024,
         endpoint=None,
+        protocol_options=None,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -151,6 +152,11 @@ class DeviceClient:
             openHandshakeTimeout=connect_timeout,
             closeHandshakeTimeout=2,
         )
+        if protocol_options:
+            # Autobahn's own options, last word: e.g. its timers off
+            # (handshake timeouts 0, autoPingInterval 0) where the client
+            # runs on a task.Clock without a reactor
+            self._factory.setProtocolOptions(**protocol_options)
 
     # -- observers -------------------------------------------------------
 

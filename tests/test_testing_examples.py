@@ -21,7 +21,7 @@ def _run(args, cwd):
 def test_fixtures_listed_in_an_empty_directory(tmp_path):
     code, out = _run(["-m", "pytest", "--fixtures", "-p", "no:cacheprovider"], tmp_path)
     assert code in (0, 5), out  # 5: no tests collected
-    for name in ("lumora_server", "lumora_server_factory", "lumora_device"):
+    for name in ("lumora_server", "lumora_server_factory", "lumora_device", "lumora_memory"):
         assert f"\n{name} -- " in out, out
 
 

@@ -1,8 +1,11 @@
 """The test kit (lumora_reload.testing): its pytest fixtures, a clean stop,
 and every misbehaviour against the project's own DeviceClient."""
 
+import json
+
 import pytest
 import pytest_twisted
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
@@ -268,3 +271,73 @@ def test_defer_is_used(lumora_server):
     session_id = lumora_server.create_session()
     result = yield defer.maybeDeferred(lumora_server.push, session_id, make_schema())
     assert result.devices_updated == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_late_pongs_hit_one_connection_only(lumora_server, lumora_device):
+    """delay_pongs on one device makes it give up and reconnect; another device of the session keeps its connection."""
+    session_id = lumora_server.create_session()
+    slow = yield lumora_device(session_id, backoff=FAST, ping_interval=0.05, receive_timeout=0.2)
+    fine = yield lumora_device(session_id, backoff=FAST, ping_interval=0.05, receive_timeout=2.0)
+    lumora_server.delay_pongs(session_id, 5.0, device=slow)
+    yield slow.when("connected")  # it gave up and came back
+    assert slow.connections == 2 and fine.connections == 1
+
+
+class _PingCounter(WebSocketClientProtocol):
+    """Joins as a device and counts the daemon's WebSocket pings."""
+
+    def onOpen(self):
+        factory = self.factory
+        self.sendMessage(json.dumps({"type": "connect", "sessionId": factory.session_id, "payload": {
+            "deviceId": factory.device_id, "platform": "test", "clientVersion": "1.1.0"}}).encode())
+
+    def onMessage(self, payload, isBinary):
+        if json.loads(payload)["type"] == "connected":
+            self.factory.joined.callback(self)
+
+    def onPing(self, payload):
+        super().onPing(payload)
+        self.factory.pings.append(payload)
+        waiting, self.factory.waiting = self.factory.waiting, []
+        for d in waiting:
+            d.callback(None)
+
+
+@defer.inlineCallbacks
+def _ping_counter(reactor, server, session_id, device_id):
+    factory = WebSocketClientFactory(server.ws_url(session_id), reactor=reactor)
+    factory.protocol = _PingCounter
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, serverConnectionDropTimeout=0)
+    factory.session_id, factory.device_id, factory.pings, factory.waiting = session_id, device_id, [], []
+    factory.joined = defer.Deferred()
+    port = server.port.getHost().port
+    yield TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+    protocol_ = yield factory.joined
+    return factory, protocol_
+
+
+@defer.inlineCallbacks
+def _pings(factory, count):
+    while len(factory.pings) < count:
+        d = defer.Deferred()
+        factory.waiting.append(d)
+        yield d
+
+
+@pytest.mark.lumora(heartbeat_interval=0.05)
+@pytest_twisted.inlineCallbacks
+def test_stall_pings_over_real_sockets(lumora_server, reactor):
+    """stall_pings silences the daemon's pings to one device while another keeps getting them; resume restarts them."""
+    session_id = lumora_server.create_session()
+    quiet, quiet_protocol = yield _ping_counter(reactor, lumora_server, session_id, "quiet")
+    other, other_protocol = yield _ping_counter(reactor, lumora_server, session_id, "other")
+    yield defer.gatherResults([_pings(quiet, 1), _pings(other, 1)])
+    (stall,) = lumora_server.stall_pings(session_id, device="quiet")
+    held = len(quiet.pings)
+    yield _pings(other, len(other.pings) + 3)
+    assert len(quiet.pings) <= held + 1  # one ping may have been on its way
+    stall.resume()
+    yield _pings(quiet, len(quiet.pings) + 2)
+    for p in (quiet_protocol, other_protocol):
+        p.dropConnection(abort=True)

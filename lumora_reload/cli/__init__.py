@@ -9,6 +9,7 @@
     logs SESSION [--follow]
     reload SESSION
     device SESSION [--count N] [--updates N]
+    conformance [--client-cmd CMD] [--session-url-file F] [--report json]
 
 Simple commands are synchronous HTTP calls (stdlib urllib, no proxies: the
 daemon is local). `watch` and `logs --follow` are poll loops; `device` runs
@@ -18,7 +19,8 @@ line on stderr and a non-zero exit status, never a traceback.
 Modules: `control` (the control API over HTTP), `output` (terminal output,
 exit statuses, one-line errors), `lan` (the LAN address and QR code),
 `push` (schema files, `push`), `watch`, `session` (`session new`, `status`,
-`logs`, `reload`), `device` (the device simulator) and `parser` (the
+`logs`, `reload`), `device` (the device simulator), `conformance` (the
+conformance run for device clients) and `parser` (the
 command line and `main`). The names below are re-exported for callers of
 `lumora_reload.cli`.
 """

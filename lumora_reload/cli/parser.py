@@ -8,6 +8,7 @@ import sys
 from urllib.parse import urlsplit
 
 from lumora_reload import __version__
+from lumora_reload.cli import conformance
 from lumora_reload.cli.control import DEFAULT_URL, TOKEN_ENV, Api
 from lumora_reload.cli.device import cmd_device
 from lumora_reload.cli.output import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, Output, print_error
@@ -102,6 +103,8 @@ def build_parser():
     device.add_argument("--keep-going", action="store_true",
                         help="on a checksum mismatch, ask for the full schema instead of exiting")
     device.set_defaults(run=cmd_device)
+
+    conformance.add_parser(commands, common)
     return parser
 
 

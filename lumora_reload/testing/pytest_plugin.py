@@ -14,8 +14,12 @@ Fixtures:
     ``lumora_device(session_id=None, **options)``: a Deferred of a started
     `DeviceClient` that has the server's ``connected`` (a new session when
     `session_id` is None; the client's ``session_id`` says which).
+``lumora_memory``
+    a `MemoryNetwork`: the same daemon without sockets, everything on one
+    ``task.Clock`` (options from ``@pytest.mark.lumora``), stopped after
+    the test. Plain synchronous tests; no reactor, no pytest-twisted.
 
-They drive the reactor through pytest-twisted, which must be installed.
+The first three drive the reactor through pytest-twisted, which must be installed.
 Nothing here imports the reactor until a fixture is used.
 """
 
@@ -26,7 +30,7 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "lumora(**options): HotReloadServer options (heartbeat_interval, connection_timeout, ...) "
-        "for the lumora_server fixture",
+        "for the lumora_server and lumora_memory fixtures",
     )
 
 
@@ -77,6 +81,19 @@ def lumora_server(request, lumora_server_factory):
     marker = request.node.get_closest_marker("lumora")
     options = dict(marker.kwargs) if marker is not None else {}
     return _blockon(lumora_server_factory(**options))
+
+
+@pytest.fixture
+def lumora_memory(request):
+    """The daemon without sockets (`MemoryNetwork`, on a task.Clock):
+    ``device(id)``, ``pump()``, ``advance(seconds)``, ``push(id, schema)``,
+    and the misbehaviours."""
+    from lumora_reload.testing.memory import MemoryNetwork
+
+    marker = request.node.get_closest_marker("lumora")
+    network = MemoryNetwork(**(dict(marker.kwargs) if marker is not None else {}))
+    yield network
+    network.stop()
 
 
 @pytest.fixture
