@@ -16,6 +16,7 @@ from twisted.web import resource, server
 from lumora_reload import errors
 from lumora_reload import schema as schemas
 from lumora_reload.errors import LumoraError
+from lumora_reload.metrics import CONTENT_TYPE
 
 _log = Logger()
 
@@ -113,6 +114,8 @@ class JsonResource(resource.Resource):
             result = getattr(self, "render_" + method)(request)
         except Exception:
             return _finish(request, Failure())
+        if isinstance(result, bytes):  # an answer that is not JSON, ready to send
+            return result
         if not isinstance(result, defer.Deferred):
             return _finish(request, result)
 
@@ -146,9 +149,10 @@ class Folder(resource.Resource):
 class Refused(resource.Resource):
     isLeaf = True
 
-    def __init__(self, status, code, message):
+    def __init__(self, status, code, message, reason=None):
         super().__init__()
         self.status, self.code, self.message = status, code, message
+        self.reason = reason  # what was wrong: "host", "origin", "token"
 
     def render(self, request):
         return write_json(request, self.status, {"error": self.message, "code": self.code})
@@ -240,6 +244,17 @@ class Stats(JsonResource):
 
     def render_GET(self, request):
         return self.server.get_stats()
+
+
+class MetricsPage(JsonResource):
+    """GET /metrics: the Prometheus text format."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", CONTENT_TYPE.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return self.server.metrics.exposition()
 
 
 class Send(JsonResource):
