@@ -35,6 +35,7 @@ class Root(resource.Resource):
         self.putChild(b"session", api.Sessions(server))
         self.putChild(b"send", api.Send(server))
         self.putChild(b"metrics", api.MetricsPage(server))
+        self.putChild(b"openapi.json", api.OpenApi(server))
         parts = ws_path_parts(ws_path)
         # /ws, or a nested path such as /lumora/ws
         parent = self
