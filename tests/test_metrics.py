@@ -2,6 +2,7 @@
 devices, resumes and refusals; the text parses cleanly and follows the
 Prometheus naming conventions."""
 
+import pathlib
 import re
 import shutil
 
@@ -19,7 +20,8 @@ from lumora_reload.connection import Connection, Flow, Phase
 from lumora_reload.metrics import Metrics
 from lumora_reload.server import HotReloadServer
 from lumora_reload.sessions import Hub
-from lumora_reload.store import MemoryStore, StoreUnavailable
+from lumora_reload.store import MemoryStore, StoreConflict, StoreUnavailable
+from lumora_reload.web import ws_path_parts
 from tests.helpers import Daemon, connected_device, make_schema, node, with_text
 from tests.test_access import _render
 from tests.test_cluster import RedisServer, until
@@ -311,3 +313,50 @@ def test_store_write_is_timed_even_when_it_fails_at_once():
     assert found["lumora_reload_store_write_failures_total{operation=save_session}"] == 1
     assert found["lumora_reload_store_write_seconds_count{operation=save_session}"] == 1
     assert isinstance(d, defer.Deferred)
+
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_the_readme_lists_every_metric_and_no_other(clock):
+    """The README's metrics table names exactly the families a daemon exposes (Redis ones in cluster mode)."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("\n## Metrics"):].split("\n## ", 2)[1]
+    listed = set(re.findall(r"^\| `(lumora_reload_[a-z_]+)", section, re.M))
+    server = HotReloadServer(reactor=clock, clock=clock)
+    exposed = {
+        # a counter family is named without _total; its sample is what the README shows
+        name + ("_total" if family.type == "counter" else "")
+        for name, family in families(server.metrics.exposition().decode()).items()
+        if not name.endswith("_created")  # prometheus_client's start times, named in the README
+    }
+    assert listed == exposed | {"lumora_reload_redis_up"}
+
+
+def test_latency_buckets_run_from_half_a_millisecond_to_ten_seconds(clock):
+    """Both histograms have the buckets the README states."""
+    server = HotReloadServer(reactor=clock, clock=clock)
+    found = families(server.metrics.exposition().decode())
+    for name in ("lumora_reload_push_seconds", "lumora_reload_store_write_seconds"):
+        bounds = sorted({float(s.labels["le"]) for s in found[name].samples if "le" in s.labels})
+        assert bounds[0] == 0.0005 and bounds[-2] == 10.0 and bounds[-1] == float("inf"), name
+
+
+def test_a_lost_race_with_another_daemon_is_not_a_store_failure():
+    """A commit refused with StoreConflict (another daemon was first) is timed but not counted as failed."""
+    metrics = Metrics(Hub(None), set())
+
+    def conflict():
+        raise StoreConflict(3)
+
+    metrics.store_write("commit_push", conflict).addErrback(lambda f: f.trap(StoreConflict))
+    found = samples(metrics.exposition().decode())
+    assert found["lumora_reload_store_write_failures_total{operation=commit_push}"] == 0
+    assert found["lumora_reload_store_write_seconds_count{operation=commit_push}"] == 1
+
+
+@pytest.mark.parametrize("ws_path", ["/metrics", "/openapi.json/ws"])
+def test_a_ws_path_hiding_the_new_endpoints_is_refused(ws_path):
+    """--ws-path cannot take the place of /metrics or /openapi.json."""
+    with pytest.raises(ValueError, match="would hide the control API"):
+        ws_path_parts(ws_path)
