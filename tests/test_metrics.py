@@ -152,7 +152,7 @@ async def test_metrics_refuse_a_foreign_host_like_every_control_endpoint(daemon)
     assert status == 403 and "FORBIDDEN" in text
 
 
-def test_metrics_refuse_a_lan_client_without_token_and_serve_it_with_one(clock):
+def test_metrics_refuse_a_lan_client_without_token(clock):
     """A non-loopback client needs the API token for /metrics; a refused one counts as a token refusal."""
     server = HotReloadServer(reactor=clock, clock=clock, api_token="tok")
     status, body = _render(server, "/metrics", headers={"Host": "192.168.1.10:8080"})
