@@ -292,9 +292,9 @@ async def test_cluster_mode_reports_the_redis_connections(reactor, redis):
         await daemon.stop()
 
 
-def test_a_single_daemon_reports_no_redis():
+def test_a_single_daemon_reports_no_redis(clock):
     """Without a shared store there is no Redis metric at all."""
-    server = HotReloadServer()
+    server = HotReloadServer(reactor=clock, clock=clock)
     assert "redis" not in server.metrics.exposition().decode()
 
 
