@@ -10,6 +10,7 @@ import orjson
 import pytest
 import pytest_twisted
 import treq
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
@@ -231,6 +232,15 @@ def test_two_daemons_in_one_process_keep_their_own_numbers(clock):
     one.create_session()
     assert samples(one.metrics.exposition().decode())["lumora_reload_sessions{}"] == 1
     assert samples(two.metrics.exposition().decode())["lumora_reload_sessions{}"] == 0
+
+
+def test_an_embedder_can_add_its_own_collectors_to_the_registry(clock):
+    """server.metrics.registry is a CollectorRegistry whose additions appear in /metrics."""
+    server = HotReloadServer(reactor=clock, clock=clock)
+    assert isinstance(server.metrics.registry, CollectorRegistry)
+    Counter("myapp_builds", "Builds", registry=server.metrics.registry).inc()
+    found = samples(server.metrics.exposition().decode())
+    assert found["myapp_builds_total{}"] == 1 and "lumora_reload_sessions{}" in found
 
 
 # Prometheus naming: snake case, our prefix, counters end in _total, a unit
