@@ -13,9 +13,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from lumora_reload import errors
+from lumora_reload import errors, openapi
 from lumora_reload import schema as schemas
 from lumora_reload.errors import LumoraError
+from lumora_reload.metrics import CONTENT_TYPE
 
 _log = Logger()
 
@@ -95,6 +96,11 @@ class JsonResource(resource.Resource):
     """A resource whose render methods return data, not bytes; it answers
     only the methods it defines itself (405 with Allow otherwise)."""
 
+    # For the OpenAPI check, which walks the tree: the fixed names `getChild`
+    # answers, and the name of the variable segment it takes (if any).
+    named: tuple[bytes, ...] = ()
+    param: str | None = None
+
     def __init__(self, server):
         super().__init__()
         self.server = server
@@ -113,6 +119,8 @@ class JsonResource(resource.Resource):
             result = getattr(self, "render_" + method)(request)
         except Exception:
             return _finish(request, Failure())
+        if isinstance(result, bytes):  # an answer that is not JSON, ready to send
+            return result
         if not isinstance(result, defer.Deferred):
             return _finish(request, result)
 
@@ -146,9 +154,10 @@ class Folder(resource.Resource):
 class Refused(resource.Resource):
     isLeaf = True
 
-    def __init__(self, status, code, message):
+    def __init__(self, status, code, message, reason=None):
         super().__init__()
         self.status, self.code, self.message = status, code, message
+        self.reason = reason  # what was wrong: "host", "origin", "token"
 
     def render(self, request):
         return write_json(request, self.status, {"error": self.message, "code": self.code})
@@ -199,6 +208,14 @@ def _refuse_constant(name):
     raise ValueError(f"{name} is not JSON")
 
 
+def _object_body(request, max_size):
+    """A body that should be a JSON object, {} when there is none (or it is
+    null); anything else (``[]``, ``0``, ``false``) is returned as it is, to
+    be refused."""
+    body = read_json(request, max_size)
+    return {} if body is None else body
+
+
 # the longest a session may be kept or extended at once
 MAX_SECONDS = 30 * 24 * 3600
 
@@ -242,8 +259,30 @@ class Stats(JsonResource):
         return self.server.get_stats()
 
 
+class MetricsPage(JsonResource):
+    """GET /metrics: the Prometheus text format."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", CONTENT_TYPE.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return self.server.metrics.exposition()
+
+
+class OpenApi(JsonResource):
+    """GET /openapi.json: the OpenAPI document of this API."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        return openapi.document(self.server.ws_path)
+
+
 class Send(JsonResource):
     """POST /send/:id"""
+
+    param = "sessionId"  # the name of the path segment below (OpenAPI)
 
     def getChild(self, path, request):
         if request.postpath:
@@ -272,6 +311,9 @@ class SendTo(JsonResource):
 class Sessions(JsonResource):
     """/session/new and /session/:id/..."""
 
+    named = (b"new",)
+    param = "sessionId"
+
     def getChild(self, path, request):
         if path == b"new" and not request.postpath:
             return NewSession(self.server)
@@ -284,7 +326,7 @@ class NewSession(JsonResource):
     isLeaf = True
 
     def render_POST(self, request):
-        body = read_json(request, self.server.max_body_size) or {}
+        body = _object_body(request, self.server.max_body_size)
         if not isinstance(body, dict):
             raise LumoraError(errors.BAD_REQUEST, "Body must be a JSON object", status=400, details={"path": ""})
         timeout = _seconds(body.get("timeoutSeconds"), "timeoutSeconds")
@@ -314,14 +356,7 @@ class SessionResource(_SessionPart):
     def getChild(self, path, request):
         if path == b"":
             return self
-        child = {
-            b"schema": SessionSchema,
-            b"reload": SessionReload,
-            b"health": SessionHealth,
-            b"extend": SessionExtend,
-            b"logs": SessionLogs,
-            b"devices": SessionDevices,
-        }.get(path)
+        child = _SESSION_PARTS.get(path)
         if child is None:
             return NotFound()
         return child(self.server, self.session_id)
@@ -356,7 +391,7 @@ class SessionHealth(_SessionLeaf):
 
 class SessionExtend(_SessionLeaf):
     def render_POST(self, request):
-        body = read_json(request, self.server.max_body_size) or {}
+        body = _object_body(request, self.server.max_body_size)
         if not isinstance(body, dict):
             raise LumoraError(errors.BAD_REQUEST, "Body must be a JSON object", status=400, details={"path": ""})
         seconds = _seconds(body.get("seconds"), "seconds")
@@ -372,6 +407,8 @@ class SessionLogs(_SessionLeaf):
 
 class SessionDevices(_SessionPart):
     """DELETE /session/:id/devices/:connectionId"""
+
+    param = "connectionId"
 
     def getChild(self, path, request):
         if request.postpath or not path:
@@ -392,3 +429,14 @@ class DeviceResource(JsonResource):
     def render_DELETE(self, request):
         self.server.disconnect_device(self.session_id, self.connection_id)
         return {"success": True}
+
+
+_SESSION_PARTS = {
+    b"schema": SessionSchema,
+    b"reload": SessionReload,
+    b"health": SessionHealth,
+    b"extend": SessionExtend,
+    b"logs": SessionLogs,
+    b"devices": SessionDevices,
+}
+SessionResource.named = tuple(_SESSION_PARTS)

@@ -281,6 +281,12 @@ class RedisStore:
     def available(self):
         return bool(self._commands is not None and self._commands.size and self._subscriber is not None)
 
+    def connection_state(self):
+        return {
+            "commands": bool(self._commands is not None and self._commands.size),
+            "subscription": self._subscriber is not None,
+        }
+
     def _redis(self):
         if not self.available():
             raise StoreUnavailable("Redis unavailable")

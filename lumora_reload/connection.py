@@ -37,6 +37,7 @@ from zope.interface import Interface, implementer
 
 from lumora_reload import errors, messages
 from lumora_reload.errors import LumoraError
+from lumora_reload.metrics import NO_EVENTS
 from lumora_reload.sessions import IDeviceLink, Outgoing, short_id
 
 # characters of one device `log` line that are kept and logged
@@ -150,8 +151,10 @@ class Connection:
         rate_burst=200,
         max_buffer=4 * 1024 * 1024,
         max_name_length=256,
+        events=NO_EVENTS,
     ):
         self.hub = hub
+        self.events = events
         self.wire = wire
         self.session_id = session_id
         self.clock = clock
@@ -185,6 +188,7 @@ class Connection:
         if refusal is not None:
             self._log.info("refused device upgrade: {why}", why=refusal)
             origin_problem = refusal.startswith("Origin")
+            self.events.refused("websocket", "origin" if origin_problem else "host")
             self.close(messages.CLOSE_FORBIDDEN, "Origin not allowed" if origin_problem else "Host not allowed")
             return
         if not self.session_id:
@@ -284,10 +288,13 @@ class Connection:
             self._missed = True
             return
         self.wire.send_frame(outgoing)
+        size = len(outgoing.payload)
+        self.events.frame_sent(size)
         if self.flow is Flow.PAUSED:
-            self._queued += len(outgoing.payload)
+            self._queued += size
             if self._queued > self.max_buffer:
                 self.flow = Flow.CONGESTED
+                self.events.congested()
 
     def close(self, code, reason):
         """Close with a WebSocket close code (idempotent)."""
@@ -406,6 +413,7 @@ class Connection:
                 )
             )
             self.close(messages.CLOSE_RATE_LIMIT, "Rate limit exceeded")
+            self.events.rate_limit_closed()
 
     def _no_hello(self):
         self._hello_timer = None

@@ -19,6 +19,7 @@ from lumora_reload.access import AccessPolicy
 from lumora_reload.config import Config
 from lumora_reload.errors import LumoraError
 from lumora_reload.liveness import Sweeps
+from lumora_reload.metrics import Metrics
 from lumora_reload.sessions import Hub, Limits, PushResult, short_id
 from lumora_reload.store import ISharedStore, MemoryStore, StoreConflict, StoreUnavailable
 from lumora_reload.websocket import DeviceFactory
@@ -84,6 +85,10 @@ class HotReloadServer(service.Service):
         self._resource = None
         self._queues = SessionQueues()
         self.shared = ISharedStore.providedBy(self.store)
+        self.metrics = Metrics(self.hub, self.ws_factory.connections, self.store if self.shared else None,
+                               config.max_ack_lag)
+        self.ws_factory.events = self.metrics
+        self.hub.on_resume = self.metrics.resumed
         if self.shared:  # cluster mode: other daemons' changes come in here
             # a daemon holding devices of a session claims it for twice its
             # sweep interval, renewed at every sweep: no other daemon expires it
@@ -159,15 +164,15 @@ class HotReloadServer(service.Service):
 
     def _create_session(self, schema, timeout_seconds):
         session, update = self.hub.new_session(schema=schema, timeout_seconds=timeout_seconds)
-        d = defer.maybeDeferred(self.store.create_session, session)
+        d = self.metrics.store_write("create_session", self.store.create_session, session)
         if update is not None:
 
             def commit_first_state(_):
-                committed = defer.maybeDeferred(self.store.commit_push, update)
+                committed = self.metrics.store_write("commit_push", self.store.commit_push, update)
 
                 def undo(failure):
                     # the session must not stay behind without its schema
-                    forget = defer.maybeDeferred(self.store.delete_session, session.id)
+                    forget = self.metrics.store_write("delete_session", self.store.delete_session, session.id)
                     forget.addErrback(lambda f: self._log.warn(
                         "removing half-created session {id} failed: {e}", id=short_id(session.id),
                         e=f.getErrorMessage()))
@@ -229,7 +234,7 @@ class HotReloadServer(service.Service):
 
     def _delete(self, session_id):
         self.hub.get_session(session_id)  # 404 / 410 before touching the store
-        d = defer.maybeDeferred(self.store.delete_session, session_id)
+        d = self.metrics.store_write("delete_session", self.store.delete_session, session_id)
 
         def stored(_):
             session = self.hub.sessions.get(session_id)
@@ -249,7 +254,7 @@ class HotReloadServer(service.Service):
         state the previous one committed; sessions do not wait for each
         other. With a synchronous store the Deferred has fired on return.
         """
-        return self._queues.run(session_id, self._push, session_id, schema, preserve_state)
+        return self.metrics.timed_push(self._queues.run, session_id, self._push, session_id, schema, preserve_state)
 
     @defer.inlineCallbacks
     def _push(self, session_id, schema, preserve_state):
@@ -262,7 +267,7 @@ class HotReloadServer(service.Service):
                 self._save_times(session)
                 return PushResult(True, 0, messages.UPDATE_NONE, session.sequence)
             try:
-                yield defer.maybeDeferred(self.store.commit_push, update)
+                yield self.metrics.store_write("commit_push", self.store.commit_push, update)
             except StoreConflict:
                 if not self.shared:  # a single writer cannot lose a race
                     self._not_stored(Failure(), "store the push")
@@ -316,7 +321,8 @@ class HotReloadServer(service.Service):
         except LumoraError as e:
             return defer.fail(e)
         target = self.hub.extended_activity(session, seconds)
-        d = defer.maybeDeferred(self.store.save_session, attrs.evolve(session, last_activity=target))
+        extended = attrs.evolve(session, last_activity=target)
+        d = self.metrics.store_write("save_session", self.store.save_session, extended)
 
         def stored(_):
             session.active_until(target)
@@ -459,15 +465,15 @@ class HotReloadServer(service.Service):
     def _forget(self, session):
         self._log.info("session {id} expired", id=short_id(session.id))
         try:
-            d = defer.maybeDeferred(self.store.delete_session, session.id)
-        except Exception:  # pragma: no cover - maybeDeferred catches
+            d = self.metrics.store_write("delete_session", self.store.delete_session, session.id)
+        except Exception:  # pragma: no cover - store_write catches
             d = defer.fail()
         d.addErrback(lambda f: self._log.failure("forgetting session {id} failed", f, id=short_id(session.id)))
 
     def _save_times(self, session):
         """Store a session's times; a failure is logged, not raised (times
         are saved again at the next sweep)."""
-        d = defer.maybeDeferred(self.store.save_session, session)
+        d = self.metrics.store_write("save_session", self.store.save_session, session)
         d.addErrback(lambda f: self._log.warn(
             "saving session {id} failed: {e}", id=short_id(session.id), e=f.getErrorMessage()
         ))

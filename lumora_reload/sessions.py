@@ -57,6 +57,9 @@ class Hub:
         # called with a session whose set of devices changed (cluster mode
         # tells the other daemons that this one holds the session)
         self.on_devices_changed = None
+        # called with True or False when a device naming the state it holds
+        # was resumed (sent only what it missed) or not (sent it all)
+        self.on_resume = None
 
     # -- time ----------------------------------------------------------
 
@@ -365,6 +368,8 @@ class Hub:
     def _catch_up(self, session, device, last_sequence, last_checksum=None):
         replay = self._replay(session, device, last_sequence, last_checksum)
         resumed = replay is not None
+        if last_sequence is not None and self.on_resume is not None:
+            self.on_resume(resumed)
         initial = None
         if not resumed and session.schema is not None:
             initial = (session.schema_json(), session.checksum)

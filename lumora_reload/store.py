@@ -95,6 +95,9 @@ class ISharedStore(ISessionStore):
         """Delete the session only if its shared last activity says it
         expired; a Deferred firing True when it was deleted."""
 
+    def connection_state():
+        """Each connection to the shared store by name, True while it is up."""
+
 
 @implementer(ISessionStore)
 class MemoryStore:

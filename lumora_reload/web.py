@@ -23,7 +23,7 @@ from lumora_reload.access import is_loopback
 _log = Logger()
 
 # First path segments of the control API; a --ws-path must not hide them.
-API_SEGMENTS = ("health", "stats", "session", "send")
+API_SEGMENTS = ("health", "stats", "session", "send", "metrics", "openapi.json")
 
 
 class Root(resource.Resource):
@@ -34,6 +34,8 @@ class Root(resource.Resource):
         self.putChild(b"stats", api.Stats(server))
         self.putChild(b"session", api.Sessions(server))
         self.putChild(b"send", api.Send(server))
+        self.putChild(b"metrics", api.MetricsPage(server))
+        self.putChild(b"openapi.json", api.OpenApi(server))
         parts = ws_path_parts(ws_path)
         # /ws, or a nested path such as /lumora/ws
         parent = self
@@ -61,6 +63,12 @@ class Root(resource.Resource):
         return api.NotFound().render(request)
 
     def refusal(self, request):
+        refused = self._refusal(request)
+        if refused is not None:
+            self.server.metrics.refused("api", refused.reason)
+        return refused
+
+    def _refusal(self, request):
         policy = self.server.policy
         if policy.token_ok(_header(request, b"authorization")):
             return None
@@ -69,15 +77,15 @@ class Root(resource.Resource):
             # a tunnel agent connects from loopback; the Host says the
             # request came from outside
             return api.Refused(403, errors.FORBIDDEN, _token_hint(
-                policy, "Requests through the --public-url host come from outside"))
+                policy, "Requests through the --public-url host come from outside"), reason="token")
         peer = getattr(request.getClientAddress(), "host", None)
         if not is_loopback(peer) and not _unix(request):
             return api.Refused(403, errors.FORBIDDEN, _token_hint(
-                policy, "The control API answers only to loopback clients"))
+                policy, "The control API answers only to loopback clients"), reason="token")
         local = getattr(request.getHost(), "host", None)
         why = policy.check_browser(host, _header(request, b"origin"), local)
         if why is not None:
-            return api.Refused(403, errors.FORBIDDEN, why)
+            return api.Refused(403, errors.FORBIDDEN, why, reason="origin" if why.startswith("Origin") else "host")
         return None
 
 

@@ -40,6 +40,7 @@ from zope.interface import implementer
 
 from lumora_reload import messages
 from lumora_reload.connection import Connection, IWire, Phase
+from lumora_reload.metrics import NO_EVENTS
 
 
 class _BufferWatch:
@@ -100,6 +101,7 @@ class DeviceProtocol(WebSocketServerProtocol):
             rate_burst=factory.rate_burst,
             max_buffer=factory.max_buffer,
             max_name_length=factory.max_name_length,
+            events=factory.events,
         )
         factory.opened(self)
         self.connection.opened(self._refusal)
@@ -217,6 +219,8 @@ class DeviceFactory(WebSocketServerFactory):
         self._waiting = []
         # session_id -> Deferred; set by the server in cluster mode
         self.lookup = None
+        # what connections report (the server's metrics)
+        self.events = NO_EVENTS
         options = dict(
             maxMessagePayloadSize=max_message_size,
             maxFramePayloadSize=max_message_size,
