@@ -381,7 +381,10 @@ class PerAddressLimit(WrappingFactory):
     def buildProtocol(self, addr):
         host = getattr(addr, "host", None)
         if host is not None and self.per_address.get(host, 0) >= self.limit:
-            _log.info("refused a connection from {host}: {limit} already open", host=host, limit=self.limit)
+            _log.info(
+                "refused a connection from {host}: {limit} already open",
+                host=host, limit=self.limit, event="connection.refused",
+            )
             return None
         protocol = super().buildProtocol(addr)
         if host is not None:

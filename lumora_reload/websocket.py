@@ -121,6 +121,7 @@ class DeviceProtocol(WebSocketServerProtocol):
         if factory.pending_bytes > factory.max_pending_bytes:
             self._log.info(
                 "closing a device sending a large message: {total} bytes of partial messages held",
+                event="device.busy",
                 total=factory.pending_bytes,
             )
             self._release_pending()
