@@ -91,6 +91,13 @@ class Options(usage.Options):
             from twisted.internet import endpoints, reactor
 
             endpoints.serverFromString(reactor, self["port"])
+        except (IndexError, KeyError) as e:
+            if self["port"].startswith("systemd:"):
+                raise usage.UsageError(
+                    f"--port '{self['port']}': no socket was passed by systemd (LISTEN_FDS/LISTEN_PID); "
+                    "start the daemon through its .socket unit, or give a tcp: port"
+                )
+            raise usage.UsageError(f"--port '{self['port']}' is not a valid endpoint: {e}")
         except Exception as e:
             raise usage.UsageError(f"--port '{self['port']}' is not a valid endpoint: {e}")
         try:
