@@ -110,3 +110,4 @@ def test_level_threshold_and_foreign_fields():
     Logger(namespace="somelib", observer=publisher).info("{event}", event="theirs")
     (record,) = json_records(stream.getvalue().encode())
     assert record["message"] == "theirs" and "event" not in record
+

@@ -122,3 +122,12 @@ async def test_tls_devices_count_against_the_per_address_limit_until_they_leave(
     await hot.stopService()
     await port.stopListening()
     assert site.per_address == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_forwarded_proto_header_does_not_make_wss(daemon_factory):
+    """A plain port says ws in wsUrl even when a request claims X-Forwarded-Proto: https; --public-url is the way."""
+    daemon = await daemon_factory()
+    status, created = await daemon.call("POST", "/session/new", headers={"X-Forwarded-Proto": "https"})
+    assert status == 200
+    assert created["wsUrl"].startswith("ws://")
