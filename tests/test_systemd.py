@@ -74,7 +74,7 @@ def test_service_unit_runs_as_its_own_user_with_state_and_hardening():
     for key, value in [
         ("DynamicUser", "yes"), ("Restart", "on-failure"), ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"), ("ProtectHome", "yes"), ("PrivateTmp", "yes"),
-        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"), ("CapabilityBoundingSet", ""),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX AF_NETLINK"), ("CapabilityBoundingSet", ""),
         ("Requires", "lumora-reload.socket"),
     ]:
         assert setting(unit, key) == value, key
