@@ -398,8 +398,8 @@ class RedisStore:
                 raise errors.session_not_found()
             sequence = int(sequence)
             if sequence == update.sequence and checksum == update.state.checksum:
-                self._log.info("push {seq} to session {id} landed although its reply was lost",
-                               seq=sequence, id=short_id(update.session_id))
+                self._log.info("push {sequence} to session {session} landed although its reply was lost",
+                               sequence=sequence, session=short_id(update.session_id))
                 return None
             if sequence == update.base.sequence:
                 break
@@ -499,7 +499,9 @@ class RedisStore:
                     yield self.replica.reread(session_id)
                 except Exception as e:
                     failed.add(session_id)
-                    self._log.warn("reading session {id} from Redis failed: {e}", id=short_id(session_id), e=e)
+                    self._log.warn(
+                        "reading session {session} from Redis failed: {e}", session=short_id(session_id), e=e
+                    )
             waiting = failed
             if waiting:
                 yield task.deferLater(self.reactor, RESOLVE_INTERVAL * 4, lambda: None)
@@ -531,4 +533,4 @@ class RedisStore:
 
     def _apply_failed(self, failure, session_id):
         if not self._closing:
-            self._log.warn("update for session {id} failed: {e}", id=short_id(session_id), e=failure.value)
+            self._log.warn("update for session {session} failed: {e}", session=short_id(session_id), e=failure.value)

@@ -186,7 +186,7 @@ class Connection:
         if self.phase is not Phase.NEW:
             return
         if refusal is not None:
-            self._log.info("refused device upgrade: {why}", why=refusal)
+            self._log.info("refused device upgrade: {why}", why=refusal, event="device.refused")
             origin_problem = refusal.startswith("Origin")
             self.events.refused("websocket", "origin" if origin_problem else "host")
             self.close(messages.CLOSE_FORBIDDEN, "Origin not allowed" if origin_problem else "Host not allowed")
@@ -261,7 +261,9 @@ class Connection:
         was, self.flow, self._queued = self.flow, Flow.FLOWING, 0
         if was is Flow.CONGESTED and self._missed and self.phase is Phase.ATTACHED:
             self._missed = False
-            self._log.info("device {device} drained; sending the latest state", device=_name(self.device))
+            self._log.info(
+                "device {device} drained; sending the latest state", device=_name(self.device), event="device.drained"
+            )
             self.hub.resync_device(self._session, self.device)
 
     def closed(self, code=None):
@@ -273,6 +275,7 @@ class Connection:
         if self.device is not None:
             self._log.info(
                 "device {device} left session {session} ({code})",
+                event="device.left",
                 device=_name(self.device),
                 session=short_id(self.session_id),
                 code=code,
@@ -327,6 +330,7 @@ class Connection:
         self._cancel_hello()
         self._log.info(
             "device {device} ({platform}, {version}) joined session {session}",
+            event="device.joined",
             device=_name(device),
             platform=device.platform,
             version=device.client_version,
@@ -352,9 +356,10 @@ class Connection:
         self.hub.ack(self.device, payload)
         if not payload["success"]:
             self._log.info(
-                "device {device} failed to apply update {seq}: {error}; sending full schema",
+                "device {device} failed to apply update {sequence}: {error}; sending full schema",
+                event="device.failed",
                 device=_name(self.device),
-                seq=payload["sequenceNumber"],
+                sequence=payload["sequenceNumber"],
                 error=payload.get("error"),
             )
             self._resync()
@@ -377,11 +382,15 @@ class Connection:
             "debug": self._log.debug,
             "trace": self._log.debug,
         }.get(payload["level"].lower(), self._log.info)
-        emit("[{device}] {message}", device=line["deviceName"] or line["deviceId"], message=line["message"])
+        emit(
+            "[{device}] {message}", event="device.log", device=line["deviceName"] or line["deviceId"],
+            message=line["message"], session=short_id(self.session_id),
+        )
 
     def handle_error(self, payload):
         self._log.warn(
             "device {device} reported {code}: {message}",
+            event="device.error",
             device=_name(self.device),
             code=(payload.get("code") or "")[:64],
             message=(payload.get("message") or "")[:LOG_LINE_LIMIT],

@@ -39,7 +39,7 @@ class Sweeps:
             stale = self._hub.stale_devices()
             for session, device in stale:
                 self._log.info(
-                    "device {device} timed out", device=device.device_name or device.device_id
+                    "device {device} timed out", device=device.device_name or device.device_id, event="device.timeout"
                 )
                 session.remove_device(device)
                 device.link.close(messages.CLOSE_NORMAL, "Connection timeout")

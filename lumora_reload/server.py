@@ -102,7 +102,7 @@ class HotReloadServer(service.Service):
         for session in self.store.load():
             self.hub.add_session(session)
         if self.hub.sessions:
-            self._log.info("restored {n} session(s)", n=len(self.hub.sessions))
+            self._log.info("restored {n} session(s)", n=len(self.hub.sessions), event="sessions.restored")
         self.sweeps.start()
         super().startService()
 
@@ -174,7 +174,7 @@ class HotReloadServer(service.Service):
                     # the session must not stay behind without its schema
                     forget = self.metrics.store_write("delete_session", self.store.delete_session, session.id)
                     forget.addErrback(lambda f: self._log.warn(
-                        "removing half-created session {id} failed: {e}", id=short_id(session.id),
+                        "removing half-created session {session} failed: {e}", session=short_id(session.id),
                         e=f.getErrorMessage()))
                     return forget.addBoth(lambda _: failure)
 
@@ -186,7 +186,7 @@ class HotReloadServer(service.Service):
             if update is not None:
                 session.state = update.state
             self.hub.add_session(session)
-            self._log.info("session {id} created", id=short_id(session.id))
+            self._log.info("session {session} created", session=short_id(session.id), event="session.created")
             return session
 
         d.addCallbacks(stored, self._not_stored, errbackArgs=("create the session",))
@@ -240,7 +240,7 @@ class HotReloadServer(service.Service):
             session = self.hub.sessions.get(session_id)
             if session is not None:
                 self.hub.drop(session, messages.CLOSE_NORMAL, "Session closed")
-            self._log.info("session {id} deleted", id=short_id(session_id))
+            self._log.info("session {session} deleted", session=short_id(session_id), event="session.deleted")
             return True
 
         return d.addCallbacks(stored, self._not_stored, errbackArgs=("delete the session",))
@@ -254,10 +254,13 @@ class HotReloadServer(service.Service):
         state the previous one committed; sessions do not wait for each
         other. With a synchronous store the Deferred has fired on return.
         """
-        return self.metrics.timed_push(self._queues.run, session_id, self._push, session_id, schema, preserve_state)
+        started = self.clock.seconds()
+        return self.metrics.timed_push(
+            self._queues.run, session_id, self._push, session_id, schema, preserve_state, started
+        )
 
     @defer.inlineCallbacks
-    def _push(self, session_id, schema, preserve_state):
+    def _push(self, session_id, schema, preserve_state, started):
         yield self._known(session_id)
         for _ in range(MAX_CONFLICTS):
             update = self.hub.plan_push(session_id, schema, preserve_state)
@@ -281,8 +284,9 @@ class HotReloadServer(service.Service):
                 raise errors.session_not_found()
             if self.verbose:
                 self._log.info(
-                    "push {seq} ({kind}) to {n} device(s) of session {id}",
-                    seq=update.sequence, kind=update.update_type, n=count, id=short_id(session_id),
+                    "push {sequence} ({kind}) to {n} device(s) of session {session} in {latency_ms} ms",
+                    event="push", sequence=update.sequence, kind=update.update_type, n=count,
+                    session=short_id(session_id), latency_ms=round((self.clock.seconds() - started) * 1000, 3),
                 )
             return PushResult(True, count, update.update_type, update.sequence)
         raise LumoraError(errors.INTERNAL_ERROR, "Too many concurrent pushes to this session", status=503)
@@ -449,13 +453,13 @@ class HotReloadServer(service.Service):
             if gone:
                 if self.hub.sessions.get(session.id) is session:
                     self.hub.expire(session)
-                self._log.info("session {id} expired", id=short_id(session.id))
+                self._log.info("session {session} expired", session=short_id(session.id), event="session.expired")
                 return None
             return self.reread(session.id)
 
         d.addCallback(decided)
-        d.addErrback(lambda f: self._log.warn("expiry of session {id} not decided: {e}",
-                                              id=short_id(session.id), e=f.getErrorMessage()))
+        d.addErrback(lambda f: self._log.warn("expiry of session {session} not decided: {e}",
+                                              session=short_id(session.id), e=f.getErrorMessage()))
 
     def reread(self, session_id):
         """IReplica: read the session from the shared store again, inside
@@ -463,19 +467,21 @@ class HotReloadServer(service.Service):
         return self._queues.run(session_id, self._refresh, session_id)
 
     def _forget(self, session):
-        self._log.info("session {id} expired", id=short_id(session.id))
+        self._log.info("session {session} expired", session=short_id(session.id), event="session.expired")
         try:
             d = self.metrics.store_write("delete_session", self.store.delete_session, session.id)
         except Exception:  # pragma: no cover - store_write catches
             d = defer.fail()
-        d.addErrback(lambda f: self._log.failure("forgetting session {id} failed", f, id=short_id(session.id)))
+        d.addErrback(
+            lambda f: self._log.failure("forgetting session {session} failed", f, session=short_id(session.id))
+        )
 
     def _save_times(self, session):
         """Store a session's times; a failure is logged, not raised (times
         are saved again at the next sweep)."""
         d = self.metrics.store_write("save_session", self.store.save_session, session)
         d.addErrback(lambda f: self._log.warn(
-            "saving session {id} failed: {e}", id=short_id(session.id), e=f.getErrorMessage()
+            "saving session {session} failed: {e}", session=short_id(session.id), e=f.getErrorMessage()
         ))
         return d
 

@@ -277,7 +277,7 @@ class SQLiteStore:
                 schema = _load(body) if body is not None else None
             except ValueError as e:
                 self._log.error(
-                    "session {id}: stored schema unreadable ({e}); skipped", id=short_id(session_id), e=e
+                    "session {session}: stored schema unreadable ({e}); skipped", session=short_id(session_id), e=e
                 )
                 continue
             state = EMPTY

@@ -9,6 +9,7 @@ from twisted.python import usage
 
 from lumora_reload import __version__
 from lumora_reload.config import Config, option_rows
+from lumora_reload.logs import FORMATS, take_over
 
 
 def default_data_dir():
@@ -36,6 +37,8 @@ class Options(usage.Options):
         ["api-token", None, None, "Bearer token that opens the control API to non-loopback callers."],
         ["api-token-file", None, None, "File holding the API token."],
         ["public-url", None, None, "Base URL used in wsUrl when behind a proxy or tunnel."],
+        ["log-format", None, "text",
+         "Log lines as 'text' or 'json' (one object per line), under twist and twistd -n alike."],
     ] + option_rows()
 
     def __init__(self):
@@ -80,12 +83,21 @@ class Options(usage.Options):
                 raise usage.UsageError(f"cannot read --api-token-file: {e.strerror}")
             if not self["api-token"]:
                 raise usage.UsageError("--api-token-file is empty")
+        if self["log-format"] not in FORMATS:
+            raise usage.UsageError(f"--log-format must be text or json, not '{self['log-format']}'")
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
         try:
             from twisted.internet import endpoints, reactor
 
             endpoints.serverFromString(reactor, self["port"])
+        except (IndexError, KeyError) as e:
+            if self["port"].startswith("systemd:"):
+                raise usage.UsageError(
+                    f"--port '{self['port']}': no socket was passed by systemd (LISTEN_FDS/LISTEN_PID); "
+                    "start the daemon through its .socket unit, or give a tcp: port"
+                )
+            raise usage.UsageError(f"--port '{self['port']}' is not a valid endpoint: {e}")
         except Exception as e:
             raise usage.UsageError(f"--port '{self['port']}' is not a valid endpoint: {e}")
         try:
@@ -127,6 +139,7 @@ def makeService(config, reactor=None):
     # keeps its own collector settings.
     gc.freeze()
     gc.set_threshold(20000, 20, 20)
+    take_over(config)
     return build(config, reactor)
 
 

@@ -12,10 +12,12 @@ parse errors included (`Channel`).
 import io
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import http, resource, server
 from twisted.web.http import _escape
+from zope.interface import implementer
 
 from lumora_reload import api, errors
 from lumora_reload.access import is_loopback
@@ -371,11 +373,18 @@ class Site(server.Site):
         self.noisy = False
 
 
+@implementer(IProtocolNegotiationFactory)
 class PerAddressLimit(WrappingFactory):
     """At most `limit` open connections from one remote address (HTTP and
     WebSocket alike); more are closed as soon as they are accepted."""
 
     noisy = False
+
+    def acceptableProtocols(self):
+        # On a TLS port the wrapper hides the Site from ALPN; without an
+        # answer a client offering ALPN (every browser) fails the handshake.
+        # The channel speaks HTTP/1.1 only, which WebSocket upgrades need.
+        return [b"http/1.1"]
 
     def __init__(self, wrapped, limit):
         super().__init__(wrapped)
@@ -389,7 +398,10 @@ class PerAddressLimit(WrappingFactory):
     def buildProtocol(self, addr):
         host = getattr(addr, "host", None)
         if host is not None and self.per_address.get(host, 0) >= self.limit:
-            _log.info("refused a connection from {host}: {limit} already open", host=host, limit=self.limit)
+            _log.info(
+                "refused a connection from {host}: {limit} already open",
+                host=host, limit=self.limit, event="connection.refused",
+            )
             return None
         protocol = super().buildProtocol(addr)
         if host is not None:

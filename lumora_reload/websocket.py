@@ -36,6 +36,8 @@ taking our bytes and when it drained.
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from lumora_reload import messages
@@ -68,6 +70,17 @@ class DeviceProtocol(WebSocketServerProtocol):
     _session_id = None
     _refusal = None
     _pending = 0  # bytes of the message being received
+
+    def makeConnection(self, transport):
+        # On a TLS port the per-address limit's ProtocolWrapper sits between
+        # the TLS transport and us, claiming its interfaces; Autobahn looks
+        # for TLS details on the transport itself and fails on the wrapper.
+        # Talk to the TLS transport directly: the wrapper stays in the chain
+        # (it feeds us data and counts the connection when it ends).
+        inner = getattr(transport, "transport", None)
+        if isinstance(transport, ProtocolWrapper) and isinstance(inner, TLSMemoryBIOProtocol):
+            transport = inner
+        super().makeConnection(transport)
 
     @property
     def device(self):
@@ -123,6 +136,7 @@ class DeviceProtocol(WebSocketServerProtocol):
         if factory.pending_bytes > factory.max_pending_bytes:
             self._log.info(
                 "closing a device sending a large message: {total} bytes of partial messages held",
+                event="device.busy",
                 total=factory.pending_bytes,
             )
             self._release_pending()

@@ -447,5 +447,5 @@ async def test_verbose_logs_every_push(daemon_factory):
             await daemon.push(sid, make_schema())
     finally:
         globalLogPublisher.removeObserver(events.append)
-    pushes = [e for e in events if e.get("log_format", "").startswith("push {seq}")]
+    pushes = [e for e in events if e.get("event") == "push"]
     assert len(pushes) == 1 and pushes[0]["kind"] == "full"
