@@ -8,7 +8,7 @@ import sys
 from urllib.parse import urlsplit
 
 from lumora_reload import __version__
-from lumora_reload.cli.control import DEFAULT_URL, TOKEN_ENV, Api
+from lumora_reload.cli.control import DEFAULT_URL, TOKEN_ENV, URL_ENV, Api, default_url, resolve_session
 from lumora_reload.cli.device import cmd_device
 from lumora_reload.cli.output import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, Output, print_error
 from lumora_reload.cli.push import cmd_push
@@ -19,7 +19,8 @@ from lumora_reload.cli.watch import cmd_watch
 def _global_options(parser, suppress):
     kw = {"default": argparse.SUPPRESS} if suppress else {}
     parser.add_argument(
-        "--url", help=f"the daemon's base URL (default {DEFAULT_URL})", **({"default": DEFAULT_URL} | kw)
+        "--url", help=f"the daemon's base URL (default ${URL_ENV}, else {DEFAULT_URL})",
+        **({"default": default_url()} | kw),
     )
     parser.add_argument("--api-token", help=f"bearer token for the control API (default: ${TOKEN_ENV})", **kw)
     parser.add_argument("--json", action="store_true", help="machine-readable output (JSON)", **kw)
@@ -111,10 +112,13 @@ def main(argv=None):
     token = args.api_token if args.api_token is not None else os.environ.get(TOKEN_ENV)
     parts = urlsplit(args.url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        parser.error(f"--url must look like {DEFAULT_URL}, not {args.url!r}")
+        where = f"${URL_ENV}" if args.url == os.environ.get(URL_ENV, "").strip() else "--url"
+        parser.error(f"{where} must look like {DEFAULT_URL}, not {args.url!r}")
     api = Api(args.url, token=token or None, timeout=args.http_timeout)
     out = Output(as_json=args.json, colour=args.color)
     try:
+        if getattr(args, "session", None):
+            args.session = resolve_session(api, args.session)
         code = args.run(args, api, out)
     except CliError as e:
         print_error(e)
