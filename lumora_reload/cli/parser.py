@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from lumora_reload import __version__
 from lumora_reload.cli.control import DEFAULT_URL, TOKEN_ENV, URL_ENV, Api, default_url, resolve_session
+from lumora_reload.cli.dev import cmd_dev
 from lumora_reload.cli.device import cmd_device
 from lumora_reload.cli.output import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, Output, print_error
 from lumora_reload.cli.push import cmd_push
@@ -103,6 +104,29 @@ def build_parser():
     device.add_argument("--keep-going", action="store_true",
                         help="on a checksum mismatch, ask for the full schema instead of exiting")
     device.set_defaults(run=cmd_device)
+
+    dev = commands.add_parser(
+        "dev", parents=[common],
+        help="the whole loop in one process: daemon, session, QR code, preview, watch, device logs",
+        description="Use the daemon at --url if one answers, else run one here; reuse this project's "
+                    "session; print the device URL, its QR code and the preview URL; push PATH on every "
+                    "save; show device logs. Keys: r reload, o open the preview, c clear, q quit.",
+    )
+    dev.add_argument("path", metavar="PATH", nargs="?",
+                     help="a schema file, or a folder with --run (default: watch nothing)")
+    dev.add_argument("--run", dest="converter", metavar="CMD",
+                     help="converter run on each change ({file} = the changed file); its stdout is pushed")
+    dev.add_argument("--port", metavar="PORT",
+                     help="port (or endpoint) of the daemon run here when none answers (default 8080)")
+    dev.add_argument("--data-dir", metavar="D", help="where sessions live (default: the daemon's default)")
+    dev.add_argument("--in-memory", action="store_true", help="the daemon run here keeps nothing on disk")
+    dev.add_argument("--host", help="host name or address phones use to reach this machine")
+    dev.add_argument("--debounce", type=float, default=100.0, metavar="MS",
+                     help="wait this long after the last change before pushing (default 100)")
+    dev.add_argument("--no-qr", action="store_true", help="do not draw the QR code")
+    dev.add_argument("--plain", action="store_true", help="no keys, even in a terminal")
+    dev.add_argument("--verbose", action="store_true", help="show every line of the daemon's log")
+    dev.set_defaults(run=cmd_dev)
     return parser
 
 

@@ -144,7 +144,7 @@ def cmd_status(args, api, out):
     return EXIT_OK
 
 
-def _log_line(line, out):
+def log_line(line, out):
     level = str(line.get("level", "info")).lower()
     who = line.get("deviceName") or line.get("deviceId") or "?"
     stamp = clock_time(line.get("time", 0))
@@ -179,7 +179,7 @@ def cmd_logs(args, api, out):
             if out.as_json:
                 out.json(line)
             else:
-                out.line(_log_line(line, out))
+                out.line(log_line(line, out))
         if not args.follow:
             return EXIT_OK
         previous = lines
