@@ -145,7 +145,7 @@ class Listener(service.Service):
 
         def listening(port):
             self.port = port
-            self.hot.listening(loopback_only(port.getHost()))
+            self.hot.loopback_only = loopback_only(port.getHost())
             return port
 
         def failed(failure):

@@ -82,7 +82,7 @@ class HotReloadServer(service.Service):
             on_active=self._save_times, expire=self._expire,
         )
         self._resource = None
-        self._loopback_only = None  # how the daemon listens; unknown when embedded
+        self.loopback_only = None  # set by the daemon's listener; unknown when embedded
         self._queues = SessionQueues()
         self.shared = ISharedStore.providedBy(self.store)
         if self.shared:  # cluster mode: other daemons' changes come in here
@@ -208,15 +208,10 @@ class HotReloadServer(service.Service):
         """The session's log lines, oldest first."""
         return list(self.hub.get_session(session_id).logs)
 
-    def listening(self, loopback_only):
-        """Told by the daemon's listener: whether only this machine can
-        connect (``GET /health`` says so, for tools that print LAN URLs)."""
-        self._loopback_only = bool(loopback_only)
-
     def get_health(self):
         health = {"status": "ok", "sessions": len(self.hub.sessions), "totalDevices": self.hub.total_devices()}
-        if self._loopback_only is not None:
-            health["loopbackOnly"] = self._loopback_only
+        if self.loopback_only is not None:  # tools that print LAN URLs warn when only loopback works
+            health["loopbackOnly"] = self.loopback_only
         return health
 
     def session_info(self, session_id):

@@ -85,12 +85,12 @@ async def test_hints_carry_url_when_it_is_not_the_default(daemon):
 @ensure
 async def test_session_new_warns_when_the_daemon_listens_on_loopback_only(daemon):
     """A LAN URL for a daemon bound to 127.0.0.1 comes with a warning and the fix."""
-    daemon.server.listening(True)
+    daemon.server.loopback_only = True
     code, out, err = await cli(daemon, "--url", daemon.url, "session", "new", "--host", "10.1.2.3", "--no-qr")
     assert code == 0, err
     port = daemon.port.getHost().port
     assert f"Warning: the daemon listens on this machine only, so phones cannot reach 10.1.2.3:{port}" in out
     assert f"restart it with --port {port}" in out
-    daemon.server.listening(False)
+    daemon.server.loopback_only = False
     code, out, err = await cli(daemon, "--url", daemon.url, "session", "new", "--host", "10.1.2.3", "--no-qr")
     assert code == 0 and "Warning" not in out, err

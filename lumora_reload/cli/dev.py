@@ -313,6 +313,18 @@ class Dev:
         self.out.line(self.out.paint(f"device log polling stopped: {failure.getErrorMessage()}", "error"))
 
 
+def stop_on_signals(reactor, quit):
+    """Ctrl-C and SIGTERM end `dev` cleanly, however often they come (a
+    second signal while stopping is not an error)."""
+    import signal
+
+    def handler(number, frame):
+        reactor.callFromThread(quit)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _check_args(args):
     if args.debounce < 0:
         raise CliError("--debounce must be 0 or more milliseconds")
@@ -379,6 +391,7 @@ def cmd_dev(args, api, out):
             reactor, pool, loopback_warning, api, device_url(f"{ws_base(url)}?session=x", args.host)[0])
         if keys:
             Keys(reactor, dev.key).start()
+        stop_on_signals(reactor, dev.quit)
         return await dev.start()
 
     from twisted.internet import defer
