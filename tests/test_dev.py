@@ -190,6 +190,9 @@ async def test_dev_with_a_converter_pushes_its_output_and_reports_its_failures(t
     converter.write_text(
         "import json, sys\n"
         "text = open(sys.argv[1]).read().strip()\n"
+        "if text == 'garbage':\n"
+        "    print('this is not JSON')\n"
+        "    sys.exit(0)\n"
         "if text == 'broken':\n"
         "    sys.stderr.write('App.tsx:3: unexpected token\\n')\n"
         "    sys.exit(3)\n"
@@ -219,10 +222,18 @@ async def test_dev_with_a_converter_pushes_its_output_and_reports_its_failures(t
         assert "(not pushed)" in await failed
         await stderr
 
+        invalid = proc.wait_line(has("invalid JSON"))
+        (src / "App.tsx").write_text("garbage")  # the converter prints something that is not JSON
+        assert "(not pushed)" in await invalid
+
         (src / "App.tsx").write_text("second")
-        update = await device.next_of("update")  # the failed run sent nothing in between
+        update = await device.next_of("update")  # the failed runs sent nothing in between
         assert update["payload"]["sequenceNumber"] == 2
         assert with_text_of(update) == "second"
+
+        left = proc.wait_line(has("device Pixel 8 left"))
+        device.transport.loseConnection()
+        await left
     finally:
         await proc.stop()
         if device is not None:
@@ -298,3 +309,24 @@ def test_dev_refuses_a_folder_without_a_converter(tmp_path):
     result = subprocess.run([sys.executable, "-m", "lumora_reload", "dev", "src"], cwd=tmp_path, env=environment(),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "--run" in result.stderr and result.stderr.count("\n") == 1
+
+
+@ensure
+async def test_dev_plain_in_memory_verbose_and_ctrl_c(tmp_path, reactor):
+    """--plain turns keys off in a terminal, --verbose shows the daemon's
+    log, --in-memory remembers no session, Ctrl-C ends with status 0."""
+    project(tmp_path)
+    port = free_port()
+    data = tmp_path / "data"
+    proc = Dev(reactor, dev_args(port, data, "app.json", "--no-qr", "--plain", "--in-memory", "--verbose"),
+               tmp_path, pty=True)
+    try:
+        await proc.wait_line(has("keys are off"))
+        await proc.wait_line(has("pushed app.json"))
+        assert f"daemon: listening on http://127.0.0.1:{port} (all interfaces)" in proc.text()
+        proc.transport.signalProcess("INT")
+        code = await proc.wait_exit()
+    finally:
+        await proc.stop()
+    assert code == 0 and "Traceback" not in proc.text()
+    assert not (data / "dev-sessions.json").exists()

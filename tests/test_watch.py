@@ -49,7 +49,8 @@ async def test_a_same_size_save_within_the_timestamp_resolution_is_pushed(daemon
 
 @ensure
 async def test_a_missing_file_is_reported_and_pushed_when_it_appears(daemon, tmp_path, reactor):
-    """Watching a file that does not exist says so, then pushes it once created."""
+    """Watching a file that does not exist says so, then pushes it once
+    created; deleted and written again, the same."""
     sid = await daemon.new_session()
     session = daemon.server.get_session(sid)
     path = tmp_path / "app.json"
@@ -63,6 +64,14 @@ async def test_a_missing_file_is_reported_and_pushed_when_it_appears(daemon, tmp
         os.replace(tmp, path)
         await pushed
         assert session.sequence == 1 and session.schema == make_schema()
+
+        deleted = proc.wait_line(lambda line: "was deleted; waiting for it" in line)
+        path.unlink()
+        await deleted
+        pushed = proc.wait_line(lambda line: "pushed" in line)
+        path.write_text(json.dumps(with_text(make_schema(), "back")))
+        await pushed
+        assert session.schema == with_text(make_schema(), "back")
     finally:
         await proc.stop()
 
@@ -91,3 +100,15 @@ async def test_a_save_made_while_the_daemon_was_down_is_pushed_when_it_is_back(d
         assert session.schema == with_text(schema, "while down")
     finally:
         await proc.stop()
+
+
+def test_scratch_files_and_dependency_folders_are_not_sources(tmp_path):
+    """Folder mode skips hidden files, editor scratch files and dependency folders."""
+    from lumora_reload.cli.watcher import is_scratch
+
+    root = str(tmp_path)
+    for name in ("App.tsx", "screens/Home.tsx"):
+        assert not is_scratch(os.path.join(root, name), root), name
+    for name in (".App.tsx.swp", "App.tsx~", ".#App.tsx", "4913", "App.tsx.tmp", ".git/index",
+                 "node_modules/x/index.js", "dist/app.js", "build/out.json", "__pycache__/a.pyc"):
+        assert is_scratch(os.path.join(root, name), root), name
