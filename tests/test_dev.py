@@ -330,3 +330,20 @@ async def test_dev_plain_in_memory_verbose_and_ctrl_c(tmp_path, reactor):
         await proc.stop()
     assert code == 0 and "Traceback" not in proc.text()
     assert not (data / "dev-sessions.json").exists()
+
+
+@ensure
+async def test_dev_warns_when_its_daemon_listens_on_loopback_only(tmp_path, reactor):
+    """A daemon bound to 127.0.0.1 cannot serve the LAN URL: the banner says so."""
+    project(tmp_path)
+    port = free_port()
+    lan = device_url(f"ws://127.0.0.1:{port}/ws?session=x")[0]
+    if lan.startswith("ws://127.0.0.1"):
+        pytest.skip("this machine has no LAN address to show")
+    proc = Dev(reactor, dev_args(f"tcp:{port}:interface=127.0.0.1", tmp_path / "data", "app.json", "--no-qr"),
+               tmp_path)
+    try:
+        line = await proc.wait_line(has("Warning:"))
+    finally:
+        await proc.stop()
+    assert "listens on this machine only" in line and f"restart it with --port {port}" in line

@@ -118,13 +118,15 @@ class Dev:
         self.logs = []
         self.devices = {}
         self.ticker = None
+        self.ws_url, self.lan_url, self.note = self._urls()
+        self.warning = None  # why the device URL cannot work, when the daemon says so
+        self.keys = False  # keys are read (a terminal)
 
     # -- start and stop ----------------------------------------------------
 
     def start(self):
         from twisted.internet import task
 
-        self.ws_url, self.lan_url, self.note = self._urls()
         self.banner()
         if self.args.path:
             self.watcher = FileWatcher(self.reactor, self.args.path, self._changed)
@@ -187,9 +189,6 @@ class Dev:
             out.line(out.paint(f"Keys: {KEYS}", "dim"))
         else:
             out.line(out.paint("No terminal: keys are off; Ctrl-C or SIGTERM stops.", "dim"))
-
-    warning = None
-    keys = False
 
     # -- keys ---------------------------------------------------------------
 
@@ -370,10 +369,13 @@ def cmd_dev(args, api, out):
         show_daemon_log(out, args.verbose)
     api = Api(url, token=api.token, timeout=api.timeout, default=api.default)
     memory = None if args.in_memory and local else SessionMemory(data_dir)
-    project = args.path if args.path and os.path.isdir(args.path) else os.path.dirname(os.path.abspath(
-        args.path or "."))
+    # the project folder: its session is remembered under this name
     if args.path is None:
         project = os.getcwd()
+    elif os.path.isdir(args.path):
+        project = args.path
+    else:
+        project = os.path.dirname(os.path.abspath(args.path))
     keys = sys.stdin.isatty() and sys.stdout.isatty() and not out.as_json and not args.plain
 
     async def main(reactor):
@@ -387,8 +389,7 @@ def cmd_dev(args, api, out):
         session_id, reused = await threads.deferToThreadPool(reactor, pool, project_session, api, memory, project)
         dev = Dev(reactor, args, api, out, url, session_id, reused, local)
         dev.keys = keys
-        dev.warning = await threads.deferToThreadPool(
-            reactor, pool, loopback_warning, api, device_url(f"{ws_base(url)}?session=x", args.host)[0])
+        dev.warning = await threads.deferToThreadPool(reactor, pool, loopback_warning, api, dev.lan_url)
         if keys:
             Keys(reactor, dev.key).start()
         stop_on_signals(reactor, dev.quit)
