@@ -33,8 +33,13 @@ async def test_lumora_reload_url_is_the_default_for_url(daemon):
     assert code == 0, err
     assert f"Session {sid}: state #1" in out
     # --url still wins over it
-    code, out, err = await cli(daemon, "--url", f"http://127.0.0.1:{free_port()}", "status", sid, env=env)
-    assert "cannot reach the daemon" in one_error_line(code, out, err)
+    port = free_port()
+    code, out, err = await cli(daemon, "--url", f"http://127.0.0.1:{port}", "status", sid, env=env)
+    line = one_error_line(code, out, err)
+    assert "cannot reach the daemon" in line
+    # the hint starts a daemon there, or names that URL to `dev`
+    assert f"`twistd -n lumora-reload --port {port}`" in line
+    assert f"`lumora-reload --url http://127.0.0.1:{port} dev`" in line
     # a bad value names the variable
     code, out, err = await cli(daemon, "status", env={"LUMORA_RELOAD_URL": "localhost:8080"})
     assert code == 2 and "$LUMORA_RELOAD_URL must look like" in err

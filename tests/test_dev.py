@@ -347,3 +347,21 @@ async def test_dev_warns_when_its_daemon_listens_on_loopback_only(tmp_path, reac
     finally:
         await proc.stop()
     assert "listens on this machine only" in line and f"restart it with --port {port}" in line
+
+
+@ensure
+async def test_dev_json_prints_one_object_per_line(daemon, tmp_path, reactor):
+    """--json: the banner and every push are JSON objects, one per line."""
+    project(tmp_path)
+    proc = Dev(reactor, ["--url", daemon.url, "--json", "dev", "app.json", "--data-dir", str(tmp_path / "d")],
+               tmp_path)
+    try:
+        await proc.wait_line(has('"event": "push"'))
+    finally:
+        await proc.stop()
+    events = [json.loads(line) for line in proc.text().splitlines() if line.strip()]
+    ready, push = events[0], events[1]
+    sid = ready["sessionId"]
+    assert ready["event"] == "ready" and ready["inProcess"] is False
+    assert ready["previewUrl"] == f"{daemon.url}/preview/{sid}" and ready["dashboardUrl"] == f"{daemon.url}/"
+    assert push["event"] == "push" and push["sequenceNumber"] == 1 and push["updateType"] == "full"
