@@ -74,8 +74,11 @@ class Pusher:
     submission replaces it). `on_gone(message)` is called when the session
     no longer exists."""
 
-    def __init__(self, reactor, api, out, session_id, on_gone=None, retry=RETRY_SECONDS):
+    def __init__(self, reactor, api, out, session_id, on_gone=None, retry=RETRY_SECONDS, clock=None, push=None):
         self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        # push(raw, source) -> Deferred of (answer, ms); by default HTTP in the reactor's thread pool
+        self.push = push if push is not None else self._push_in_thread
         self.api = api
         self.out = out
         self.session_id = session_id
@@ -125,11 +128,14 @@ class Pusher:
             return None
         return self._send(raw, source)
 
-    def _send(self, raw, source):
+    def _push_in_thread(self, raw, source):
         from twisted.internet import threads
 
-        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), push_raw, self.api,
-                                      self.session_id, raw, source)
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), push_raw, self.api,
+                                         self.session_id, raw, source)
+
+    def _send(self, raw, source):
+        d = self.push(raw, source)
         return d.addCallbacks(self._pushed, self._failed, callbackArgs=(raw, source), errbackArgs=(raw, source))
 
     def _pushed(self, result, raw, source):
@@ -163,7 +169,7 @@ class Pusher:
                 event="unreachable", file=source, error=str(e),
             )
         self._waiting = (raw, source)
-        self._retry_call = self.reactor.callLater(self.retry, self._again)
+        self._retry_call = self.clock.callLater(self.retry, self._again)
 
     def _again(self):
         self._retry_call = None
