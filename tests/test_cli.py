@@ -249,7 +249,7 @@ async def test_watch_debounces_reports_invalid_json_and_recovers(daemon, tmp_pat
         assert session.sequence == 1
 
         pushed = proc.wait_line(lambda l: "pushed" in l)
-        for i in range(3):  # three saves in a burst, 60 ms apart (more than one poll)
+        for i in range(3):  # three saves in a burst, 60 ms apart (three file events)
             if i:
                 await task.deferLater(reactor, 0.06)
             write_json(path, with_text(schema, f"save {i}"))
