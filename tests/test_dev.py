@@ -46,6 +46,10 @@ class Dev(Proc):
         self.transport = reactor.spawnProcess(self, sys.executable, argv, env=env or environment(),
                                               path=str(cwd), usePTY=pty)
 
+    def stop(self):
+        print(self.text())  # shown by pytest when the test fails
+        return super().stop()
+
     def text(self):
         return self.out.decode("utf-8", "replace").replace("\r\n", "\n")
 
@@ -93,8 +97,10 @@ async def test_dev_in_a_terminal_pushes_saves_streams_logs_and_answers_keys(tmp_
                pty=True, env=env)
     device = None
     try:
-        await proc.wait_line(has("Keys: r reload"))
-        await proc.wait_line(has("pushed app.json: full update #1"))
+        banner = proc.wait_line(has("Keys: r reload"))
+        first = proc.wait_line(has("pushed app.json: full update #1"))
+        await banner
+        await first
         text = proc.text()
         sid = proc.value("Session:")
         assert len(sid) == 32 and "(new)" in text
@@ -106,9 +112,10 @@ async def test_dev_in_a_terminal_pushes_saves_streams_logs_and_answers_keys(tmp_
         segno.make(lan, error="m").terminal(out=qr, compact=True, border=2)
         assert qr.getvalue() in text  # the QR code carries the device URL
 
+        arrived = proc.wait_line(has("device Pixel 8 (android) connected"))
         device, connected = await join(reactor, port, sid)
         assert connected["initialSchema"] == make_schema()
-        await proc.wait_line(has("device Pixel 8 (android) connected"))
+        await arrived
 
         pushed = proc.wait_line(has("pushed app.json: incremental update #2 -> 1 device"))
         path.write_text(json.dumps(with_text(make_schema(), "Saved")))
@@ -166,8 +173,10 @@ async def test_dev_without_a_terminal_runs_plain_and_reuses_the_session(tmp_path
     for run in range(2):
         proc = Dev(reactor, dev_args(port, tmp_path / "data", "app.json", "--no-qr"), tmp_path)
         try:
-            await proc.wait_line(has("keys are off; Ctrl-C or SIGTERM stops"))
-            await proc.wait_line(has("pushed app.json"))
+            plain = proc.wait_line(has("keys are off; Ctrl-C or SIGTERM stops"))
+            first = proc.wait_line(has("pushed app.json"))
+            await plain
+            await first
             ids.append(proc.value("Session:"))
             assert ("(reused)" if run else "(new)") in proc.text()
             proc.transport.signalProcess("TERM")
@@ -207,7 +216,9 @@ async def test_dev_with_a_converter_pushes_its_output_and_reports_its_failures(t
     try:
         await proc.wait_line(has("waiting for a change in src"))
         sid = proc.value("Session:")
+        arrived = proc.wait_line(has("device Pixel 8 (android) connected"))
         device, _ = await join(reactor, port, sid)
+        await arrived  # seen, so its leaving is shown too
 
         pushed = proc.wait_line(has("pushed `"))
         (src / "App.tsx").write_text("first")
@@ -321,8 +332,10 @@ async def test_dev_plain_in_memory_verbose_and_ctrl_c(tmp_path, reactor):
     proc = Dev(reactor, dev_args(port, data, "app.json", "--no-qr", "--plain", "--in-memory", "--verbose"),
                tmp_path, pty=True)
     try:
-        await proc.wait_line(has("keys are off"))
-        await proc.wait_line(has("pushed app.json"))
+        plain = proc.wait_line(has("keys are off"))
+        first = proc.wait_line(has("pushed app.json"))
+        await plain
+        await first
         assert f"daemon: listening on http://127.0.0.1:{port} (all interfaces)" in proc.text()
         proc.transport.signalProcess("INT")
         code = await proc.wait_exit()

@@ -281,8 +281,13 @@ class Dev:
 
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), both)
         d.addCallback(self._polled)
-        d.addErrback(lambda f: f.trap(CliError))  # the pusher reports a daemon that is down
+        d.addErrback(self._poll_error)
         d.addBoth(self._poll_done)
+
+    def _poll_error(self, failure):
+        if not failure.check(CliError):  # a daemon that is down: the pusher says so
+            self.out.line(self.out.paint(f"{stamp()} reading device logs failed: {failure.getErrorMessage()}",
+                                         "error"))
 
     def _poll_done(self, _):
         self.polling = False
