@@ -96,6 +96,10 @@ def show_daemon_log(out, verbose):
 
 
 class Dev:
+    """One `dev` run on one session: the banner, the watched path, the
+    keys, and the devices and their logs. `start` returns a Deferred that
+    fires with the exit status (on `q`, Ctrl-C or SIGTERM)."""
+
     def __init__(self, reactor, args, api, out, base, session_id, reused, local):
         from twisted.internet import defer
 
