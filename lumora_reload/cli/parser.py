@@ -37,7 +37,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="lumora-reload",
         description="Push live Lumora UI-schema updates to devices through a running lumora-reload daemon.",
-        epilog="Start the daemon first: twistd -n lumora-reload",
+        epilog="Start the daemon first (twistd -n lumora-reload), or run the whole loop in one process: "
+               "lumora-reload dev app.json",
     )
     parser.add_argument("--version", action="version", version=f"lumora-reload {__version__}")
     _global_options(parser, suppress=False)
