@@ -83,6 +83,7 @@ class HotReloadServer(service.Service):
             on_active=self._save_times, expire=self._expire,
         )
         self._resource = None
+        self.loopback_only = None  # set by the daemon's listener; unknown when embedded
         self._queues = SessionQueues()
         self.shared = ISharedStore.providedBy(self.store)
         self.metrics = Metrics(self.hub, self.ws_factory.connections, self.store if self.shared else None,
@@ -213,7 +214,10 @@ class HotReloadServer(service.Service):
         return list(self.hub.get_session(session_id).logs)
 
     def get_health(self):
-        return {"status": "ok", "sessions": len(self.hub.sessions), "totalDevices": self.hub.total_devices()}
+        health = {"status": "ok", "sessions": len(self.hub.sessions), "totalDevices": self.hub.total_devices()}
+        if self.loopback_only is not None:  # tools that print LAN URLs warn when only loopback works
+            health["loopbackOnly"] = self.loopback_only
+        return health
 
     def session_info(self, session_id):
         session = self.hub.get_session(session_id)

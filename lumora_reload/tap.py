@@ -4,11 +4,12 @@ import gc
 import os
 import sys
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.python import usage
 
 from lumora_reload import __version__
 from lumora_reload.config import Config, option_rows
+from lumora_reload.listen import Listener, endpoint_description
 from lumora_reload.logs import FORMATS, take_over
 
 
@@ -28,7 +29,9 @@ class Options(usage.Options):
         ["verbose", "v", "Debug logging."],
     ]
     optParameters = [
-        ["port", "p", "tcp:8080", "Twisted endpoint description (REST API and WebSocket share it)."],
+        ["port", "p", "tcp:8080",
+         "A port number (8080 means tcp:8080) or a Twisted endpoint description "
+         "(REST API and WebSocket share it).", endpoint_description],
         ["data-dir", None, None,
          "Where durable session state lives (SQLite). [default: $XDG_STATE_HOME/lumora-reload]"],
         ["redis", None, None,
@@ -140,7 +143,11 @@ def makeService(config, reactor=None):
     gc.freeze()
     gc.set_threshold(20000, 20, 20)
     take_over(config)
-    return build(config, reactor)
+    root = build(config, reactor)
+    # listen now, while stderr is still the terminal: a port that cannot be
+    # had is one line and exit status 1, not a traceback in the log
+    root.getServiceNamed("listener").bind()
+    return root
 
 
 def build(config, reactor=None):
@@ -154,5 +161,7 @@ def build(config, reactor=None):
     root = service.MultiService()
     hot = HotReloadServer(reactor=reactor, store=make_store(config, clock=reactor), config=config["config"])
     hot.setServiceParent(root)
-    strports.service(config["port"], web.site(hot, reactor), reactor=reactor).setServiceParent(root)
+    listener = Listener(config["port"], web.site(hot, reactor), hot, reactor)
+    listener.setName("listener")
+    listener.setServiceParent(root)
     return root

@@ -249,7 +249,7 @@ async def test_watch_debounces_reports_invalid_json_and_recovers(daemon, tmp_pat
         assert session.sequence == 1
 
         pushed = proc.wait_line(lambda l: "pushed" in l)
-        for i in range(3):  # three saves in a burst, 60 ms apart (more than one poll)
+        for i in range(3):  # three saves in a burst, 60 ms apart (three file events)
             if i:
                 await task.deferLater(reactor, 0.06)
             write_json(path, with_text(schema, f"save {i}"))
@@ -275,14 +275,23 @@ async def test_watch_debounces_reports_invalid_json_and_recovers(daemon, tmp_pat
     assert "Traceback" not in proc.err.decode()
 
 
-def test_debouncer_waits_for_quiet():
-    d = cli.Debouncer(0.1)
-    assert not d.ready(0.0)
-    d.poke(0.0)
-    d.poke(0.05)
-    assert not d.ready(0.14)
-    assert d.ready(0.16)
-    assert not d.ready(1.0)  # fired once
+def test_debouncer_waits_for_quiet(clock):
+    """A burst of pokes fires once, `delay` after the last one."""
+    fired = []
+    d = cli.Debouncer(clock, 0.1, lambda: fired.append(clock.seconds()))
+    d.poke()
+    clock.advance(0.05)
+    d.poke()
+    clock.advance(0.09)
+    assert fired == [] and d.pending
+    clock.advance(0.02)
+    assert len(fired) == 1  # 0.1 after the second poke
+    clock.advance(1.0)
+    assert len(fired) == 1  # fired once
+    d.poke()
+    d.cancel()
+    clock.advance(1.0)
+    assert len(fired) == 1 and not d.pending
 
 
 @ensure

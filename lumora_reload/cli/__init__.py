@@ -12,15 +12,17 @@
     conformance [--client-cmd CMD] [--session-url-file F] [--report json]
 
 Simple commands are synchronous HTTP calls (stdlib urllib, no proxies: the
-daemon is local). `watch` and `logs --follow` are poll loops; `device` runs
-the reactor with `lumora_reload.client.DeviceClient`. Every failure is one
+daemon is local). `logs --follow` is a poll loop; `watch` and `dev` run the
+reactor with file events from the operating system; `device` runs the
+reactor with `lumora_reload.client.DeviceClient`. Every failure is one
 line on stderr and a non-zero exit status, never a traceback.
 
 Modules: `control` (the control API over HTTP), `output` (terminal output,
 exit statuses, one-line errors), `lan` (the LAN address and QR code),
-`push` (schema files, `push`), `watch`, `session` (`session new`, `status`,
-`logs`, `reload`), `device` (the device simulator), `conformance` (the
-conformance run for device clients) and `parser` (the
+`push` (schema files, `push`), `watcher` (file events), `watch` (and the
+pusher `dev` shares), `dev` and `devserver` (the one-process loop),
+`session` (`session new`, `status`, `logs`, `reload`), `device` (the device
+simulator), `conformance` (the conformance run for device clients) and `parser` (the
 command line and `main`). The names below are re-exported for callers of
 `lumora_reload.cli`.
 """
@@ -42,7 +44,8 @@ from lumora_reload.cli.output import (
 from lumora_reload.cli.parser import build_parser, main
 from lumora_reload.cli.push import count_nodes, parse_schema, push_line, push_raw, read_schema, strip_bom
 from lumora_reload.cli.session import new_lines
-from lumora_reload.cli.watch import Debouncer, Watch, file_signature
+from lumora_reload.cli.watch import Pusher, Watch
+from lumora_reload.cli.watcher import Debouncer, FileWatcher
 
 __all__ = [
     "DEFAULT_URL",
@@ -55,7 +58,9 @@ __all__ = [
     "ApiError",
     "CliError",
     "Debouncer",
+    "FileWatcher",
     "Output",
+    "Pusher",
     "Simulator",
     "Watch",
     "build_parser",
@@ -64,7 +69,6 @@ __all__ = [
     "count_nodes",
     "describe",
     "device_url",
-    "file_signature",
     "list_interfaces",
     "main",
     "new_lines",

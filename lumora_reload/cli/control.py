@@ -2,16 +2,25 @@
 the daemon is local), and its errors as one line naming what the user gave."""
 
 import json
+import os
 import socket
 import urllib.error
 import urllib.request
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from lumora_reload import __version__
 from lumora_reload.cli.output import CliError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TOKEN_ENV = "LUMORA_RELOAD_TOKEN"
+URL_ENV = "LUMORA_RELOAD_URL"
+MIN_PREFIX = 6  # shortest session-id prefix accepted
+
+
+def default_url(environ=None):
+    """``--url`` when none is given: $LUMORA_RELOAD_URL, else the local daemon."""
+    environ = os.environ if environ is None else environ
+    return (environ.get(URL_ENV) or "").strip() or DEFAULT_URL
 
 
 class ApiError(CliError):
@@ -22,15 +31,17 @@ class ApiError(CliError):
         self.message = message
         self.path = path
         self.details = details
+        self.api = None  # the Api that got it: hints name its --url
 
 
 class Api:
     """The daemon's REST API, synchronously."""
 
-    def __init__(self, url, token=None, timeout=10.0):
+    def __init__(self, url, token=None, timeout=10.0, default=None):
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.default = (default or default_url()).rstrip("/")
         # a daemon on this machine: never go through an HTTP proxy
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -55,6 +66,12 @@ class Api:
         except (ConnectionError, socket.timeout, OSError) as e:
             raise CliError(self._unreachable(e))
 
+    def command(self, text):
+        """A `lumora-reload` command to suggest: with ``--url`` when this is
+        not the daemon a bare command would reach."""
+        flag = "" if self.url == self.default else f" --url {self.url}"
+        return f"lumora-reload{flag} {text}"
+
     def _unreachable(self, reason):
         if isinstance(reason, ConnectionRefusedError):
             why = "connection refused"
@@ -62,12 +79,19 @@ class Api:
             why = "timed out"
         else:
             why = str(getattr(reason, "strerror", None) or reason)
+        port = urlsplit(self.url).port
+        start = "twistd -n lumora-reload" + (f" --port {port}" if port and port != 8080 else "")
         return (
             f"cannot reach the daemon at {self.url} ({why}); "
-            "is it running? Start it with `twistd -n lumora-reload`"
+            f"is it running? Start it with `{start}` (or run `{self.command('dev')}`)"
         )
 
     def _error(self, e):
+        error = self._api_error(e)
+        error.api = self
+        return error
+
+    def _api_error(self, e):
         try:
             body = _json_body(e.read())
         except Exception:
@@ -93,10 +117,11 @@ def describe(error, session_id=None, source=None):
     if not isinstance(error, ApiError):
         return str(error)
     code = error.code
+    new = error.api.command("session new") if error.api else "lumora-reload session new"
     if code == "SESSION_NOT_FOUND" and session_id:
-        return f"session {session_id} not found (create one with `lumora-reload session new`)"
+        return f"session {session_id} not found (create one with `{new}`)"
     if code == "SESSION_EXPIRED" and session_id:
-        return f"session {session_id} has expired (create one with `lumora-reload session new`)"
+        return f"session {session_id} has expired (create one with `{new}`)"
     if code in ("SCHEMA_VALIDATION_FAILED", "BAD_REQUEST") and error.path is not None:
         where = error.path or "(root)"
         prefix = f"{source}: " if source else ""
@@ -115,3 +140,30 @@ def session_info(api, session_id):
         return api.call("GET", f"/session/{quote(session_id, safe='')}")
     except ApiError as e:
         raise CliError(describe(e, session_id))
+
+
+def resolve_session(api, text):
+    """The session id that `text` stands for: a whole id as it is, or a
+    prefix of at least `MIN_PREFIX` characters matching exactly one of the
+    daemon's sessions (``GET /stats``); anything else is one clear error."""
+    text = text.strip()
+    if len(text) >= 32:
+        return text
+    if len(text) < MIN_PREFIX:
+        raise CliError(
+            f"session id '{text}' is too short: give the whole id or its first {MIN_PREFIX} characters or more"
+        )
+    try:
+        stats = api.call("GET", "/stats")
+    except ApiError as e:
+        raise CliError(describe(e))
+    ids = [d["id"] for d in stats.get("sessionDetails", []) if isinstance(d, dict) and "id" in d]
+    if text in ids:
+        return text
+    matches = sorted(i for i in ids if i.startswith(text.lower()))
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise CliError(f"no session id starts with '{text}' (list them with `{api.command('status')}`)")
+    shown = ", ".join(m[: len(text) + 4] + "…" for m in matches[:3]) + (", …" if len(matches) > 3 else "")
+    raise CliError(f"'{text}' matches {len(matches)} sessions ({shown}): give more characters")

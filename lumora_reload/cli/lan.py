@@ -90,7 +90,7 @@ def list_interfaces():
     return found
 
 
-def _is_loopback_name(host):
+def is_loopback_name(host):
     """Whether a URL's host name means "this machine only". Unlike
     `lumora_reload.access.is_loopback` (an address check), no host and
     ``localhost`` names count too, and ``::ffff:``-mapped addresses do not."""
@@ -119,7 +119,7 @@ def device_url(ws_url, host=None, interfaces=None):
     ``(url, note)``; `note` explains a fallback."""
     if host:
         return with_host(ws_url, host), None
-    if not _is_loopback_name(urlsplit(ws_url).hostname):
+    if not is_loopback_name(urlsplit(ws_url).hostname):
         return ws_url, None
     chosen = choose_host(list_interfaces() if interfaces is None else interfaces)
     if chosen is None:

@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 
 from lumora_reload import __version__
 from lumora_reload.cli import conformance
-from lumora_reload.cli.control import DEFAULT_URL, TOKEN_ENV, Api
+from lumora_reload.cli.control import DEFAULT_URL, TOKEN_ENV, URL_ENV, Api, default_url, resolve_session
+from lumora_reload.cli.dev import cmd_dev
 from lumora_reload.cli.device import cmd_device
 from lumora_reload.cli.output import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, Output, print_error
 from lumora_reload.cli.push import cmd_push
@@ -20,7 +21,8 @@ from lumora_reload.cli.watch import cmd_watch
 def _global_options(parser, suppress):
     kw = {"default": argparse.SUPPRESS} if suppress else {}
     parser.add_argument(
-        "--url", help=f"the daemon's base URL (default {DEFAULT_URL})", **({"default": DEFAULT_URL} | kw)
+        "--url", help=f"the daemon's base URL (default ${URL_ENV}, else {DEFAULT_URL})",
+        **({"default": default_url()} | kw),
     )
     parser.add_argument("--api-token", help=f"bearer token for the control API (default: ${TOKEN_ENV})", **kw)
     parser.add_argument("--json", action="store_true", help="machine-readable output (JSON)", **kw)
@@ -36,7 +38,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="lumora-reload",
         description="Push live Lumora UI-schema updates to devices through a running lumora-reload daemon.",
-        epilog="Start the daemon first: twistd -n lumora-reload",
+        epilog="Start the daemon first (twistd -n lumora-reload), or run the whole loop in one process: "
+               "lumora-reload dev app.json",
     )
     parser.add_argument("--version", action="version", version=f"lumora-reload {__version__}")
     _global_options(parser, suppress=False)
@@ -105,6 +108,28 @@ def build_parser():
     device.set_defaults(run=cmd_device)
 
     conformance.add_parser(commands, common)
+    dev = commands.add_parser(
+        "dev", parents=[common],
+        help="the whole loop in one process: daemon, session, QR code, preview, watch, device logs",
+        description="Use the daemon at --url if one answers, else run one here; reuse this project's "
+                    "session; print the device URL, its QR code and the preview URL; push PATH on every "
+                    "save; show device logs. Keys: r reload, o open the preview, c clear, q quit.",
+    )
+    dev.add_argument("path", metavar="PATH", nargs="?",
+                     help="a schema file, or a folder with --run (default: watch nothing)")
+    dev.add_argument("--run", dest="converter", metavar="CMD",
+                     help="converter run on each change ({file} = the changed file); its stdout is pushed")
+    dev.add_argument("--port", metavar="PORT",
+                     help="port (or endpoint) of the daemon run here when none answers (default 8080)")
+    dev.add_argument("--data-dir", metavar="D", help="where sessions live (default: the daemon's default)")
+    dev.add_argument("--in-memory", action="store_true", help="the daemon run here keeps nothing on disk")
+    dev.add_argument("--host", help="host name or address phones use to reach this machine")
+    dev.add_argument("--debounce", type=float, default=100.0, metavar="MS",
+                     help="wait this long after the last change before pushing (default 100)")
+    dev.add_argument("--no-qr", action="store_true", help="do not draw the QR code")
+    dev.add_argument("--plain", action="store_true", help="no keys, even in a terminal")
+    dev.add_argument("--verbose", action="store_true", help="show every line of the daemon's log")
+    dev.set_defaults(run=cmd_dev)
     return parser
 
 
@@ -114,10 +139,13 @@ def main(argv=None):
     token = args.api_token if args.api_token is not None else os.environ.get(TOKEN_ENV)
     parts = urlsplit(args.url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        parser.error(f"--url must look like {DEFAULT_URL}, not {args.url!r}")
+        where = f"${URL_ENV}" if args.url == os.environ.get(URL_ENV, "").strip() else "--url"
+        parser.error(f"{where} must look like {DEFAULT_URL}, not {args.url!r}")
     api = Api(args.url, token=token or None, timeout=args.http_timeout)
     out = Output(as_json=args.json, colour=args.color)
     try:
+        if getattr(args, "session", None):
+            args.session = resolve_session(api, args.session)
         code = args.run(args, api, out)
     except CliError as e:
         print_error(e)

@@ -2,10 +2,10 @@
 `status`, `logs` and `reload`."""
 
 import time
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from lumora_reload.cli.control import ApiError, describe, session_info
-from lumora_reload.cli.lan import device_url, print_qr
+from lumora_reload.cli.lan import device_url, is_loopback_name, print_qr
 from lumora_reload.cli.output import EXIT_OK, CliError, clock_time, relative, table
 from lumora_reload.cli.push import read_schema
 
@@ -22,6 +22,7 @@ def cmd_session_new(args, api, out):
         raise CliError(describe(e, source=args.schema))
     local = answer["wsUrl"]
     url, note = device_url(local, args.host)
+    warning = loopback_warning(api, url)
     expires = answer.get("expiresAt")
     if out.as_json:
         out.json(
@@ -31,6 +32,7 @@ def cmd_session_new(args, api, out):
                 "localWsUrl": local,
                 "expiresAt": expires,
                 "createdAt": answer.get("createdAt"),
+                **({"warning": warning} if warning else {}),
             }
         )
         return EXIT_OK
@@ -44,12 +46,33 @@ def cmd_session_new(args, api, out):
         out.line(f"  Expires:      {when} (in {relative(expires / 1000 - time.time())} without activity)")
     if note:
         out.line(out.paint(f"  Note: {note}", "warn"))
+    if warning:
+        out.line(out.paint(f"  Warning: {warning}", "warn"))
     if not args.no_qr:
         out.line()
         out.line("Scan with the Lumora app:")
         print_qr(url, out)
-    out.line(f"Next: lumora-reload push {sid} app.json   or   lumora-reload watch {sid} app.json")
+    out.line(f"Next: {api.command(f'push {sid} app.json')}   or   {api.command(f'watch {sid} app.json')}")
     return EXIT_OK
+
+
+def loopback_warning(api, url):
+    """Why `url` (for a phone) cannot work, when the daemon says (``GET
+    /health``) that it listens on loopback only and `url` is not a
+    loopback address; else None."""
+    if is_loopback_name(urlsplit(url).hostname):
+        return None
+    try:
+        health = api.call("GET", "/health")
+    except CliError:
+        return None
+    if not (isinstance(health, dict) and health.get("loopbackOnly") is True):
+        return None
+    port = urlsplit(api.url).port or 8080
+    return (
+        f"the daemon listens on this machine only, so phones cannot reach {urlsplit(url).netloc}; "
+        f"restart it with --port {port} (every interface)"
+    )
 
 
 
@@ -121,7 +144,7 @@ def cmd_status(args, api, out):
     return EXIT_OK
 
 
-def _log_line(line, out):
+def log_line(line, out):
     level = str(line.get("level", "info")).lower()
     who = line.get("deviceName") or line.get("deviceId") or "?"
     stamp = clock_time(line.get("time", 0))
@@ -156,7 +179,7 @@ def cmd_logs(args, api, out):
             if out.as_json:
                 out.json(line)
             else:
-                out.line(_log_line(line, out))
+                out.line(log_line(line, out))
         if not args.follow:
             return EXIT_OK
         previous = lines

@@ -1,0 +1,115 @@
+"""File events from the operating system (watchdog: inotify, FSEvents,
+kqueue or ReadDirectoryChangesW), delivered on the reactor, and the
+debouncer that turns a burst of them into one change.
+
+Events, not polling: a poll that compares size and modification time
+misses a save that keeps both (an in-place write within the filesystem's
+timestamp resolution); the kernel reports every write."""
+
+import os
+
+# editors' swap, backup and temporary files: not the user's sources
+_SCRATCH_SUFFIXES = ("~", ".swp", ".swx", ".swo", ".tmp", ".part", ".crdownload")
+_SKIPPED_DIRS = {"node_modules", "__pycache__", "build", "dist"}
+
+
+def is_scratch(path, root):
+    """Whether a changed `path` under the watched directory `root` is not a
+    source: hidden files and folders, editor scratch files, dependency and
+    build folders."""
+    relative = os.path.relpath(path, root)
+    parts = relative.split(os.sep)
+    if any(p.startswith(".") or p in _SKIPPED_DIRS for p in parts[:-1]):
+        return True
+    name = parts[-1]
+    return name.startswith((".", "#")) or name.endswith(_SCRATCH_SUFFIXES) or name.isdigit()
+
+
+class FileWatcher:
+    """Watches `path` — one file (its directory is watched, so a file
+    replaced by rename or created later is seen) or a directory tree — and
+    calls ``on_change(kind, changed_path)`` on the reactor thread, `kind`
+    being "changed" or "deleted"."""
+
+    def __init__(self, reactor, path, on_change):
+        self.reactor = reactor
+        self.path = os.path.abspath(path)
+        self.on_change = on_change
+        self.is_dir = os.path.isdir(self.path)
+        self._observer = None
+
+    def start(self):
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        watcher = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event):
+                watcher._event(event)
+
+        root = self.path if self.is_dir else os.path.dirname(self.path)
+        observer = Observer()
+        observer.daemon = True
+        observer.schedule(Handler(), root, recursive=self.is_dir)
+        observer.start()
+        self._observer = observer
+
+    def stop(self):
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join(5)
+
+    def _relevant(self, path):
+        path = os.fsdecode(path)
+        if self.is_dir:
+            return path.startswith(self.path + os.sep) and not is_scratch(path, self.path)
+        return path == self.path
+
+    def _event(self, event):
+        # on the observer's thread: decide, then hand over to the reactor
+        if event.is_directory or event.event_type in ("opened", "closed_no_write"):
+            return
+        if event.event_type == "moved":
+            if self._relevant(event.dest_path):
+                self._deliver("changed", os.fsdecode(event.dest_path))
+            elif self._relevant(event.src_path):
+                self._deliver("deleted", os.fsdecode(event.src_path))
+            return
+        if self._relevant(event.src_path):
+            kind = "deleted" if event.event_type == "deleted" else "changed"
+            self._deliver(kind, os.fsdecode(event.src_path))
+
+    def _deliver(self, kind, path):
+        self.reactor.callFromThread(self.on_change, kind, path)
+
+
+class Debouncer:
+    """Calls `fire()` once `delay` seconds have passed without a `poke`.
+    Runs on an injected clock (`task.Clock` in tests)."""
+
+    def __init__(self, clock, delay, fire):
+        self.clock = clock
+        self.delay = delay
+        self.fire = fire
+        self._call = None
+
+    def poke(self):
+        if self._call is not None and self._call.active():
+            self._call.reset(self.delay)
+        else:
+            self._call = self.clock.callLater(self.delay, self._fired)
+
+    def _fired(self):
+        self._call = None
+        self.fire()
+
+    @property
+    def pending(self):
+        return self._call is not None and self._call.active()
+
+    def cancel(self):
+        if self.pending:
+            self._call.cancel()
+        self._call = None

@@ -1,0 +1,380 @@
+"""`lumora-reload dev` run for real: in a pseudo-terminal (keys), without
+one (plain mode), with its own daemon or one already running, with a
+converter, and failing to start with one line. Devices are real WebSocket
+clients in this test's reactor."""
+
+import io
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+
+import pytest
+import pytest_twisted
+import segno
+from twisted.internet import defer
+
+from lumora_reload.cli.lan import device_url
+from tests.helpers import make_schema, open_device, with_text
+from tests.test_cli import ENV, Proc, free_port
+
+ensure = pytest_twisted.ensureDeferred
+UNASSIGNABLE = "192.0.2.1"  # TEST-NET-1: never an address of this machine
+
+
+def environment(**extra):
+    env = dict(ENV)
+    env.pop("LUMORA_RELOAD_URL", None)
+    env.update(extra)
+    return env
+
+
+class Dev(Proc):
+    """`lumora-reload dev` as a child process, in a pseudo-terminal or not."""
+
+    def __init__(self, reactor, args, cwd, pty=False, env=None):
+        self.reactor = reactor
+        self.out = b""
+        self.err = b""
+        self.lines = []
+        self._waiters = []
+        self.exited = defer.Deferred()
+        self._stdin = None
+        argv = [sys.executable, "-m", "lumora_reload", *args]
+        self.transport = reactor.spawnProcess(self, sys.executable, argv, env=env or environment(),
+                                              path=str(cwd), usePTY=pty)
+
+    def stop(self):
+        print(self.text())  # shown by pytest when the test fails
+        return super().stop()
+
+    def text(self):
+        return self.out.decode("utf-8", "replace").replace("\r\n", "\n")
+
+    def value(self, label):
+        """The value printed after `label` in the banner."""
+        for line in self.text().splitlines():
+            if line.strip().startswith(label):
+                return line.split(label, 1)[1].split()[0]
+        raise AssertionError(f"no {label!r} in {self.text()!r}")
+
+
+def project(tmp_path, schema=None):
+    path = tmp_path / "app.json"
+    path.write_text(json.dumps(schema or make_schema()))
+    return path
+
+
+def dev_args(port, data, *extra):
+    return ["dev", *extra, "--port", str(port), "--data-dir", str(data)]
+
+
+async def join(reactor, port, sid):
+    device = await open_device(reactor, f"ws://127.0.0.1:{port}/ws?session={sid}")
+    connected = await device.hello(device_id="pixel-8", platform="android", deviceName="Pixel 8")
+    return device, connected
+
+
+def has(text):
+    return lambda line: text in line
+
+
+@ensure
+async def test_dev_in_a_terminal_pushes_saves_streams_logs_and_answers_keys(tmp_path, reactor):
+    """Banner, QR code, a save pushed to a real device, its log coloured,
+    `r` reloads it, `o` opens the preview, `q` quits with status 0."""
+    path = project(tmp_path)
+    port = free_port()
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser"
+    browser.write_text(f"#!{sys.executable}\nimport sys\nopen({str(opened)!r}, 'a').write(sys.argv[1])\n")
+    browser.chmod(browser.stat().st_mode | stat.S_IEXEC)
+    env = environment(BROWSER=str(browser))
+    env.pop("NO_COLOR")
+    proc = Dev(reactor, ["--color", "always", *dev_args(port, tmp_path / "data", "app.json")], tmp_path,
+               pty=True, env=env)
+    device = None
+    try:
+        banner = proc.wait_line(has("Keys: r reload"))
+        first = proc.wait_line(has("pushed app.json: full update #1"))
+        await banner
+        await first
+        text = proc.text()
+        sid = proc.value("Session:")
+        assert len(sid) == 32 and "(new)" in text
+        assert f"Preview:     http://127.0.0.1:{port}/preview/{sid}" in text
+        assert f"Dashboard:   http://127.0.0.1:{port}/" in text
+        lan = proc.value("Device URL:")
+        assert lan == device_url(f"ws://127.0.0.1:{port}/ws?session={sid}")[0]
+        qr = io.StringIO()
+        segno.make(lan, error="m").terminal(out=qr, compact=True, border=2)
+        assert qr.getvalue() in text  # the QR code carries the device URL
+
+        arrived = proc.wait_line(has("device Pixel 8 (android) connected"))
+        device, connected = await join(reactor, port, sid)
+        assert connected["initialSchema"] == make_schema()
+        await arrived
+
+        pushed = proc.wait_line(has("pushed app.json: incremental update #2 -> 1 device"))
+        path.write_text(json.dumps(with_text(make_schema(), "Saved")))
+        update = await device.next_of("update")
+        assert update["payload"]["type"] == "incremental" and update["payload"]["sequenceNumber"] == 2
+        await pushed
+
+        device.send("log", {"level": "warn", "message": "low battery"})
+        line = await proc.wait_line(has("low battery"))
+        assert "[Pixel 8]" in line and "\x1b[33mWARN" in line  # warnings in yellow
+
+        reloaded = proc.wait_line(has("reload: full update #2 sent to 1 device"))
+        proc.transport.write(b"r")
+        update = await device.next_of("update")
+        assert update["payload"]["type"] == "full" and update["payload"]["sequenceNumber"] == 2
+        await reloaded
+
+        opening = proc.wait_line(has("opening http://"))
+        proc.transport.write(b"o")
+        await opening
+        for _ in range(200):  # the browser command runs in its own process
+            if opened.exists():
+                break
+            await defer_later(reactor, 0.05)
+        assert opened.read_text() == f"http://127.0.0.1:{port}/preview/{sid}"
+
+        cleared = proc.wait_line(has("Keys: r reload"))
+        proc.transport.write(b"c")
+        await cleared
+        assert "\x1b[2J" in proc.text()  # the screen was cleared, the banner shown again
+
+        proc.transport.write(b"q")
+        code = await proc.wait_exit()
+        assert code == 0
+        closed = await device.wait_closed()
+        assert closed[0] == 1012  # the daemon in that process stopped: devices come back and resume
+    finally:
+        await proc.stop()
+    assert "Traceback" not in proc.text()
+
+
+def defer_later(reactor, seconds):
+    from twisted.internet import task
+
+    return task.deferLater(reactor, seconds)
+
+
+@ensure
+async def test_dev_without_a_terminal_runs_plain_and_reuses_the_session(tmp_path, reactor):
+    """No TTY: no keys, SIGTERM ends it with status 0; a second run in the
+    same folder gets the same session, schema and all."""
+    project(tmp_path)
+    port = free_port()
+    ids = []
+    for run in range(2):
+        proc = Dev(reactor, dev_args(port, tmp_path / "data", "app.json", "--no-qr"), tmp_path)
+        try:
+            plain = proc.wait_line(has("keys are off; Ctrl-C or SIGTERM stops"))
+            first = proc.wait_line(has("pushed app.json"))
+            await plain
+            await first
+            ids.append(proc.value("Session:"))
+            assert ("(reused)" if run else "(new)") in proc.text()
+            proc.transport.signalProcess("TERM")
+            code = await proc.wait_exit()
+        finally:
+            await proc.stop()
+        assert code == 0, proc.text()
+        assert "Traceback" not in proc.text() + proc.err.decode()
+    assert ids[0] == ids[1]
+    assert "no change (still #1)" in proc.text()
+
+
+@ensure
+async def test_dev_with_a_converter_pushes_its_output_and_reports_its_failures(tmp_path, reactor):
+    """--run: a converter that fails shows its exit status and stderr and
+    pushes nothing; one that works pushes what it printed."""
+    src = tmp_path / "src"
+    src.mkdir()
+    converter = tmp_path / "convert.py"
+    converter.write_text(
+        "import json, sys\n"
+        "text = open(sys.argv[1]).read().strip()\n"
+        "if text == 'garbage':\n"
+        "    print('this is not JSON')\n"
+        "    sys.exit(0)\n"
+        "if text == 'broken':\n"
+        "    sys.stderr.write('App.tsx:3: unexpected token\\n')\n"
+        "    sys.exit(3)\n"
+        "print(json.dumps({'version': '1.0', 'metadata': {'sourceFramework': 'react', 'sourceFile': sys.argv[1],"
+        " 'generatedAt': 0}, 'nodes': [{'id': 'title', 'type': 'Text', 'props': {'text': text},"
+        " 'children': [], 'metadata': {'lineNumber': 1}}]}))\n"
+    )
+    port = free_port()
+    run = f"{sys.executable} {converter} {{file}}"
+    proc = Dev(reactor, dev_args(port, tmp_path / "data", "src", "--run", run, "--no-qr"), tmp_path)
+    device = None
+    try:
+        await proc.wait_line(has("waiting for a change in src"))
+        sid = proc.value("Session:")
+        arrived = proc.wait_line(has("device Pixel 8 (android) connected"))
+        device, _ = await join(reactor, port, sid)
+        await arrived  # seen, so its leaving is shown too
+
+        pushed = proc.wait_line(has("pushed `"))
+        (src / "App.tsx").write_text("first")
+        update = await device.next_of("update")
+        assert update["payload"]["schema"]["nodes"][0]["props"]["text"] == "first"
+        line = await pushed
+        assert "App.tsx" in line and "full update #1 -> 1 device" in line
+
+        failed = proc.wait_line(has("converter failed (exit status 3)"))
+        stderr = proc.wait_line(has("App.tsx:3: unexpected token"))
+        (src / "App.tsx").write_text("broken")
+        assert "(not pushed)" in await failed
+        await stderr
+
+        invalid = proc.wait_line(has("invalid JSON"))
+        (src / "App.tsx").write_text("garbage")  # the converter prints something that is not JSON
+        assert "(not pushed)" in await invalid
+
+        (src / "App.tsx").write_text("second")
+        update = await device.next_of("update")  # the failed runs sent nothing in between
+        assert update["payload"]["sequenceNumber"] == 2
+        assert with_text_of(update) == "second"
+
+        left = proc.wait_line(has("device Pixel 8 left"))
+        device.transport.loseConnection()
+        await left
+    finally:
+        await proc.stop()
+        if device is not None:
+            device.transport.loseConnection()
+
+
+def with_text_of(update):
+    payload = update["payload"]
+    if payload["type"] == "full":
+        return payload["schema"]["nodes"][0]["props"]["text"]
+    return payload["delta"]["modified"][0]["props"]["text"]
+
+
+@ensure
+async def test_dev_uses_the_daemon_already_running_at_url(daemon, tmp_path, reactor):
+    """A daemon answering at --url is used; none is started."""
+    path = project(tmp_path)
+    proc = Dev(reactor, ["--url", daemon.url, "dev", "app.json", "--no-qr", "--data-dir", str(tmp_path / "d")],
+               tmp_path)
+    try:
+        await proc.wait_line(has("pushed app.json: full update #1"))
+        sid = proc.value("Session:")
+        assert f"daemon {daemon.url} (already running)" in proc.text()
+        assert daemon.server.get_session(sid).schema == make_schema()
+        pushed = proc.wait_line(has("pushed app.json"))
+        path.write_text(json.dumps(with_text(make_schema(), "again")))
+        await pushed
+        assert daemon.server.get_session(sid).sequence == 2
+    finally:
+        await proc.stop()
+    assert not (tmp_path / "d" / "sessions.sqlite3").exists()  # no daemon of its own
+
+
+def dev_fails(tmp_path, *args):
+    """`dev` that cannot start: (status, stderr lines)."""
+    project(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "lumora_reload", "dev", "app.json", "--data-dir", str(tmp_path / "data"), *args],
+        cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lumora-reload: "), result.stderr
+    return result.returncode, lines[0]
+
+
+def test_dev_on_a_port_in_use_fails_with_one_line(tmp_path):
+    """A port held by something that is not a daemon: one line naming the next port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, line = dev_fails(tmp_path, "--port", f"tcp:{port}:interface=127.0.0.1")
+    assert code == 1
+    assert f"port {port} on 127.0.0.1 is in use; is another lumora-reload running? try --port {port + 1}" in line
+
+
+@pytest.mark.parametrize("port, words", [
+    ("tcp:99999", "out of range"),
+    ("99999", "1-65535"),
+    (f"tcp:0:interface={UNASSIGNABLE}", "not an address of this machine"),
+])
+def test_dev_with_a_port_it_cannot_have_fails_with_one_line(tmp_path, port, words):
+    """Out-of-range ports and addresses of other machines: one line, non-zero."""
+    _, line = dev_fails(tmp_path, "--port", port)
+    assert words in line
+
+
+def test_dev_refuses_a_folder_without_a_converter(tmp_path):
+    """A folder needs --run: said in one line."""
+    os.mkdir(tmp_path / "src")
+    result = subprocess.run([sys.executable, "-m", "lumora_reload", "dev", "src"], cwd=tmp_path, env=environment(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "--run" in result.stderr and result.stderr.count("\n") == 1
+
+
+@ensure
+async def test_dev_plain_in_memory_verbose_and_ctrl_c(tmp_path, reactor):
+    """--plain turns keys off in a terminal, --verbose shows the daemon's
+    log, --in-memory remembers no session, Ctrl-C ends with status 0."""
+    project(tmp_path)
+    port = free_port()
+    data = tmp_path / "data"
+    proc = Dev(reactor, dev_args(port, data, "app.json", "--no-qr", "--plain", "--in-memory", "--verbose"),
+               tmp_path, pty=True)
+    try:
+        plain = proc.wait_line(has("keys are off"))
+        first = proc.wait_line(has("pushed app.json"))
+        await plain
+        await first
+        assert f"daemon: listening on http://127.0.0.1:{port} (all interfaces)" in proc.text()
+        proc.transport.signalProcess("INT")
+        code = await proc.wait_exit()
+    finally:
+        await proc.stop()
+    assert code == 0 and "Traceback" not in proc.text()
+    assert not (data / "dev-sessions.json").exists()
+
+
+@ensure
+async def test_dev_warns_when_its_daemon_listens_on_loopback_only(tmp_path, reactor):
+    """A daemon bound to 127.0.0.1 cannot serve the LAN URL: the banner says so."""
+    project(tmp_path)
+    port = free_port()
+    lan = device_url(f"ws://127.0.0.1:{port}/ws?session=x")[0]
+    if lan.startswith("ws://127.0.0.1"):
+        pytest.skip("this machine has no LAN address to show")
+    proc = Dev(reactor, dev_args(f"tcp:{port}:interface=127.0.0.1", tmp_path / "data", "app.json", "--no-qr"),
+               tmp_path)
+    try:
+        line = await proc.wait_line(has("Warning:"))
+    finally:
+        await proc.stop()
+    assert "listens on this machine only" in line and f"restart it with --port {port}" in line
+
+
+@ensure
+async def test_dev_json_prints_one_object_per_line(daemon, tmp_path, reactor):
+    """--json: the banner and every push are JSON objects, one per line."""
+    project(tmp_path)
+    proc = Dev(reactor, ["--url", daemon.url, "--json", "dev", "app.json", "--data-dir", str(tmp_path / "d")],
+               tmp_path)
+    try:
+        await proc.wait_line(has('"event": "push"'))
+    finally:
+        await proc.stop()
+    events = [json.loads(line) for line in proc.text().splitlines() if line.strip()]
+    ready, push = events[0], events[1]
+    sid = ready["sessionId"]
+    assert ready["event"] == "ready" and ready["inProcess"] is False
+    assert ready["previewUrl"] == f"{daemon.url}/preview/{sid}" and ready["dashboardUrl"] == f"{daemon.url}/"
+    assert push["event"] == "push" and push["sequenceNumber"] == 1 and push["updateType"] == "full"

@@ -1,0 +1,114 @@
+"""`lumora-reload watch` run for real against a daemon on loopback: file
+events from the operating system's watcher, a file that does not exist
+yet, and a daemon that was down when the file was saved."""
+
+import json
+import os
+
+import pytest_twisted
+from twisted.internet import endpoints
+
+from lumora_reload import web
+from tests.helpers import make_schema, with_text
+from tests.test_cli import Proc
+
+ensure = pytest_twisted.ensureDeferred
+
+
+def watch(reactor, daemon, sid, path, *extra):
+    return Proc(reactor, ["-m", "lumora_reload", "--url", daemon.url, "watch", sid, str(path),
+                          "--debounce", "50", *extra])
+
+
+@ensure
+async def test_a_same_size_save_within_the_timestamp_resolution_is_pushed(daemon, tmp_path, reactor):
+    """A save that keeps size, inode and modification time (a coarse
+    filesystem clock) is still seen and pushed."""
+    sid = await daemon.new_session()
+    session = daemon.server.get_session(sid)
+    path = tmp_path / "app.json"
+    schema = with_text(make_schema(), "AAAA")
+    path.write_text(json.dumps(schema))
+    proc = watch(reactor, daemon, sid, path)
+    try:
+        await proc.wait_line(lambda l: "pushed" in l)
+        before = os.stat(path)
+        pushed = proc.wait_line(lambda l: "pushed" in l)
+        changed = with_text(schema, "BBBB")
+        with open(path, "r+") as f:  # in place: same inode, same size
+            f.write(json.dumps(changed))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # same timestamp
+        after = os.stat(path)
+        assert (after.st_size, after.st_ino, after.st_mtime_ns) == (before.st_size, before.st_ino,
+                                                                     before.st_mtime_ns)
+        await pushed
+        assert session.schema == changed
+    finally:
+        await proc.stop()
+
+
+@ensure
+async def test_a_missing_file_is_reported_and_pushed_when_it_appears(daemon, tmp_path, reactor):
+    """Watching a file that does not exist says so, then pushes it once
+    created; deleted and written again, the same."""
+    sid = await daemon.new_session()
+    session = daemon.server.get_session(sid)
+    path = tmp_path / "app.json"
+    proc = watch(reactor, daemon, sid, path)
+    try:
+        line = await proc.wait_line(lambda l: "does not exist" in l)
+        assert "app.json" in line and "waiting for it" in line
+        pushed = proc.wait_line(lambda l: "pushed" in l)
+        tmp = tmp_path / "app.json.tmp"
+        tmp.write_text(json.dumps(make_schema()))
+        os.replace(tmp, path)
+        await pushed
+        assert session.sequence == 1 and session.schema == make_schema()
+
+        deleted = proc.wait_line(lambda line: "was deleted; waiting for it" in line)
+        path.unlink()
+        await deleted
+        pushed = proc.wait_line(lambda line: "pushed" in line)
+        path.write_text(json.dumps(with_text(make_schema(), "back")))
+        await pushed
+        assert session.schema == with_text(make_schema(), "back")
+    finally:
+        await proc.stop()
+
+
+@ensure
+async def test_a_save_made_while_the_daemon_was_down_is_pushed_when_it_is_back(daemon, tmp_path, reactor):
+    """The latest content goes out once the daemon answers again."""
+    sid = await daemon.new_session()
+    session = daemon.server.get_session(sid)
+    path = tmp_path / "app.json"
+    schema = make_schema()
+    path.write_text(json.dumps(schema))
+    proc = watch(reactor, daemon, sid, path)
+    try:
+        await proc.wait_line(lambda l: "pushed" in l)
+        port = daemon.port.getHost().port
+        await daemon.port.stopListening()
+        reported = proc.wait_line(lambda l: "cannot reach the daemon" in l)
+        path.write_text(json.dumps(with_text(schema, "while down")))
+        await reported
+        assert session.sequence == 1
+        pushed = proc.wait_line(lambda l: "pushed" in l)
+        endpoint = endpoints.TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
+        daemon.port = await endpoint.listen(web.site(daemon.server, reactor))
+        await pushed  # no further save: the one made while it was down
+        assert session.schema == with_text(schema, "while down")
+    finally:
+        await proc.stop()
+
+
+def test_scratch_files_and_dependency_folders_are_not_sources(tmp_path):
+    """Folder mode skips hidden files, editor scratch files and dependency folders."""
+    from lumora_reload.cli.watcher import is_scratch
+
+    root = str(tmp_path)
+    for name in ("App.tsx", "screens/Home.tsx"):
+        assert not is_scratch(os.path.join(root, name), root), name
+    for name in (".App.tsx.swp", "App.tsx~", ".#App.tsx", "4913", "App.tsx.tmp", ".git/index",
+                 "node_modules/x/index.js", "dist/app.js", "build/out.json", "__pycache__/a.pyc"):
+        assert is_scratch(os.path.join(root, name), root), name
