@@ -17,13 +17,16 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.web import http, resource, server
 from twisted.web.http import _escape
 
-from lumora_reload import api, errors
+from lumora_reload import api, dashboard, errors, preview
 from lumora_reload.access import is_loopback
 
 _log = Logger()
 
 # First path segments of the control API; a --ws-path must not hide them.
-API_SEGMENTS = ("health", "stats", "session", "send")
+API_SEGMENTS = ("health", "stats", "session", "send", "overview", "preview", "assets")
+# Served to any client naming an allowed Host (and Origin): the browser
+# preview is a device, and the files its page loads hold nothing private.
+DEVICE_SEGMENTS = (b"preview", b"assets")
 
 
 class Root(resource.Resource):
@@ -34,6 +37,10 @@ class Root(resource.Resource):
         self.putChild(b"stats", api.Stats(server))
         self.putChild(b"session", api.Sessions(server))
         self.putChild(b"send", api.Send(server))
+        self.putChild(b"", dashboard.DashboardPage(server))
+        self.putChild(b"overview", dashboard.Overview(server))
+        self.putChild(b"preview", preview.Preview(server))
+        self.putChild(b"assets", preview.Assets())
         parts = ws_path_parts(ws_path)
         # /ws, or a nested path such as /lumora/ws
         parent = self
@@ -49,7 +56,12 @@ class Root(resource.Resource):
             # health is open to probes; the WebSocket does its own checks
             # and answers with close codes a browser can read
             return super().getChildWithDefault(path, request)
-        refusal = self.refusal(request)
+        if path in DEVICE_SEGMENTS:
+            refusal = self.browser_refusal(request)
+        else:
+            # the dashboard page may carry the token in its URL: a browser
+            # opening a page cannot send it in a header
+            refusal = self.refusal(request, query_token=path == b"" and not request.postpath)
         if refusal is not None:
             return refusal
         return super().getChildWithDefault(path, request)
@@ -60,10 +72,14 @@ class Root(resource.Resource):
     def render(self, request):
         return api.NotFound().render(request)
 
-    def refusal(self, request):
+    def refusal(self, request, query_token=False):
         policy = self.server.policy
         if policy.token_ok(_header(request, b"authorization")):
             return None
+        if query_token:
+            token = dashboard.query_token(request)
+            if token is not None and policy.token_ok("Bearer " + token):
+                return None
         host = _header(request, b"host")
         if policy.is_public(host):
             # a tunnel agent connects from loopback; the Host says the
@@ -76,6 +92,18 @@ class Root(resource.Resource):
                 policy, "The control API answers only to loopback clients"))
         local = getattr(request.getHost(), "host", None)
         why = policy.check_browser(host, _header(request, b"origin"), local)
+        if why is not None:
+            return api.Refused(403, errors.FORBIDDEN, why)
+        return None
+
+
+    def browser_refusal(self, request):
+        """The Host and Origin checks alone (what a device passes)."""
+        policy = self.server.policy
+        if policy.token_ok(_header(request, b"authorization")):
+            return None
+        local = getattr(request.getHost(), "host", None)
+        why = policy.check_browser(_header(request, b"host"), _header(request, b"origin"), local)
         if why is not None:
             return api.Refused(403, errors.FORBIDDEN, why)
         return None
@@ -329,13 +357,14 @@ _AGENT_CHARS = 200
 
 
 def redact_uri(uri):
-    """The request URI with every session id shortened: the path segment
-    after /session/ or /send/, and a `session` query parameter."""
+    """The request URI with every session id shortened (the path segment
+    after /session/, /send/ or /preview/, and a `session` query parameter)
+    and a `token` query parameter hidden."""
     text = uri.decode("latin-1") if isinstance(uri, bytes) else uri
     path, mark, query = text.partition("?")
     parts = path.split("/")
     for i in range(1, len(parts) - 1):
-        if parts[i] in ("session", "send") and parts[i + 1] not in ("", "new"):
+        if parts[i] in ("session", "send", "preview") and parts[i + 1] not in ("", "new"):
             parts[i + 1] = _cut(parts[i + 1])
     if query:
         fields = query.split("&")
@@ -343,6 +372,8 @@ def redact_uri(uri):
             name, eq, value = field.partition("=")
             if name == "session" and value:
                 fields[i] = name + eq + _cut(value)
+            elif name == "token" and value:  # the dashboard page's token
+                fields[i] = name + eq + "..."
         query = "&".join(fields)
     return "/".join(parts) + mark + query
 
