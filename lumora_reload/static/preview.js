@@ -22,7 +22,7 @@
 
   var state = { schema: null, sequence: 0, checksum: null, synced: false };
   var stats = { updates: 0, full: 0, incremental: 0, failed: 0, connections: 0, lastApplyMs: 0,
-    created: 0, removed: 0 };
+    created: 0, removed: 0, receivedAt: 0 };
   var deviceId = "web-" + Math.random().toString(36).slice(2, 10);
   var ws = null, attempts = 0, retryTimer = null, pingTimer = null, lastHeard = 0;
   var stopped = false, failedFull = null, reloadAsked = null, pending = [];
@@ -215,6 +215,7 @@
       send("connect", payload);
     };
     socket.onmessage = function (event) {
+      stats.receivedAt = performance.now();
       var message;
       try {
         message = JSON.parse(event.data);
