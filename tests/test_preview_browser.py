@@ -67,11 +67,11 @@ def open_preview(page, daemon, session_id, sequence=None):
     if sequence is not None:
         wait_sequence(page, sequence)
     else:
-        page.wait_for_function("document.body.dataset.status === 'live'")
+        page.wait_for_function("() => document.body.dataset.status === 'live'")
 
 
 def wait_sequence(page, sequence):
-    page.wait_for_function(f"document.body.dataset.sequence === '{sequence}'")
+    page.wait_for_function(f"() => document.body.dataset.sequence === '{sequence}'")
 
 
 def text_of(page, node_id):
@@ -194,3 +194,144 @@ def test_full_push_renders_and_one_leaf_change_patches_in_place(page, daemon):
     # the text changed within 100 ms of the update frame reaching the page
     assert 0 <= state["inPage"] < 100, state
     print(f"push to DOM: {state['changedAt'] - sent_ms:.0f} ms end to end, {state['inPage']:.1f} ms in the page")
+
+
+def test_sample_app_renders_every_family_and_is_photographed(page, daemon, tmp_path):
+    """The sample app renders each node family (unknown types as labelled boxes) and a screenshot is written."""
+    sid = daemon.new_session()
+    daemon.push(sid, SAMPLE)
+    open_preview(page, daemon, sid, sequence=1)
+    families = page.evaluate("""() => [...document.querySelectorAll('[data-lumora-id]')]
+        .map(e => [e.dataset.lumoraId, [...e.classList].find(c => /^lr-(?!node|type)/.test(c))])""")
+    shown = dict(families)
+    assert shown["screen"] == "lr-scaffold" and shown["appbar"] == "lr-bar" and shown["body"] == "lr-layout"
+    assert shown["title"] == "lr-text" and shown["save"] == "lr-button" and shown["name"] == "lr-input"
+    assert shown["notify"] == "lr-toggle" and shown["list"] == "lr-list" and shown["logo"] == "lr-image"
+    assert shown["star"] == "lr-icon" and shown["card"] == "lr-card" and shown["map"] == "lr-unknown"
+    assert page.locator('[data-lumora-id="notify"] input').is_checked()
+    assert page.locator('[data-lumora-id="list"] li').all_text_contents() == ["Buy milk", "Ship the preview", "Call Ada"]
+    unknown = page.locator('[data-lumora-id="map"]')
+    assert unknown.locator(".lr-unknown-type").text_content() == "MapView"
+    assert '"latitude": 52.52' in unknown.locator(".lr-unknown-props").text_content()
+    shot = tmp_path / "sample-app.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
+
+
+def test_page_resumes_after_the_daemon_is_killed_and_restarted(page, tmp_path):
+    """SIGKILL the daemon, start it again on the same port and data dir: the page reconnects, resumes and shows the next push."""
+    first = browser.Twistd(tmp_path / "data").start()
+    try:
+        sid = first.new_session()
+        schema = app_schema()
+        first.push(sid, schema)
+        open_preview(page, first, sid, sequence=1)
+        first.push(sid, with_text(schema, "Before the crash"))
+        wait_sequence(page, 2)
+        first.kill()
+        page.wait_for_function("() => document.body.dataset.status === 'connecting'")
+    finally:
+        first.stop()
+    second = browser.Twistd(tmp_path / "data", first.port).start()
+    try:
+        page.wait_for_function("() => window.lumoraPreview.stats.connections === 2")
+        assert page.evaluate("document.body.dataset.resumed") == "true"  # nothing missed: no full schema sent
+        second.push(sid, with_text(schema, "After the restart"))
+        wait_sequence(page, 3)
+        assert text_of(page, "title") == "After the restart"
+        stats = page.evaluate("window.lumoraPreview.stats")
+        assert stats["full"] == 1 and stats["incremental"] == 2 and stats["failed"] == 0
+    finally:
+        second.stop()
+
+
+def test_checksum_mismatch_shows_an_overlay_and_the_full_schema_repairs_it(page, daemon):
+    """An update whose checksum does not match is refused, shown, acked as failed; the full update that follows clears it."""
+    sid = daemon.new_session()
+    schema = app_schema()
+    daemon.push(sid, schema)
+    open_preview(page, daemon, sid, sequence=1)
+    wrong = copy.deepcopy(schema)
+    wrong["nodes"][0]["children"][1]["props"]["text"] = "Not what the daemon holds"
+    page.evaluate("""schema => window.lumoraPreview.handle({type: 'update', payload: {
+        type: 'full', schema: schema, sequenceNumber: 1, checksum: '0'.repeat(64), preserveState: true}})""", wrong)
+    overlay = page.locator("#lr-overlay")
+    assert overlay.get_attribute("data-kind") == "checksum"
+    assert "Checksum mismatch" in overlay.text_content()
+    assert text_of(page, "title") == "Hello"  # the bad schema was not shown
+    # the failed ack brings the full schema again, which checks out
+    page.wait_for_function("() => window.lumoraPreview.stats.full === 2")
+    assert overlay.is_hidden()
+    assert text_of(page, "title") == "Hello"
+    assert page.evaluate("window.lumoraPreview.stats.failed") == 1
+
+
+def test_error_message_shows_an_overlay(page, daemon):
+    """An `error` from the daemon (a reload before any push) is shown in the overlay."""
+    sid = daemon.new_session()
+    open_preview(page, daemon, sid)
+    page.evaluate("window.lumoraPreview.send('reload', {reason: 'test'})")
+    overlay = page.locator("#lr-overlay")
+    overlay.wait_for(state="visible")
+    assert overlay.get_attribute("data-kind") == "error"
+    assert "UPDATE_FAILED" in overlay.text_content()
+
+
+def test_unknown_session_is_shown_and_not_retried(page, daemon):
+    """A preview of a session that does not exist says so (close 4404) and stops."""
+    page.goto(f"{daemon.url}/preview/{'0' * 32}")
+    page.wait_for_function("() => document.body.dataset.status === 'closed'")
+    assert "4404" in page.locator("#lr-overlay").text_content()
+
+
+def test_page_joins_as_a_web_device_and_its_console_errors_become_log_lines(page, daemon):
+    """The page connects with platform "web" and its console errors arrive as device log lines."""
+    sid = daemon.new_session()
+    daemon.push(sid, app_schema())
+    open_preview(page, daemon, sid, sequence=1)
+    status, info = daemon.call("GET", f"/session/{sid}")
+    assert status == 200 and [d["platform"] for d in info["devices"]] == ["web"]
+    device_id = page.evaluate("window.lumoraPreview.deviceId")
+    assert info["devices"][0]["deviceId"] == device_id
+    page.evaluate("console.error('render failed: boom 42')")
+    page.evaluate("setTimeout(() => { throw new Error('uncaught 43'); }, 0)")
+    deadline = time.monotonic() + WAIT / 1000
+    while True:
+        lines = daemon.call("GET", f"/session/{sid}/logs")[1]["lines"]
+        found = {line["message"] for line in lines if line["level"] == "error" and line["deviceId"] == device_id}
+        if any("boom 42" in m for m in found) and any("uncaught 43" in m for m in found):
+            break
+        assert time.monotonic() < deadline, lines
+        page.wait_for_timeout(50)
+    _, health = daemon.call("GET", f"/session/{sid}/health")
+    assert health["devices"][0]["ackLag"] == 0  # every update acked
+
+
+# -- the dashboard -------------------------------------------------------------
+
+
+def test_dashboard_lists_sessions_and_devices_and_reloads(page, chromium, daemon):
+    """The dashboard shows a session with its QR code and its preview device; its button reloads the devices."""
+    sid = daemon.new_session()
+    daemon.push(sid, app_schema())
+    preview = chromium.new_page()
+    try:
+        open_preview(preview, daemon, sid, sequence=1)
+        page.goto(daemon.url + "/")
+        card = page.locator(f'section.session[data-session="{sid}"]')
+        card.locator("tr[data-device]").first.wait_for()
+        row = card.locator("tr[data-device]")
+        assert row.count() == 1 and "web" in row.text_content() and "healthy" in row.text_content()
+        assert card.locator(".qr svg").count() == 1
+        assert f"session={sid}" in card.locator(".qr .url").text_content()
+        assert card.locator(".updates li").first.text_content().startswith("#1 full")
+        assert card.locator("a.open").get_attribute("href") == f"preview/{sid}"
+        card.locator("button.reload").click()
+        card.locator(".message").filter(has_text="reloaded 1 device(s) at #1").wait_for()
+        preview.wait_for_function("() => window.lumoraPreview.stats.full === 2")
+        # the preview's log lines show up live
+        preview.evaluate("console.warn('look at me')")
+        card.locator(".logs .level-warn").filter(has_text="look at me").wait_for()
+    finally:
+        preview.close()
