@@ -226,6 +226,9 @@ def test_page_resumes_after_the_daemon_is_killed_and_restarted(page, tmp_path):
         sid = first.new_session()
         schema = app_schema()
         first.push(sid, schema)
+        connects = []
+        page.on("websocket", lambda ws: ws.on(
+            "framesent", lambda frame: connects.append(json.loads(frame)) if '"connect"' in frame else None))
         open_preview(page, first, sid, sequence=1)
         first.push(sid, with_text(schema, "Before the crash"))
         wait_sequence(page, 2)
@@ -237,6 +240,10 @@ def test_page_resumes_after_the_daemon_is_killed_and_restarted(page, tmp_path):
     try:
         page.wait_for_function("() => window.lumoraPreview.stats.connections === 2")
         assert page.evaluate("document.body.dataset.resumed") == "true"  # nothing missed: no full schema sent
+        # the second connect named the state the page holds
+        assert [c["payload"].get("lastSequence") for c in connects] == [None, 2]
+        assert connects[1]["payload"]["lastChecksum"] == S.checksum(with_text(schema, "Before the crash"))
+        assert connects[1]["payload"]["platform"] == "web"
         second.push(sid, with_text(schema, "After the restart"))
         wait_sequence(page, 3)
         assert text_of(page, "title") == "After the restart"
@@ -335,3 +342,16 @@ def test_dashboard_lists_sessions_and_devices_and_reloads(page, chromium, daemon
         card.locator(".logs .level-warn").filter(has_text="look at me").wait_for()
     finally:
         preview.close()
+
+
+def test_dashboard_sends_the_token_of_its_url_as_a_header(page, daemon):
+    """Opened as /?token=T, the dashboard drops the token from the address bar and sends it as a Bearer header."""
+    calls = []
+    page.on("request", lambda r: calls.append((r.url, r.headers.get("authorization"))) if "/overview" in r.url else None)
+    page.goto(daemon.url + "/?token=s3cret")
+    page.wait_for_function("() => document.body.dataset.state === 'ok'")
+    assert page.evaluate("location.search") == ""
+    page.reload()  # kept for the tab
+    page.wait_for_function("() => document.body.dataset.state === 'ok'")
+    assert len(calls) >= 2 and all(auth == "Bearer s3cret" for _, auth in calls), calls
+    assert all("token" not in url for url, _ in calls)
