@@ -27,7 +27,7 @@ CHROMIUM_ARGS = [
 ]
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 STARTED = re.compile(r"Site starting on (\d+)")
-WAIT_MS = 10_000
+WAIT_MS = 20_000
 
 
 def sync_playwright():

@@ -171,6 +171,7 @@
     var family = familyOf(node.type);
     var sig = JSON.stringify([props, node.state || null]);
     if (el._lr.props === sig) return;
+    var fresh = el._lr.props === null;
     var before = el._lr.before || {};
     el._lr.props = sig;
     el._lr.before = props;
@@ -190,13 +191,12 @@
       var value = firstString(props.value, props.defaultValue, props.initialValue);
       // the user's typing wins until the schema itself changes the value
       var old = firstString(before.value, before.defaultValue, before.initialValue);
-      if (value !== null && value !== old) input.value = value;
+      if (value !== null && (fresh || value !== old)) input.value = value;
       input.disabled = props.editable === false || props.enabled === false;
     } else if (family === "toggle") {
       var on = props.value === true || props.checked === true || props.isOn === true;
       var was = before.value === true || before.checked === true || before.isOn === true;
-      if (el._lr.first === undefined || on !== was) el.firstChild.checked = on;
-      el._lr.first = false;
+      if (fresh || on !== was) el.firstChild.checked = on;
       el.lastChild.textContent = firstString(props.label, props.title, props.text) || "";
     } else if (family === "image") {
       var img = el.firstChild;
