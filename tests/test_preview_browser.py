@@ -107,7 +107,7 @@ def test_js_checksum_reproduces_every_vector(engine):
             assert result == [vector["canonical"], vector["sha256"]], vector["name"]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(edits())
 def test_js_apply_delta_agrees_with_the_python_engine(engine, pair):
     """A delta computed by the Python engine, applied by the page's JavaScript, gives the Python result and checksum."""
@@ -197,10 +197,16 @@ def test_full_push_renders_and_one_leaf_change_patches_in_place(page, daemon):
 
 
 def test_sample_app_renders_every_family_and_is_photographed(page, daemon, tmp_path):
-    """The sample app renders each node family (unknown types as labelled boxes) and a screenshot is written."""
+    """The sample app renders each node family (unknown types as labelled boxes) from local files only; a screenshot is written."""
     sid = daemon.new_session()
     daemon.push(sid, SAMPLE)
+    fetched = []
+    page.on("request", lambda r: fetched.append(r.url))
     open_preview(page, daemon, sid, sequence=1)
+    # everything the page loads comes from the daemon (the sample's image is a data: URL)
+    assert all(url.startswith((daemon.url + "/", "data:")) for url in fetched), fetched
+    assert {url.rsplit("/", 1)[-1] for url in fetched if "/assets/" in url} >= {
+        "schema.js", "render.js", "preview.js", "preview.css"}
     families = page.evaluate("""() => [...document.querySelectorAll('[data-lumora-id]')]
         .map(e => [e.dataset.lumoraId, [...e.classList].find(c => /^lr-(?!node|type)/.test(c))])""")
     shown = dict(families)
