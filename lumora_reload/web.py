@@ -90,20 +90,17 @@ class Root(resource.Resource):
         if not is_loopback(peer) and not _unix(request):
             return api.Refused(403, errors.FORBIDDEN, _token_hint(
                 policy, "The control API answers only to loopback clients"))
-        local = getattr(request.getHost(), "host", None)
-        why = policy.check_browser(host, _header(request, b"origin"), local)
-        if why is not None:
-            return api.Refused(403, errors.FORBIDDEN, why)
-        return None
-
+        return self._host_origin_refusal(request)
 
     def browser_refusal(self, request):
         """The Host and Origin checks alone (what a device passes)."""
-        policy = self.server.policy
-        if policy.token_ok(_header(request, b"authorization")):
+        if self.server.policy.token_ok(_header(request, b"authorization")):
             return None
+        return self._host_origin_refusal(request)
+
+    def _host_origin_refusal(self, request):
         local = getattr(request.getHost(), "host", None)
-        why = policy.check_browser(_header(request, b"host"), _header(request, b"origin"), local)
+        why = self.server.policy.check_browser(_header(request, b"host"), _header(request, b"origin"), local)
         if why is not None:
             return api.Refused(403, errors.FORBIDDEN, why)
         return None
