@@ -152,6 +152,7 @@
     hideOverlay("closed");
     body.dataset.resumed = String(!!p.resumed);
     if (!p.resumed) {
+      var t0 = performance.now();
       var seq = p.sequenceNumber || 0;
       if (p.initialSchema) {
         try {
@@ -173,6 +174,7 @@
     }
     state.synced = true;
     render();
+    if (!p.resumed) stats.lastApplyMs = performance.now() - t0;
     flushLogs();
   }
 
