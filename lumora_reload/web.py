@@ -19,13 +19,18 @@ from twisted.web import http, resource, server
 from twisted.web.http import _escape
 from zope.interface import implementer
 
-from lumora_reload import api, errors
+from lumora_reload import api, dashboard, errors, preview
 from lumora_reload.access import is_loopback
 
 _log = Logger()
 
 # First path segments of the control API; a --ws-path must not hide them.
-API_SEGMENTS = ("health", "stats", "session", "send", "metrics", "openapi.json")
+API_SEGMENTS = (
+    "health", "stats", "session", "send", "metrics", "openapi.json", "overview", "preview", "assets",
+)
+# Served to any client naming an allowed Host (and Origin): the browser
+# preview is a device, and the files its page loads hold nothing private.
+DEVICE_SEGMENTS = (b"preview", b"assets")
 
 
 class Root(resource.Resource):
@@ -38,6 +43,10 @@ class Root(resource.Resource):
         self.putChild(b"send", api.Send(server))
         self.putChild(b"metrics", api.MetricsPage(server))
         self.putChild(b"openapi.json", api.OpenApi(server))
+        self.putChild(b"", dashboard.DashboardPage(server))
+        self.putChild(b"overview", dashboard.Overview(server))
+        self.putChild(b"preview", preview.Preview(server))
+        self.putChild(b"assets", preview.Assets())
         parts = ws_path_parts(ws_path)
         # /ws, or a nested path such as /lumora/ws
         parent = self
@@ -53,7 +62,12 @@ class Root(resource.Resource):
             # health is open to probes; the WebSocket does its own checks
             # and answers with close codes a browser can read
             return super().getChildWithDefault(path, request)
-        refusal = self.refusal(request)
+        if path in DEVICE_SEGMENTS:
+            refusal = self.browser_refusal(request)
+        else:
+            # the dashboard page may carry the token in its URL: a browser
+            # opening a page cannot send it in a header
+            refusal = self.refusal(request, query_token=path == b"" and not request.postpath)
         if refusal is not None:
             return refusal
         return super().getChildWithDefault(path, request)
@@ -64,16 +78,20 @@ class Root(resource.Resource):
     def render(self, request):
         return api.NotFound().render(request)
 
-    def refusal(self, request):
-        refused = self._refusal(request)
+    def refusal(self, request, query_token=False):
+        refused = self._refusal(request, query_token)
         if refused is not None:
             self.server.metrics.refused("api", refused.reason)
         return refused
 
-    def _refusal(self, request):
+    def _refusal(self, request, query_token):
         policy = self.server.policy
         if policy.token_ok(_header(request, b"authorization")):
             return None
+        if query_token:
+            token = dashboard.query_token(request)
+            if token is not None and policy.token_ok("Bearer " + token):
+                return None
         host = _header(request, b"host")
         if policy.is_public(host):
             # a tunnel agent connects from loopback; the Host says the
@@ -84,8 +102,17 @@ class Root(resource.Resource):
         if not is_loopback(peer) and not _unix(request):
             return api.Refused(403, errors.FORBIDDEN, _token_hint(
                 policy, "The control API answers only to loopback clients"), reason="token")
+        return self._host_origin_refusal(request)
+
+    def browser_refusal(self, request):
+        """The Host and Origin checks alone (what a device passes)."""
+        if self.server.policy.token_ok(_header(request, b"authorization")):
+            return None
+        return self._host_origin_refusal(request)
+
+    def _host_origin_refusal(self, request):
         local = getattr(request.getHost(), "host", None)
-        why = policy.check_browser(host, _header(request, b"origin"), local)
+        why = self.server.policy.check_browser(_header(request, b"host"), _header(request, b"origin"), local)
         if why is not None:
             return api.Refused(403, errors.FORBIDDEN, why, reason="origin" if why.startswith("Origin") else "host")
         return None
@@ -339,13 +366,14 @@ _AGENT_CHARS = 200
 
 
 def redact_uri(uri):
-    """The request URI with every session id shortened: the path segment
-    after /session/ or /send/, and a `session` query parameter."""
+    """The request URI with every session id shortened (the path segment
+    after /session/, /send/ or /preview/, and a `session` query parameter)
+    and a `token` query parameter hidden."""
     text = uri.decode("latin-1") if isinstance(uri, bytes) else uri
     path, mark, query = text.partition("?")
     parts = path.split("/")
     for i in range(1, len(parts) - 1):
-        if parts[i] in ("session", "send") and parts[i + 1] not in ("", "new"):
+        if parts[i] in ("session", "send", "preview") and parts[i + 1] not in ("", "new"):
             parts[i + 1] = _cut(parts[i + 1])
     if query:
         fields = query.split("&")
@@ -353,6 +381,8 @@ def redact_uri(uri):
             name, eq, value = field.partition("=")
             if name == "session" and value:
                 fields[i] = name + eq + _cut(value)
+            elif name == "token" and value:  # the dashboard page's token
+                fields[i] = name + eq + "..."
         query = "&".join(fields)
     return "/".join(parts) + mark + query
 

@@ -89,7 +89,7 @@ async def test_get_on_a_sub_resource_does_not_answer_the_session(daemon):
 @ensure
 async def test_extra_path_segments_are_404_json(daemon):
     sid = await daemon.new_session()
-    for path in ["/health/x", "/stats/x", f"/session/{sid}/extend/x", f"/session/{sid}/logs/a/b", "/nope", "/"]:
+    for path in ["/health/x", "/stats/x", f"/session/{sid}/extend/x", f"/session/{sid}/logs/a/b", "/nope", "/x/y"]:
         status, body = await daemon.call("GET", path)
         assert (status, body["code"]) == (404, "NOT_FOUND"), path
 

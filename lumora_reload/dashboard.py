@@ -1,0 +1,100 @@
+"""The dashboard: `GET /` is a page listing the sessions, and `GET
+/overview` the JSON it polls (every session with its device URL and QR
+code, devices and their health, recent updates, the log tail).
+
+Both follow the control API's rule: loopback clients, or the API token.
+A browser cannot put the token in a header when it opens a page, so the
+page (and only the page) also takes it as ``?token=``; the page's script
+then sends it as ``Authorization: Bearer`` on every call and drops it from
+the address bar.
+"""
+
+import collections
+from urllib.parse import urlsplit
+
+import segno
+
+from lumora_reload.access import is_loopback
+from lumora_reload.api import JsonResource
+from lumora_reload.cli.lan import choose_host, list_interfaces, with_host
+from lumora_reload.errors import LumoraError
+from lumora_reload.preview import Page, static_file
+
+LOG_TAIL = 20
+RECENT_UPDATES = 8
+_QR_CACHE = 256
+
+
+class DashboardPage(Page):
+    def body(self, request):
+        return static_file("dashboard.html")
+
+
+class Overview(JsonResource):
+    isLeaf = True
+
+    def __init__(self, server):
+        super().__init__(server)
+        self._qr = collections.OrderedDict()
+
+    def render_GET(self, request):
+        hub = self.server.hub
+        lan = choose_host(list_interfaces())
+        sessions = []
+        for session in list(hub.sessions.values()):
+            try:
+                health = self.server.get_session_health(session.id)
+            except LumoraError:  # expired, not yet swept
+                continue
+            sessions.append(self._session(session, health, request, lan))
+        sessions.sort(key=lambda s: -s["createdAt"])
+        return {"sessions": sessions, "totalDevices": hub.total_devices(), "wsPath": self.server.ws_path}
+
+    def _session(self, session, health, request, lan):
+        local = self.server.ws_url(session.id, request)
+        device_url = with_host(local, lan) if lan and _loopback_url(local) else local
+        info = {d.connection_id: d for d in session.devices.values()}
+        devices = []
+        for h in health["devices"]:
+            d = info.get(h["connectionId"])
+            devices.append(dict(h, platform=d.platform if d else None, deviceName=d.device_name if d else None,
+                                connectedAt=d.connected_at if d else None))
+        return {
+            "sessionId": session.id,
+            "createdAt": session.created_at,
+            "expiresAt": session.expires_at(),
+            "sequenceNumber": session.sequence,
+            "checksum": session.checksum,
+            "deviceUrl": device_url,
+            "localUrl": local,
+            "qrSvg": self._qr_svg(device_url),
+            "healthyDevices": health["healthyDevices"],
+            "devices": devices,
+            "updates": [
+                {"sequenceNumber": e.sequence, "updateType": e.update_type, "checksum": e.checksum}
+                for e in reversed(session.history[-RECENT_UPDATES:])
+            ],
+            "logs": list(session.logs)[-LOG_TAIL:],
+        }
+
+    def _qr_svg(self, url):
+        svg = self._qr.get(url)
+        if svg is None:
+            svg = segno.make(url, error="m").svg_inline(scale=3, border=2, dark="#1c1f24", light="#fff")
+            self._qr[url] = svg
+            if len(self._qr) > _QR_CACHE:
+                self._qr.popitem(last=False)
+        return svg
+
+
+def _loopback_url(url):
+    """Whether a URL names this machine only (then a phone needs the LAN address)."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host == "localhost" or host.endswith(".localhost") or is_loopback(host)
+
+
+def query_token(request):
+    """The ``?token=`` of a dashboard page request, or None."""
+    values = request.args.get(b"token") if request.args else None
+    return values[0].decode("latin-1") if values else None
+
