@@ -31,7 +31,7 @@ def parse_args(argv):
     p.add_argument("--throughput-seconds", type=float, help="[10; quick 3]")
     p.add_argument("--throughput-rate-limit", type=float, default=1000.0,
                    help="also run throughput with the daemon's --rate-limit raised to this (0: skip) [1000]")
-    p.add_argument("--idle", type=_ints, help="idle device counts [1000,5000,10000; quick 1000,2000]")
+    p.add_argument("--idle", type=_ints, help="idle device counts [1000,10000,18000; quick 1000,2000]")
     p.add_argument("--generators", type=int, default=max(2, os.cpu_count() or 2),
                    help="load-generator processes [number of CPUs, at least 2]")
     p.add_argument("--parse", action="store_true",
@@ -54,7 +54,7 @@ def parse_args(argv):
     args.pushes = args.pushes or (5 if q else 20)
     args.latency_pushes = args.latency_pushes or (25 if q else 100)
     args.throughput_seconds = args.throughput_seconds or (3.0 if q else 10.0)
-    args.idle = args.idle or ([1000, 2000] if q else [1000, 5000, 10000])
+    args.idle = args.idle or ([1000, 2000] if q else [1000, 10000, 18000])
     here = os.path.dirname(os.path.abspath(__file__))
     args.json = args.json or (os.path.join(tempfile.gettempdir(), "lumora-bench-quick.json") if q
                               else os.path.join(here, "results.json"))

@@ -18,6 +18,7 @@ from lumora_reload import errors, messages, web
 from lumora_reload.access import AccessPolicy
 from lumora_reload.config import Config
 from lumora_reload.errors import LumoraError
+from lumora_reload.fdwatch import FdWatch
 from lumora_reload.liveness import Sweeps
 from lumora_reload.sessions import Hub, Limits, PushResult, short_id
 from lumora_reload.store import ISharedStore, MemoryStore, StoreConflict, StoreUnavailable
@@ -82,6 +83,7 @@ class HotReloadServer(service.Service):
             on_active=self._save_times, expire=self._expire,
         )
         self._resource = None
+        self.fd_watch = FdWatch(self.clock)
         self._queues = SessionQueues()
         self.shared = ISharedStore.providedBy(self.store)
         if self.shared:  # cluster mode: other daemons' changes come in here
@@ -99,6 +101,7 @@ class HotReloadServer(service.Service):
         if self.hub.sessions:
             self._log.info("restored {n} session(s)", n=len(self.hub.sessions))
         self.sweeps.start()
+        self.fd_watch.start()
         super().startService()
 
     @defer.inlineCallbacks
@@ -107,6 +110,7 @@ class HotReloadServer(service.Service):
         resume as soon as the daemon is back."""
         super().stopService()
         self.sweeps.stop()
+        self.fd_watch.stop()
         for session in list(self.hub.sessions.values()):
             self._save_times(session)
         yield self.ws_factory.close_all(messages.CLOSE_RESTART, "Service restart")
