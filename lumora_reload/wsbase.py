@@ -10,7 +10,7 @@ for its automatic pings. `LeanServerProtocol` is the same protocol with
 that per-connection state trimmed:
 
 - the options live on a per-factory subclass (`options_class`), so
-  Autobahn finds them on the class and copies nothing;
+  Autobahn finds them on the class and copies (and logs) nothing;
 - the attributes Autobahn sets on every connection are `__slots__`;
 - the send queue is a small list until something is queued (Autobahn only
   queues for synchronous or chopped sends, which we do not use), the
@@ -82,8 +82,12 @@ class LeanServerProtocol(WebSocketServerProtocol):
     def options_class(cls, factory):
         """A subclass carrying `factory`'s protocol options as class
         attributes, so no connection copies them."""
-        options = {name: getattr(factory, name) for name in cls.CONFIG_ATTRS}
-        return type(cls.__name__, (cls,), {"__slots__": (), "__module__": cls.__module__, **options})
+        options = {name: getattr(factory, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
+        # an empty CONFIG_ATTRS: nothing to copy, and Autobahn's connect
+        # skips pretty-printing every option for a debug line (an eighth
+        # of the CPU of a connect storm)
+        return type(cls.__name__, (cls,), {"__slots__": (), "__module__": cls.__module__,
+                                           "CONFIG_ATTRS": (), **options})
 
     def _connectionMade(self):
         super()._connectionMade()
