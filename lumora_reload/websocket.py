@@ -162,7 +162,7 @@ class DeviceProtocol(LeanServerProtocol):
         prepared = outgoing.cache.get("ws")
         if prepared is None:
             prepared = outgoing.cache["ws"] = self.factory.prepareMessage(outgoing.payload)
-        self.sendPreparedMessage(prepared)
+        self.send_prepared(prepared)
 
     def send_close(self, code, reason):
         if self.state != self.STATE_OPEN:

@@ -16,7 +16,9 @@ that per-connection state trimmed:
   queues for synchronous or chopped sends, which we do not use), the
   validator is not created (incoming UTF-8 is not validated by Autobahn
   here), traffic counters are not kept;
-- the handshake's request and response text is dropped once open.
+- the handshake's request and response text is dropped once open;
+- a prepared frame goes straight to the socket when nothing is queued
+  (`send_prepared`).
 
 `PingSweep` sends the WebSocket pings: one timer for every connection,
 each pinged once per interval, a slice of them per tick so that ten
@@ -24,8 +26,9 @@ thousand pings do not land in one reactor turn.
 """
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
-from twisted.internet import task
+from twisted.internet import task, tcp
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 
 # What Autobahn sets on every server connection (autobahn 26.x), other than
 # the protocol options and names its base classes already define.
@@ -99,6 +102,33 @@ class LeanServerProtocol(WebSocketServerProtocol):
         for name in _HANDSHAKE_ONLY:
             setattr(self, name, None)
         super()._onOpen()
+
+    def send_prepared(self, prepared):
+        """`sendPreparedMessage`, written straight to the socket when
+        nothing is waiting to go out (as asyncio does): no epoll
+        registration and no extra reactor turn per device for the usual
+        case. Whatever the kernel does not take goes through the
+        transport, which keeps order and reports back-pressure."""
+        if self._perMessageCompress is not None or self.send_queue:
+            self.sendPreparedMessage(prepared)
+            return
+        data = prepared.payloadHybi
+        outer = self.transport
+        # only a plain TCP socket (behind the per-address limit's plain
+        # wrapper at most); never under TLS, which must encrypt first
+        inner = outer.transport if type(outer) is ProtocolWrapper else outer
+        if (type(inner) is not tcp.Server or inner.TLS or not inner.connected or inner.disconnecting
+                or inner._writeDisconnected or inner.dataBuffer or inner._tempDataBuffer):
+            outer.write(data)
+            return
+        try:
+            sent = inner.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = 0  # the transport finds out the connection is gone
+        if sent < len(data):
+            outer.write(data[sent:])
 
     def ping(self):
         """Send a WebSocket ping if open (the sweep's tick)."""

@@ -1,10 +1,12 @@
 """The lean device protocol and the shared ping sweep."""
 
+import json
 import sys
 
 import pytest_twisted
 from twisted.internet import task
 
+from lumora_reload.sessions import Outgoing
 from lumora_reload.wsbase import PingSweep
 from tests.helpers import WAIT, Daemon, connected_device
 
@@ -91,6 +93,38 @@ async def test_an_open_device_carries_no_per_connection_copies(reactor):
         assert "maxMessagePayloadSize" in type(protocol).__dict__
         assert sys.getsizeof(vars(protocol)) < 1024
         assert not hasattr(protocol.connection, "__dict__") or not protocol.connection.__dict__
+        device.sendClose()
+        await device.wait_closed(WAIT)
+    finally:
+        await daemon.stop()
+
+
+def _socket_of(protocol):
+    transport = protocol.transport
+    return getattr(transport, "transport", transport)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frame_goes_straight_to_an_idle_socket_and_queues_behind_pending_bytes(reactor):
+    """With nothing queued a frame is written at once; with bytes pending it waits its turn, in order."""
+    daemon = Daemon(reactor, heartbeat_interval=30.0)
+    await daemon.start()
+    try:
+        sid = await daemon.new_session()
+        device, _ = await connected_device(daemon, sid)
+        (protocol,) = daemon.server.ws_factory.connections
+        sock = _socket_of(protocol)
+        ping = {"type": "pong", "sessionId": sid, "timestamp": 1, "version": "1.0", "payload": {"n": 1}}
+        protocol.connection.send(Outgoing(json.dumps(ping).encode()))
+        assert not sock._tempDataBuffer and not sock.dataBuffer  # already in the kernel
+        assert (await device.next_of("pong"))["payload"] == {"n": 1}
+
+        protocol.sendPing()  # Autobahn's own write: waits in the transport's buffer
+        assert sock._tempDataBuffer
+        second = dict(ping, payload={"n": 2})
+        protocol.connection.send(Outgoing(json.dumps(second).encode()))
+        assert len(sock._tempDataBuffer) == 2  # behind the ping, not before it
+        assert (await device.next_of("pong"))["payload"] == {"n": 2}
         device.sendClose()
         await device.wait_closed(WAIT)
     finally:
