@@ -7,7 +7,7 @@ import sys
 from twisted.application import service, strports
 from twisted.python import usage
 
-from lumora_reload import __version__
+from lumora_reload import __version__, workers
 from lumora_reload.config import Config, option_rows
 
 
@@ -92,6 +92,10 @@ class Options(usage.Options):
             self["config"] = Config.from_options(self, secure=self["port"].startswith("ssl:"))
         except ValueError as e:
             raise usage.UsageError(str(e))
+        if self["workers"] > 1 and not self["redis"]:
+            raise usage.UsageError(
+                f"--workers {self['workers']} needs --redis: the workers share sessions through Redis"
+            )
 
 
 def make_store(config, clock=None):
@@ -141,5 +145,12 @@ def build(config, reactor=None):
     root = service.MultiService()
     hot = HotReloadServer(reactor=reactor, store=make_store(config, clock=reactor), config=config["config"])
     hot.setServiceParent(root)
-    strports.service(config["port"], web.site(hot, reactor), reactor=reactor).setServiceParent(root)
+    site = web.site(hot, reactor)
+    inherited = os.environ.pop(workers.LISTEN_FD_ENV, None)
+    if inherited is not None:  # one of --workers: the first process listens for us
+        workers.AdoptedPort(reactor, int(inherited), site).setServiceParent(root)
+    elif config["workers"] > 1:
+        workers.SharedPort(reactor, config["port"], site, config["workers"]).setServiceParent(root)
+    else:
+        strports.service(config["port"], site, reactor=reactor).setServiceParent(root)
     return root
