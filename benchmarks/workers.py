@@ -85,6 +85,8 @@ def run_one(workers, devices, gens, workdir, pushes, settle=3.0):
         rss = _rss_kb(pids)
         per_worker = {p: len(os.listdir(f"/proc/{p}/fd")) for p in pids}
         gens.reset()
+        api.close()
+        api = Api(daemon.port)  # a fresh connection: the first one idled through the connect storm
         rows = [_push(api, f"/send/{sid}", spec.next("incremental")[1], daemon, gens) for _ in range(pushes)]
         latencies = [r["latency"] for r in rows]
         return {
@@ -134,6 +136,7 @@ def main(argv=None):
             for workers, devices in plan:
                 print(f"workers: {workers} worker(s), {devices} devices ...", flush=True)
                 results.append(run_one(workers, devices, gens, wd, args.pushes))
+                print(json.dumps(results[-1]), flush=True)
     finally:
         gens.stop()
     print(table(results))
