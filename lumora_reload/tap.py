@@ -82,6 +82,13 @@ class Options(usage.Options):
                 raise usage.UsageError("--api-token-file is empty")
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
+        if self["workers"] > 1 and not self["redis"]:
+            raise usage.UsageError(
+                f"--workers {self['workers']} needs --redis: the workers share sessions through Redis"
+            )
+        if self["workers"] > 1 and not self["port"].startswith(("tcp:", "tcp6:", "unix:")):
+            # the other workers take over the bare socket, so no TLS wrapper
+            raise usage.UsageError("--workers needs a tcp:, tcp6: or unix: --port (terminate TLS in front)")
         try:
             from twisted.internet import endpoints, reactor
 
@@ -92,10 +99,6 @@ class Options(usage.Options):
             self["config"] = Config.from_options(self, secure=self["port"].startswith("ssl:"))
         except ValueError as e:
             raise usage.UsageError(str(e))
-        if self["workers"] > 1 and not self["redis"]:
-            raise usage.UsageError(
-                f"--workers {self['workers']} needs --redis: the workers share sessions through Redis"
-            )
 
 
 def make_store(config, clock=None):

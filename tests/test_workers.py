@@ -42,6 +42,14 @@ def test_more_than_one_worker_needs_redis(capsys):
     assert "--workers 2 needs --redis" in capsys.readouterr().err
 
 
+def test_workers_refuse_a_tls_port(capsys):
+    """--workers with an ssl: port is refused: the other workers could not speak TLS on it."""
+    with pytest.raises(SystemExit):
+        tap.Options().parseOptions(["--redis", "redis://127.0.0.1:1/0", "--workers", "2",
+                                    "--port", "ssl:8443:privateKey=k.pem:certKey=c.pem"])
+    assert "--workers needs a tcp:, tcp6: or unix: --port" in capsys.readouterr().err
+
+
 @needs_redis
 def test_two_workers_on_one_port_share_sessions(tmp_path):
     """Devices on either of two workers on one port get pushes made through either."""
