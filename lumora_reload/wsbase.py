@@ -95,7 +95,8 @@ class LeanServerProtocol(WebSocketServerProtocol):
     def _connectionMade(self):
         super()._connectionMade()
         self.send_queue = _SendQueue()
-        self.utf8validator = None  # utf8validateIncoming is off
+        if not self.utf8validateIncoming:
+            self.utf8validator = None  # never consulted
         self.trafficStats = _NO_STATS
 
     def _onOpen(self):
