@@ -8,9 +8,11 @@ import sys
 import tempfile
 import time
 
-from benchmarks import fanout, harness, idle, loadgen, report, spy, throughput
+from benchmarks import fanout, harness, idle, loadgen, report, spy, throughput, workers
 
 SECTIONS = ("fanout", "latency", "throughput", "idle")
+# long and needs redis-server: only when asked for (--only ...,workers)
+EXTRA_SECTIONS = ("workers",)
 
 
 def _ints(text):
@@ -20,7 +22,11 @@ def _ints(text):
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true", help="reduced sizes and counts (about 1-2 minutes)")
-    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ", ".join(SECTIONS))
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help="comma-separated sections: " + ", ".join(SECTIONS + EXTRA_SECTIONS)
+                   + " [all but workers]")
+    p.add_argument("--workers-plan", default="1:18000,2:36000",
+                   help="workers section: workers:devices pairs [1:18000,2:36000]")
     p.add_argument("--profile", action="store_true",
                    help="also profile the fan-out path (large schema, most devices) and the throughput loop with py-spy")
     p.add_argument("--devices", type=_ints, help="fan-out device counts [10,100,1000]")
@@ -31,7 +37,7 @@ def parse_args(argv):
     p.add_argument("--throughput-seconds", type=float, help="[10; quick 3]")
     p.add_argument("--throughput-rate-limit", type=float, default=1000.0,
                    help="also run throughput with the daemon's --rate-limit raised to this (0: skip) [1000]")
-    p.add_argument("--idle", type=_ints, help="idle device counts [1000,5000,10000; quick 1000,2000]")
+    p.add_argument("--idle", type=_ints, help="idle device counts [1000,10000,18000; quick 1000,2000]")
     p.add_argument("--generators", type=int, default=max(2, os.cpu_count() or 2),
                    help="load-generator processes [number of CPUs, at least 2]")
     p.add_argument("--parse", action="store_true",
@@ -47,14 +53,14 @@ def parse_args(argv):
     q = args.quick
     args.only = [s for s in args.only.split(",") if s]
     for s in args.only:
-        if s not in SECTIONS:
+        if s not in SECTIONS + EXTRA_SECTIONS:
             p.error(f"unknown section {s!r}")
     args.devices = args.devices or [10, 100, 1000]
     args.schemas = (args.schemas or "small,large").split(",")
     args.pushes = args.pushes or (5 if q else 20)
     args.latency_pushes = args.latency_pushes or (25 if q else 100)
     args.throughput_seconds = args.throughput_seconds or (3.0 if q else 10.0)
-    args.idle = args.idle or ([1000, 2000] if q else [1000, 5000, 10000])
+    args.idle = args.idle or ([1000, 2000] if q else [1000, 10000, 18000])
     here = os.path.dirname(os.path.abspath(__file__))
     args.json = args.json or (os.path.join(tempfile.gettempdir(), "lumora-bench-quick.json") if q
                               else os.path.join(here, "results.json"))
@@ -140,6 +146,17 @@ def main(argv=None):
                 say()
                 say("## Push latency (one device)")
                 say(report.latency_table(rows))
+                say()
+            if "workers" in args.only:
+                plan = [tuple(int(x) for x in item.split(":")) for item in args.workers_plan.split(",")]
+                runs = []
+                for n_workers, n_devices in plan:
+                    say(f"workers: {n_workers} worker(s), {n_devices} idle devices ...")
+                    runs.append(workers.run_one(n_workers, n_devices, gens, wd, args.pushes))
+                results["workers"] = runs
+                say()
+                say("## Workers")
+                say(workers.table(runs))
                 say()
             if "throughput" in args.only:
                 variants = [("daemon defaults", [])]

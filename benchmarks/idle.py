@@ -1,4 +1,4 @@
-"""Idle connections: daemon memory with 0 / 1,000 / 5,000 / 10,000 devices
+"""Idle connections: daemon memory with 0 / 1,000 / 10,000 / 18,000 devices
 connected to one session (small schema, so each got it in ``connected``),
 and ``GET /health`` latency meanwhile.
 
@@ -96,7 +96,8 @@ def run(counts, gens, workdir, daemon_args=(), floor=True, settle=3.0):
     initial = Pushes(SMALL).initial
     out = {"counts": counts}
     extra_cpu = 0.0
-    daemon = Daemon(workdir, daemon_args)
+    # all devices join one session: lift the per-session cap (10,000) to the count
+    daemon = Daemon(workdir, [f"--max-devices-per-session={max(counts)}", *daemon_args])
     prober = None
     try:
         status, made = Api(daemon.port).call("POST", "/session/new", b'{"schema":' + initial + b"}")

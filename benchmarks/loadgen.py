@@ -344,6 +344,9 @@ class Pool:
             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
+        # One source address per generator process on loopback: one
+        # address has about 28,000 ephemeral ports to one server port.
+        source = (f"127.0.0.{2 + self.index}", 0) if host == "127.0.0.1" else None
         started = time.monotonic()
         gate = asyncio.Semaphore(concurrency)
         failures = []
@@ -353,7 +356,7 @@ class Pool:
             async with gate:
                 device = Device(self, number, keep=(number == 0 and self.capture is not None))
                 try:
-                    await self.loop.create_connection(lambda: device, host, port)
+                    await self.loop.create_connection(lambda: device, host, port, local_addr=source)
                     await asyncio.wait_for(asyncio.shield(device.ready), 120)
                 except Exception as e:  # reported, not raised: the coordinator decides
                     failures.append(repr(e)[:200])

@@ -108,6 +108,9 @@ class Config:
         "count",
     )
     max_log_bytes: int = _number(MiB, "Bytes of device log lines kept per session (oldest dropped).", "count")
+    workers: int = _number(
+        1, "Daemon processes serving the port, one per core; more than 1 needs --redis.", "count"
+    )
     max_name_length: int = _number(
         256, "Longest deviceId, deviceName, platform and clientVersion, in characters.", "count"
     )

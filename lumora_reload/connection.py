@@ -92,6 +92,8 @@ class RateGuard:
     a steady flood is closed however many of its messages get through.
     """
 
+    __slots__ = ("messages", "acks", "burst", "clock", "_refused", "_since", "_last")
+
     def __init__(self, rate, burst, clock):
         self.messages = TokenBucket(rate, burst, clock)
         self.acks = TokenBucket(rate * 10, burst * 10, clock)
@@ -118,6 +120,8 @@ class RateGuard:
 class TokenBucket:
     """`rate` messages per second sustained, `burst` at once."""
 
+    __slots__ = ("rate", "burst", "tokens", "clock", "stamp")
+
     def __init__(self, rate, burst, clock):
         self.rate = float(rate)
         self.burst = float(burst)
@@ -139,6 +143,11 @@ class TokenBucket:
 class Connection:
     """The state of one device connection; the hub's link to the device."""
 
+    # one per open device, thousands at once: slots, and an instance dict
+    # only once something (lumora_reload.testing's tap) shadows a method
+    __slots__ = ("__dict__", "hub", "wire", "session_id", "clock", "rate_limit", "rate_burst", "max_buffer",
+                 "max_name_length", "phase", "flow", "device", "_session", "_guard", "_hello_timer",
+                 "_queued", "_missed")
     _log = Logger()
 
     def __init__(

@@ -18,6 +18,7 @@ from lumora_reload import errors, messages, web
 from lumora_reload.access import AccessPolicy
 from lumora_reload.config import Config
 from lumora_reload.errors import LumoraError
+from lumora_reload.fdwatch import FdWatch
 from lumora_reload.liveness import Sweeps
 from lumora_reload.metrics import Metrics
 from lumora_reload.sessions import Hub, Limits, PushResult, short_id
@@ -84,6 +85,7 @@ class HotReloadServer(service.Service):
         )
         self._resource = None
         self.loopback_only = None  # set by the daemon's listener; unknown when embedded
+        self.fd_watch = FdWatch(self.clock)
         self._queues = SessionQueues()
         self.shared = ISharedStore.providedBy(self.store)
         self.metrics = Metrics(self.hub, self.ws_factory.connections, self.store if self.shared else None,
@@ -105,6 +107,7 @@ class HotReloadServer(service.Service):
         if self.hub.sessions:
             self._log.info("restored {n} session(s)", n=len(self.hub.sessions), event="sessions.restored")
         self.sweeps.start()
+        self.fd_watch.start()
         super().startService()
 
     @defer.inlineCallbacks
@@ -113,6 +116,7 @@ class HotReloadServer(service.Service):
         resume as soon as the daemon is back."""
         super().stopService()
         self.sweeps.stop()
+        self.fd_watch.stop()
         for session in list(self.hub.sessions.values()):
             self._save_times(session)
         yield self.ws_factory.close_all(messages.CLOSE_RESTART, "Service restart")

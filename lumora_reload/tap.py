@@ -7,7 +7,7 @@ import sys
 from twisted.application import service
 from twisted.python import usage
 
-from lumora_reload import __version__
+from lumora_reload import __version__, workers
 from lumora_reload.config import Config, option_rows
 from lumora_reload.listen import Listener, endpoint_description
 from lumora_reload.logs import FORMATS, take_over
@@ -90,6 +90,13 @@ class Options(usage.Options):
             raise usage.UsageError(f"--log-format must be text or json, not '{self['log-format']}'")
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
+        if self["workers"] > 1 and not self["redis"]:
+            raise usage.UsageError(
+                f"--workers {self['workers']} needs --redis: the workers share sessions through Redis"
+            )
+        if self["workers"] > 1 and not self["port"].startswith(("tcp:", "tcp6:", "unix:")):
+            # the other workers take over the bare socket, so no TLS wrapper
+            raise usage.UsageError("--workers needs a tcp:, tcp6: or unix: --port (terminate TLS in front)")
         try:
             from twisted.internet import endpoints, reactor
 
@@ -146,7 +153,8 @@ def makeService(config, reactor=None):
     root = build(config, reactor)
     # listen now, while stderr is still the terminal: a port that cannot be
     # had is one line and exit status 1, not a traceback in the log
-    root.getServiceNamed("listener").bind()
+    if "listener" in root.namedServices:
+        root.getServiceNamed("listener").bind()
     return root
 
 
@@ -161,7 +169,14 @@ def build(config, reactor=None):
     root = service.MultiService()
     hot = HotReloadServer(reactor=reactor, store=make_store(config, clock=reactor), config=config["config"])
     hot.setServiceParent(root)
-    listener = Listener(config["port"], web.site(hot, reactor), hot, reactor)
-    listener.setName("listener")
-    listener.setServiceParent(root)
+    site = web.site(hot, reactor)
+    inherited = os.environ.pop(workers.LISTEN_FD_ENV, None)
+    if inherited is not None:  # one of --workers: the first process listens for us
+        workers.AdoptedPort(reactor, int(inherited), site).setServiceParent(root)
+    elif config["workers"] > 1:
+        workers.SharedPort(reactor, config["port"], site, config["workers"]).setServiceParent(root)
+    else:
+        listener = Listener(config["port"], site, hot, reactor)
+        listener.setName("listener")
+        listener.setServiceParent(root)
     return root

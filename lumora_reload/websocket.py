@@ -16,9 +16,10 @@ Wire protocol, in short:
            oversize message -> 1009 (Autobahn), replaced device -> 4409,
            daemon stopping -> 1012 "Service restart",
            partial messages of all devices over their total -> 1013
-  liveness WebSocket pings every --heartbeat-interval; a device is dropped
-           only by the liveness sweep, after --connection-timeout of
-           silence (a pong or any message counts)
+  liveness WebSocket pings every --heartbeat-interval (one `PingSweep`
+           for all devices, not a timer each); a device is dropped only by
+           the liveness sweep, after --connection-timeout of silence (a
+           pong or any message counts)
 
 Outgoing updates arrive as `Outgoing` objects shared by every device of a
 broadcast; the frame is prepared once (`prepareMessage`) and cached on the
@@ -33,7 +34,7 @@ push producer registered on the transport reports when the kernel stopped
 taking our bytes and when it drained.
 """
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -43,11 +44,14 @@ from zope.interface import implementer
 from lumora_reload import messages
 from lumora_reload.connection import Connection, IWire, Phase
 from lumora_reload.metrics import NO_EVENTS
+from lumora_reload.wsbase import LeanServerProtocol, PingSweep
 
 
 class _BufferWatch:
     """Push producer registered on the transport: tells the connection
     when the kernel stopped taking its bytes and when it drained."""
+
+    __slots__ = ("connection",)
 
     def __init__(self, connection):
         self.connection = connection
@@ -63,13 +67,17 @@ class _BufferWatch:
 
 
 @implementer(IWire)
-class DeviceProtocol(WebSocketServerProtocol):
+class DeviceProtocol(LeanServerProtocol):
+    # thousands of these stay open all day: no instance dict for our state
+    __slots__ = ("connection", "_session_id", "_refusal", "_pending")
     _log = Logger()
 
-    connection = None  # a Connection once the handshake is done
-    _session_id = None
-    _refusal = None
-    _pending = 0  # bytes of the message being received
+    def __init__(self):
+        super().__init__()
+        self.connection = None  # a Connection once the handshake is done
+        self._session_id = None
+        self._refusal = None
+        self._pending = 0  # bytes of the message being received
 
     def makeConnection(self, transport):
         # On a TLS port the per-address limit's ProtocolWrapper sits between
@@ -170,7 +178,7 @@ class DeviceProtocol(WebSocketServerProtocol):
         prepared = outgoing.cache.get("ws")
         if prepared is None:
             prepared = outgoing.cache["ws"] = self.factory.prepareMessage(outgoing.payload)
-        self.sendPreparedMessage(prepared)
+        self.send_prepared(prepared)
 
     def send_close(self, code, reason):
         if self.state != self.STATE_OPEN:
@@ -248,20 +256,29 @@ class DeviceFactory(WebSocketServerFactory):
             # page can read; Autobahn's own refusal is an HTTP 400
             allowNullOrigin=True,
         )
-        if auto_ping_interval:
-            # Pings keep NAT mappings open and their pongs count as
-            # liveness; only the liveness sweep drops a silent device, after
-            # --connection-timeout. Autobahn's own ping timeout stays off:
-            # measured from the ping, it raced the sweep and dropped devices
-            # without the "Connection timeout" close they can act on.
-            options.update(autoPingInterval=auto_ping_interval, autoPingTimeout=0)
+        # Pings keep NAT mappings open and their pongs count as liveness;
+        # only the liveness sweep drops a silent device, after
+        # --connection-timeout. Autobahn's own auto-ping stays off: it arms
+        # a timer per connection, and its ping timeout, measured from the
+        # ping, raced the sweep and dropped devices without the
+        # "Connection timeout" close they can act on.
+        self.pings = PingSweep(self.clock, auto_ping_interval) if auto_ping_interval else None
         self.setProtocolOptions(**options)
+
+    def setProtocolOptions(self, **options):
+        super().setProtocolOptions(**options)
+        # connections read the options from their class, not a copy each
+        self.protocol = DeviceProtocol.options_class(self)
 
     def opened(self, protocol):
         self.connections.add(protocol)
+        if self.pings is not None:
+            self.pings.add(protocol)
 
     def closed(self, protocol):
         self.connections.discard(protocol)
+        if self.pings is not None:
+            self.pings.remove(protocol)
         if not self.connections:
             waiting, self._waiting = self._waiting, []
             for d in waiting:

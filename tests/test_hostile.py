@@ -437,10 +437,12 @@ async def test_a_missed_ping_does_not_drop_a_device_before_the_connection_timeou
 
 
 def test_pings_every_heartbeat_and_only_the_sweep_drops(reactor):
+    """Pings follow --heartbeat-interval; Autobahn's own ping and ping timeout stay off."""
     from lumora_reload.server import HotReloadServer
 
     server = HotReloadServer(reactor=reactor, heartbeat_interval=5, connection_timeout=42)
-    assert (server.ws_factory.autoPingInterval, server.ws_factory.autoPingTimeout) == (5, 0)
+    assert server.ws_factory.pings.interval == 5
+    assert (server.ws_factory.autoPingInterval, server.ws_factory.autoPingTimeout) == (0, 0)
 
 
 # -- secrets in logs ---------------------------------------------------------------------

@@ -1,0 +1,193 @@
+"""A leaner Autobahn server protocol, and one ping timer for all devices.
+
+An idle device is mostly its protocol object. Autobahn's
+`WebSocketServerProtocol` keeps about a hundred attributes per connection
+in an instance dict (over 3 KB), copies every protocol option from the
+factory onto each instance, allocates a send queue, a UTF-8 validator and
+traffic counters it rarely or never uses, keeps the handshake's headers and
+raw text for the life of the connection, and arms a timer per connection
+for its automatic pings. `LeanServerProtocol` is the same protocol with
+that per-connection state trimmed:
+
+- the options live on a per-factory subclass (`options_class`), so
+  Autobahn finds them on the class and copies (and logs) nothing;
+- the attributes Autobahn sets on every connection are `__slots__`;
+- the send queue is a small list until something is queued (Autobahn only
+  queues for synchronous or chopped sends, which we do not use), the
+  validator is not created (incoming UTF-8 is not validated by Autobahn
+  here), traffic counters are not kept;
+- the handshake's request and response text is dropped once open;
+- a prepared frame goes straight to the socket when nothing is queued
+  (`send_prepared`).
+
+`PingSweep` sends the WebSocket pings: one timer for every connection,
+each pinged once per interval, a slice of them per tick so that ten
+thousand pings do not land in one reactor turn.
+"""
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet import task, tcp
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+
+# What Autobahn sets on every server connection (autobahn 26.x), other than
+# the protocol options and names its base classes already define.
+AUTOBAHN_SLOTS = (
+    "_isMessageCompressed", "_perMessageCompress", "_transport_details", "_wskey",
+    "autoPingPending", "autoPingPendingCall", "autoPingPendingSent", "autoPingPendingSeq",
+    "autoPingTimeoutCall", "closeHandshakeTimeoutCall", "closedByMe", "control_frame_data",
+    "current_frame", "current_frame_masker", "data", "droppedByMe", "failedByMe", "frame_data",
+    "frame_length", "http_headers", "http_request_data", "http_request_host", "http_request_params",
+    "http_request_path", "http_request_uri", "http_response_data", "http_status_line",
+    "inside_message", "is_closed", "is_open", "localCloseCode", "localCloseReason", "message_data",
+    "message_data_total_length", "message_is_binary", "openHandshakeTimeoutCall", "remoteCloseCode",
+    "remoteCloseReason", "send_queue", "send_state", "state", "trackedTimings", "trafficStats",
+    "triggered", "utf8validateIncomingCurrentMessage", "utf8validator", "wasClean",
+    "wasCloseHandshakeTimeout", "wasMaxFramePayloadSizeExceeded", "wasMaxMessagePayloadSizeExceeded",
+    "wasNotCleanReason", "wasOpenHandshakeTimeout", "wasServerConnectionDropTimeout",
+    "wasServingFlashSocketPolicyFile", "websocket_extensions", "websocket_extensions_in_use",
+    "websocket_origin", "websocket_protocol_in_use", "websocket_protocols", "websocket_version",
+)
+
+# held by the request and response of the opening handshake only
+_HANDSHAKE_ONLY = ("http_headers", "http_request_data", "http_response_data", "http_status_line",
+                   "http_request_params", "websocket_extensions", "websocket_protocols")
+
+
+class _SendQueue(list):
+    """Autobahn's send queue as a list: empty, it costs a tenth of a deque."""
+
+    __slots__ = ()
+
+    def popleft(self):
+        return self.pop(0)
+
+
+class _NoStats:
+    """Traffic counters nobody reads: every increment is dropped."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name):
+        return 0
+
+    def __setattr__(self, name, value):
+        pass
+
+
+_NO_STATS = _NoStats()
+
+
+class LeanServerProtocol(WebSocketServerProtocol):
+    __slots__ = AUTOBAHN_SLOTS + ("_ping_slot",)
+
+    @classmethod
+    def options_class(cls, factory):
+        """A subclass carrying `factory`'s protocol options as class
+        attributes, so no connection copies them."""
+        options = {name: getattr(factory, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
+        # an empty CONFIG_ATTRS: nothing to copy, and Autobahn's connect
+        # skips pretty-printing every option for a debug line (an eighth
+        # of the CPU of a connect storm)
+        return type(cls.__name__, (cls,), {"__slots__": (), "__module__": cls.__module__,
+                                           "CONFIG_ATTRS": (), **options})
+
+    def _connectionMade(self):
+        super()._connectionMade()
+        self.send_queue = _SendQueue()
+        if not self.utf8validateIncoming:
+            self.utf8validator = None  # never consulted
+        self.trafficStats = _NO_STATS
+
+    def _onOpen(self):
+        for name in _HANDSHAKE_ONLY:
+            setattr(self, name, None)
+        super()._onOpen()
+
+    def send_prepared(self, prepared):
+        """`sendPreparedMessage`, written straight to the socket when
+        nothing is waiting to go out (as asyncio does): no epoll
+        registration and no extra reactor turn per device for the usual
+        case. Whatever the kernel does not take goes through the
+        transport, which keeps order and reports back-pressure."""
+        if self._perMessageCompress is not None or self.send_queue:
+            self.sendPreparedMessage(prepared)
+            return
+        data = prepared.payloadHybi
+        outer = self.transport
+        # only a plain TCP socket (behind the per-address limit's plain
+        # wrapper at most); never under TLS, which must encrypt first
+        inner = outer.transport if type(outer) is ProtocolWrapper else outer
+        if (type(inner) is not tcp.Server or inner.TLS or not inner.connected or inner.disconnecting
+                or inner._writeDisconnected or inner.dataBuffer or inner._tempDataBuffer):
+            outer.write(data)
+            return
+        try:
+            sent = inner.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = 0  # the transport finds out the connection is gone
+        if sent < len(data):
+            outer.write(data[sent:])
+
+    def ping(self):
+        """Send a WebSocket ping if open (the sweep's tick)."""
+        if self.state == self.STATE_OPEN:
+            self.sendPing()
+
+
+class PingSweep:
+    """Pings every registered connection once per `interval` from one
+    LoopingCall on `clock`, running only while there are connections.
+
+    The interval is cut into ticks; a connection joins the slice pinged at
+    the tick just past, so its first ping comes one interval after it
+    joined (as Autobahn's own auto-ping would) and the next every interval.
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock, interval):
+        self.clock = clock
+        self.interval = interval
+        ticks = max(1, min(30, int(interval)))
+        self._slices = [set() for _ in range(ticks)]
+        self._next = 0  # the slice the next tick pings
+        self._count = 0
+        self._loop = None
+
+    def add(self, protocol):
+        slot = (self._next - 1) % len(self._slices)
+        self._slices[slot].add(protocol)
+        protocol._ping_slot = slot
+        self._count += 1
+        if self._loop is None:
+            # a busy reactor makes a LoopingCall skip ticks; withCount says
+            # how many passed, so no slice misses its ping
+            self._loop = task.LoopingCall.withCount(self._tick)
+            self._loop.clock = self.clock
+            self._loop.start(self.interval / len(self._slices), now=False)
+
+    def remove(self, protocol):
+        slot = getattr(protocol, "_ping_slot", None)
+        if slot is None or protocol not in self._slices[slot]:
+            return
+        self._slices[slot].discard(protocol)
+        protocol._ping_slot = None
+        self._count -= 1
+        if not self._count and self._loop is not None:
+            self._loop.stop()
+            self._loop = None
+
+    def _tick(self, ticks):
+        due = []
+        for _ in range(min(ticks, len(self._slices))):
+            due.extend(self._slices[self._next])
+            self._next = (self._next + 1) % len(self._slices)
+        for protocol in due:
+            try:
+                protocol.ping()
+            except Exception:
+                # one broken connection must not stop everyone's pings
+                self._log.failure("pinging a device failed")

@@ -1,0 +1,105 @@
+"""`--workers N`: several daemon processes on one port sharing sessions
+through a real `redis-server`; real `twistd` processes, real sockets."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from lumora_reload import tap
+from tests.helpers import make_schema, with_text
+from tests.test_durability import TWISTD
+from tests.test_fd_limit import DEADLINE, Output, call, device, read_until
+
+needs_redis = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="redis-server is not installed (Debian package redis-server)"
+)
+
+
+def sockets_of(pid):
+    """Open TCP sockets of a process, by inode."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
+
+
+def test_more_than_one_worker_needs_redis(capsys):
+    """--workers 2 without --redis is refused with one line saying why."""
+    with pytest.raises(SystemExit) as exit_:
+        tap.Options().parseOptions(["--in-memory", "--workers", "2"])
+    assert exit_.value.code == 2
+    assert "--workers 2 needs --redis" in capsys.readouterr().err
+
+
+def test_workers_refuse_a_tls_port(capsys):
+    """--workers with an ssl: port is refused: the other workers could not speak TLS on it."""
+    with pytest.raises(SystemExit):
+        tap.Options().parseOptions(["--redis", "redis://127.0.0.1:1/0", "--workers", "2",
+                                    "--port", "ssl:8443:privateKey=k.pem:certKey=c.pem"])
+    assert "--workers needs a tcp:, tcp6: or unix: --port" in capsys.readouterr().err
+
+
+@needs_redis
+def test_two_workers_on_one_port_share_sessions(tmp_path):
+    """Devices on either of two workers on one port get pushes made through either."""
+    from tests.test_cluster import RedisServer
+
+    redis = RedisServer(tmp_path)
+    redis.start()
+    proc = subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "--logfile=-", "lumora-reload", "--redis", redis.url,
+         "--port", "tcp:0:interface=127.0.0.1", "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_path,
+    )
+    out = Output(proc)
+    phones = []
+    try:
+        port = int(out.wait_for(rb"Site starting on (\d+)").group(1))
+        child = int(out.wait_for(rb"worker 2 of 2 started \(pid (\d+)\)").group(1))
+        out.wait_for(rb"(?s)subscribed to .*subscribed to ")  # both joined the cluster
+        schema = make_schema()
+        made = call(_http(port), "POST", "/session/new", json.dumps({"schema": schema}).encode())
+        sid = json.loads(made.body)["sessionId"]
+
+        # the kernel hands each new connection to whichever worker accepts
+        # first: connect until both hold devices
+        before = {pid: sockets_of(pid) for pid in (proc.pid, child)}
+        holding = set()
+        while len(holding) < 2 and len(phones) < 60:
+            phones.append(device(port, sid, f"phone-{len(phones)}"))
+            holding = {pid for pid in before if len(sockets_of(pid) - before[pid]) > 0}
+        assert holding == {proc.pid, child}, f"{len(phones)} devices, all on one worker"
+
+        for i in range(4):  # each push goes through whichever worker takes the POST
+            schema = with_text(schema, f"push {i}")
+            pushed = call(_http(port), "POST", f"/send/{sid}", json.dumps(schema).encode())
+            assert pushed.status == 200, pushed.raw[:300]
+            for phone in phones:
+                read_until(phone, f"push {i}".encode())
+        assert b"Traceback" not in out.data
+    finally:
+        for phone in phones:
+            phone.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(DEADLINE)
+        out.drain()
+        proc.stdout.close()
+        redis.stop()
+    assert re.search(rb"worker 2 ended", out.data), "the first process stops its workers"
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
+def _http(port):
+    return socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
