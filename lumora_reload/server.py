@@ -263,9 +263,8 @@ class HotReloadServer(service.Service):
         other. With a synchronous store the Deferred has fired on return.
         """
         started = self.clock.seconds()
-        return self.metrics.timed_push(
-            self._queues.run, session_id, self._push, session_id, schema, preserve_state, started
-        )
+        queue = self._queues.run
+        return self.metrics.timed_push(queue, session_id, self._push, session_id, schema, preserve_state, started)
 
     @defer.inlineCallbacks
     def _push(self, session_id, schema, preserve_state, started):

@@ -226,6 +226,23 @@ async def test_malformed_requests_get_json_400(daemon):
 async def test_options_star_is_json(daemon):
     response, _, _ = await exchange(daemon.port.getHost().port, b"OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert response.json()["code"] == "NOT_FOUND"
+    await _http_channels_closed()
+
+
+async def _http_channels_closed(limit=5.0):
+    """The raw client has closed its socket; wait until the daemon has seen
+    it (its HTTP channel's idle timer is cancelled then), so the test does
+    not end with that timer pending."""
+    from twisted.internet import reactor
+    from twisted.web import http
+
+    def open_channels():
+        return [c for c in reactor.getDelayedCalls()
+                if isinstance(getattr(c.func, "__self__", None), http.HTTPChannel)]
+
+    deadline = time.monotonic() + limit
+    while open_channels() and time.monotonic() < deadline:
+        await task.deferLater(reactor, 0.01, lambda: None)
 
 
 # -- numbers -----------------------------------------------------------------
