@@ -122,6 +122,15 @@ def document(ws_path="/ws"):
             "getMetrics", "Prometheus metrics in the text exposition format",
             {"description": "The metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
             _CONTROL)},
+        "/": {"get": _operation(
+            "getDashboard", "The dashboard page (HTML); the page alone also takes ?token=TOKEN",
+            {"description": "The dashboard", "content": {"text/html": {"schema": {"type": "string"}}}},
+            _CONTROL)},
+        "/overview": {"get": _operation(
+            "getOverview", "What the dashboard shows: every session with its devices, updates and logs",
+            _ok("The overview", _obj(["sessions", "totalDevices"], sessions={"type": "array"},
+                                     totalDevices={"type": "integer", "minimum": 0})),
+            _CONTROL)},
         "/openapi.json": {"get": _operation(
             "getOpenApi", "This document",
             _ok("An OpenAPI 3.1 document", {"type": "object", "required": ["openapi", "paths"]}),
