@@ -147,7 +147,7 @@ class Connection:
     # only once something (lumora_reload.testing's tap) shadows a method
     __slots__ = ("__dict__", "hub", "wire", "session_id", "clock", "rate_limit", "rate_burst", "max_buffer",
                  "max_name_length", "phase", "flow", "device", "_session", "_guard", "_hello_timer",
-                 "_queued", "_missed")
+                 "_queued", "_missed", "events")
     _log = Logger()
 
     def __init__(

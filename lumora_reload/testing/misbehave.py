@@ -126,17 +126,15 @@ class Delay:
 
 
 class PingStall:
-    """The daemon's WebSocket pings held back on one connection (Autobahn
-    keeps the ping interval per connection, copied from its factory)."""
+    """The daemon's WebSocket pings held back on one connection (the
+    factory's ping sweep leaves it out until `resume`)."""
 
     def __init__(self, protocol):
         self.protocol = protocol
-        self.interval = protocol.autoPingInterval
+        self.sweep = protocol.factory.pings
         self.active = True
-        protocol.autoPingInterval = 0  # an instance attribute: this connection only
-        if protocol.autoPingPendingCall is not None:
-            protocol.autoPingPendingCall.cancel()
-            protocol.autoPingPendingCall = None
+        if self.sweep is not None:
+            self.sweep.remove(protocol)
 
     def resume(self):
         """Ping again, now and then every interval."""
@@ -144,10 +142,9 @@ class PingStall:
             return
         self.active = False
         protocol = self.protocol
-        protocol.autoPingInterval = self.interval
-        if self.interval and protocol.state == protocol.STATE_OPEN and protocol.autoPingPendingCall is None:
-            # Autobahn's own auto-ping, so that its pong schedules the next
-            protocol._sendAutoPing()
+        if self.sweep is not None and protocol.state == protocol.STATE_OPEN:
+            protocol.ping()
+            self.sweep.add(protocol)
 
 
 class Stall:
