@@ -85,7 +85,12 @@ class LeanServerProtocol(WebSocketServerProtocol):
     def options_class(cls, factory):
         """A subclass carrying `factory`'s protocol options as class
         attributes, so no connection copies them."""
-        options = {name: getattr(factory, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
+        # a function option (perMessageCompressionAccept) stays a plain
+        # function: as a class attribute it would become a bound method
+        options = {
+            name: staticmethod(value) if callable(value) else value
+            for name, value in ((n, getattr(factory, n)) for n in WebSocketServerProtocol.CONFIG_ATTRS)
+        }
         # an empty CONFIG_ATTRS: nothing to copy, and Autobahn's connect
         # skips pretty-printing every option for a debug line (an eighth
         # of the CPU of a connect storm)

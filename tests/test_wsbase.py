@@ -129,3 +129,33 @@ async def test_a_frame_goes_straight_to_an_idle_socket_and_queues_behind_pending
         await device.wait_closed(WAIT)
     finally:
         await daemon.stop()
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_browser_offering_permessage_deflate_gets_its_handshake(reactor):
+    """A client offering permessage-deflate (every browser does) is answered 101, not left hanging."""
+    import socket
+
+    from twisted.internet import threads
+
+    daemon = Daemon(reactor, heartbeat_interval=30.0)
+    await daemon.start()
+    try:
+        sid = await daemon.new_session()
+        port = daemon.port.getHost().port
+
+        def handshake():
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(
+                    f"GET /ws?session={sid} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    "Sec-WebSocket-Version: 13\r\n"
+                    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n".encode()
+                )
+                return s.recv(200)
+
+        answer = await threads.deferToThread(handshake)
+        assert answer.startswith(b"HTTP/1.1 101"), answer
+    finally:
+        await daemon.stop()
