@@ -2,7 +2,7 @@
 
 `MemoryNetwork` is the same `HotReloadServer` as `LumoraServer`, its
 device connections carried by in-memory transport pairs (`MemoryLink`)
-instead of TCP, and all its time -- the daemon's sweeps, Autobahn's pings
+instead of TCP, and all its time -- the daemon's sweeps and ping sweep
 and handshake timeouts, the clients' heartbeats and reconnect backoff --
 taken from one `task.Clock`. Nothing runs until the test says so, so a
 client's timeouts and backoff are tested in milliseconds, exactly:

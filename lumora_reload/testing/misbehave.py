@@ -150,7 +150,7 @@ class PingStall:
 class Stall:
     """A device the server stopped serving: nothing read from it, nothing
     sent to it (what the server would send is kept, in order, for
-    `resume`). WebSocket-level pings are Autobahn's and still go out."""
+    `resume`). The daemon's WebSocket pings (its ping sweep) still go out."""
 
     def __init__(self, tap, reading=True, sending=True):
         self.tap = tap
@@ -255,7 +255,7 @@ class Misbehaviours:
         Expected: a client that hears nothing (no update, no ``pong``) for
         its receive timeout gives the connection up and reconnects,
         resuming; one that keeps it must end on the latest state once the
-        server resumes. Autobahn's WebSocket pings still go out."""
+        server resumes. The daemon's WebSocket pings still go out."""
         return [Stall(tap, reading, sending) for tap in self._taps_of(session_id, device)]
 
     # -- misbehaviour: updates -------------------------------------------
@@ -344,7 +344,7 @@ class Misbehaviours:
             tap.rules.append(Delay({"pong"}, seconds, count))
 
     def stall_pings(self, session_id, device=None):
-        """Stop the daemon's WebSocket pings (Autobahn's, every
+        """Stop the daemon's WebSocket pings (its ping sweep, every
         ``heartbeat_interval``) on the device's present connection;
         returns the `PingStall` objects (``.resume()`` each). Messages still
         flow.
