@@ -1,13 +1,21 @@
 """The lean device protocol and the shared ping sweep."""
 
 import json
+import os
+import socket
+import struct
 import sys
+import time
 
 import pytest_twisted
+from autobahn.websocket.xormasker import create_xor_masker
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import task
 
 from lumora_reload.sessions import Outgoing
-from lumora_reload.wsbase import PingSweep
+from lumora_reload.wsbase import PingSweep, unmask
+from tests import rawhttp
 from tests.helpers import WAIT, Daemon, connected_device
 
 
@@ -157,5 +165,134 @@ async def test_a_browser_offering_permessage_deflate_gets_its_handshake(reactor)
 
         answer = await threads.deferToThread(handshake)
         assert answer.startswith(b"HTTP/1.1 101"), answer
+    finally:
+        await daemon.stop()
+
+
+# -- reading whole frames in one step ------------------------------------
+
+
+@given(payload=st.binary(max_size=300), mask=st.binary(min_size=4, max_size=4))
+def test_unmask_is_autobahns_xor(payload, mask):
+    """The one-step unmask gives exactly what Autobahn's masker gives."""
+    assert unmask(payload, mask) == create_xor_masker(mask, len(payload)).process(payload)
+
+
+def _masked(payload, opcode=0x1, fin=True):
+    """A client frame with a random mask key, as a real client sends it."""
+    key = os.urandom(4)
+    head = struct.pack("!B", (0x80 if fin else 0) | opcode)
+    n = len(payload)
+    head += struct.pack("!B", 0x80 | n) if n < 126 else struct.pack("!BH", 0x80 | 126, n)
+    return head + key + unmask(payload, key)
+
+
+def _read_frame(sock, buf):
+    """(opcode, payload, rest of buffer) of one unmasked server frame."""
+    def need(n):
+        nonlocal buf
+        while len(buf) < n:
+            part = sock.recv(65536)
+            if not part:
+                raise EOFError("closed")
+            buf += part
+
+    need(2)
+    size, start = buf[1] & 0x7F, 2
+    if size == 126:
+        need(4)
+        size, start = struct.unpack("!H", buf[2:4])[0], 4
+    elif size == 127:
+        need(10)
+        size, start = struct.unpack("!Q", buf[2:10])[0], 10
+    need(start + size)
+    return buf[0] & 0x0F, buf[start:start + size], buf[start + size:]
+
+
+def _envelope(kind, sid, payload):
+    return json.dumps({"type": kind, "sessionId": sid, "timestamp": 1, "version": "1.0",
+                       "payload": payload}).encode()
+
+
+def _replies_to_one_burst(port, sid, burst_parts):
+    """Open a device, send `burst_parts` (each one write), return the kinds
+    of the next replies: a message's type, or "ws-pong:<payload>"."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(rawhttp.ws_handshake(f"/ws?session={sid}", host=f"127.0.0.1:{port}"))
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += sock.recv(4096)
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        sock.sendall(_masked(_envelope("connect", sid, {"deviceId": "raw", "platform": "ios",
+                                                         "clientVersion": "1.1.0"})))
+        kinds = []
+        while "connected" not in kinds:
+            opcode, payload, buf = _read_frame(sock, buf)
+            if opcode == 0x1:
+                kinds.append(json.loads(payload)["type"])
+        for part in burst_parts:
+            sock.sendall(part)
+            time.sleep(0.05)  # separate reads on the daemon's side
+        replies = []
+        while len(replies) < 7:
+            opcode, payload, buf = _read_frame(sock, buf)
+            if opcode == 0x1:
+                replies.append(json.loads(payload)["type"])
+            elif opcode == 0xA:
+                replies.append("ws-pong:" + payload.decode())
+        return replies
+
+
+@pytest_twisted.ensureDeferred
+async def test_frames_in_one_read_are_handled_in_order_whatever_their_kind(reactor):
+    """Whole small frames, a control frame, a fragmented message, a 16-bit
+    length and a frame cut across reads, all in few writes: every reply in order."""
+    from twisted.internet import threads
+
+    daemon = Daemon(reactor, heartbeat_interval=30.0)
+    await daemon.start()
+    try:
+        sid = await daemon.new_session()
+        port = daemon.port.getHost().port
+        ping = _masked(_envelope("ping", sid, {}))
+        padded = _masked(_envelope("ping", sid, {"pad": "x" * 200}))  # 16-bit length
+        assert padded[1] & 0x7F == 126
+        not_json = b"{not json"
+        fragmented = _masked(not_json[:4], fin=False) + _masked(not_json[4:], opcode=0x0)
+        cut = _masked(_envelope("ping", sid, {"cut": True}))
+        burst = [
+            ping + _masked(b"hello", opcode=0x9) + fragmented + padded + cut[:5],
+            cut[5:] + _masked(b"{", opcode=0x1) + ping,
+            _masked(_envelope("ping", sid, {}), opcode=0x2),
+        ]
+        replies = await threads.deferToThread(_replies_to_one_burst, port, sid, burst)
+        # the connection outlived both errors: it answered the last ping
+        assert replies == ["pong", "ws-pong:hello", "error", "pong", "pong", "error", "pong"], replies
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_whole_small_frame_skips_autobahns_frame_machine(reactor):
+    """An ack-sized message is delivered without Autobahn's per-frame callbacks."""
+    daemon = Daemon(reactor, heartbeat_interval=30.0)
+    await daemon.start()
+    try:
+        sid = await daemon.new_session()
+        device, _ = await connected_device(daemon, sid)
+        (protocol,) = daemon.server.ws_factory.connections
+        begun = []
+        original = type(protocol).onFrameBegin
+        type(protocol).onFrameBegin = lambda self: begun.append(1) or original(self)
+        try:
+            for _ in range(3):
+                device.send("ping", {})
+                await device.next_of("pong")
+        finally:
+            del type(protocol).onFrameBegin
+        assert begun == []
+        device.sendClose()
+        await device.wait_closed(WAIT)
     finally:
         await daemon.stop()
