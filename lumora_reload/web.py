@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from lumora_reload import api, dashboard, errors, preview
 from lumora_reload.access import is_loopback
+from lumora_reload.directwrite import DirectWriteWrapper
 
 _log = Logger()
 
@@ -409,6 +410,7 @@ class PerAddressLimit(WrappingFactory):
     WebSocket alike); more are closed as soon as they are accepted."""
 
     noisy = False
+    protocol = DirectWriteWrapper
 
     def acceptableProtocols(self):
         # On a TLS port the wrapper hides the Site from ALPN; without an

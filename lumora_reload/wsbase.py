@@ -34,9 +34,10 @@ thousand pings do not land in one reactor turn.
 """
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
-from twisted.internet import task, tcp
+from twisted.internet import task
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
+
+from lumora_reload.directwrite import write_now
 
 # What Autobahn sets on every server connection (autobahn 26.x), other than
 # the protocol options and names its base classes already define.
@@ -185,23 +186,8 @@ class LeanServerProtocol(WebSocketServerProtocol):
         if self._perMessageCompress is not None or self.send_queue:
             self.sendPreparedMessage(prepared)
             return
-        data = prepared.payloadHybi
-        outer = self.transport
-        # only a plain TCP socket (behind the per-address limit's plain
-        # wrapper at most); never under TLS, which must encrypt first
-        inner = outer.transport if type(outer) is ProtocolWrapper else outer
-        if (type(inner) is not tcp.Server or inner.TLS or not inner.connected or inner.disconnecting
-                or inner._writeDisconnected or inner.dataBuffer or inner._tempDataBuffer):
-            outer.write(data)
-            return
-        try:
-            sent = inner.socket.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            sent = 0  # the transport finds out the connection is gone
-        if sent < len(data):
-            outer.write(data[sent:])
+        # through the wrapper or TLS layer if there is one: they decide
+        write_now(self.transport, prepared.payloadHybi)
 
     def ping(self):
         """Send a WebSocket ping if open (the sweep's tick)."""

@@ -7,7 +7,7 @@ import json
 import orjson
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, task
 
 from lumora_reload import web
 from lumora_reload.server import HotReloadServer
@@ -70,6 +70,14 @@ class Daemon:
         if self.server.running:
             yield self.server.stopService()
         yield self.port.stopListening()
+        # an answer goes out at once and its connection closes a turn
+        # later: let connections already closing finish (their idle timers
+        # end with them)
+        for _ in range(100):
+            closing = [p for p in self.port.factory.protocols if p.transport.disconnecting]
+            if not closing:
+                break
+            yield task.deferLater(self.reactor, 0.01, lambda: None)
 
     @defer.inlineCallbacks
     def call(self, method, path, body=None, headers=None, data=None):

@@ -127,7 +127,7 @@ async def test_a_frame_goes_straight_to_an_idle_socket_and_queues_behind_pending
         assert not sock._tempDataBuffer and not sock.dataBuffer  # already in the kernel
         assert (await device.next_of("pong"))["payload"] == {"n": 1}
 
-        protocol.sendPing()  # Autobahn's own write: waits in the transport's buffer
+        sock.write(b"\x89\x00")  # a ping written by Twisted's own path: buffered
         assert sock._tempDataBuffer
         second = dict(ping, payload={"n": 2})
         protocol.connection.send(Outgoing(json.dumps(second).encode()))

@@ -1,0 +1,45 @@
+"""Bytes straight to the socket when nothing is queued.
+
+Twisted's TCP transport never writes in `write()`: it buffers the bytes,
+registers the socket for writability (an ``epoll_ctl``), and sends them on
+a later reactor turn, then unregisters (another ``epoll_ctl``). When a
+thousand devices connect at once, that later turn comes only after every
+other ready connection was served, so each answer (a ``/health`` reply, a
+handshake's ``101``, a push's ``200``) waits a whole busy turn. asyncio
+instead tries the socket at once when its buffer is empty; `write_now`
+does the same, and hands the transport only what the kernel did not take,
+so order and back-pressure stay the transport's.
+"""
+
+from twisted.internet import tcp
+from twisted.protocols.policies import ProtocolWrapper
+
+
+def write_now(transport, data):
+    """Write `data` to `transport`, straight to its socket when it is a
+    plain TCP connection with nothing queued; otherwise (TLS, bytes
+    pending, closing) through the transport, as usual."""
+    if (type(transport) is not tcp.Server or transport.TLS or not transport.connected
+            or transport.disconnecting or transport._writeDisconnected
+            or transport.dataBuffer or transport._tempDataBuffer):
+        transport.write(data)
+        return
+    try:
+        sent = transport.socket.send(data)
+    except OSError:
+        # full (EAGAIN) or broken: the transport queues it, and finds out
+        # on its own turn if the connection is gone
+        sent = 0
+    if sent < len(data):
+        transport.write(data[sent:])
+
+
+class DirectWriteWrapper(ProtocolWrapper):
+    """The per-connection wrapper of a `WrappingFactory`, writing with
+    `write_now`."""
+
+    def write(self, data):
+        write_now(self.transport, data)
+
+    def writeSequence(self, data):
+        write_now(self.transport, b"".join(data))
