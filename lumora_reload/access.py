@@ -5,6 +5,7 @@ Host and Origin checks that keep a web page in the developer's own browser
 Pure functions over header values, shared by the REST and WebSocket layers.
 """
 
+import functools
 import hmac
 import ipaddress
 import socket
@@ -21,7 +22,9 @@ def _strip_port(host):
     return host
 
 
+@functools.lru_cache(maxsize=4096)
 def is_loopback(address):
+    # asked on every request: parsing the address each time showed in profiles
     if not address:
         return False
     if address.startswith("::ffff:"):

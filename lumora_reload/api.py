@@ -5,6 +5,7 @@ pair, or a Deferred of either; a `LumoraError` anywhere becomes
 ``{"error", "code"}`` with its status in one place (`JsonResource.render`).
 """
 
+import functools
 import json
 
 import orjson
@@ -64,7 +65,12 @@ def _finish(request, result):
 def allowed_methods(target):
     """The methods a resource answers: the render_* methods its own classes
     define (not twisted.web's defaults), and HEAD wherever GET is."""
-    cls = type(target)
+    return _allowed_methods_of(type(target))
+
+
+@functools.lru_cache(maxsize=None)
+def _allowed_methods_of(cls):
+    # asked on every request with a body: once per class (dir() is slow)
     methods = {
         name[7:]
         for name in dir(cls)
@@ -73,7 +79,7 @@ def allowed_methods(target):
     }
     if "GET" in methods:
         methods.add("HEAD")
-    return sorted(methods)
+    return tuple(sorted(methods))
 
 
 def method_not_allowed(request, allowed):
