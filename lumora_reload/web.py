@@ -398,7 +398,11 @@ class Site(server.Site):
     protocol = Channel  # type: ignore[assignment]  # a factory of channels, as HTTPFactory's default
 
     def __init__(self, hot_reload, reactor):
-        super().__init__(hot_reload.resource(), reactor=reactor, logFormatter=access_log_line)
+        # twisted.web would read every POST's Content-Type with the email
+        # package to find form bodies; bodies here are JSON, others are
+        # refused from the head
+        super().__init__(hot_reload.resource(), reactor=reactor, logFormatter=access_log_line,
+                         parsePOSTFormSubmission=False)
         self.hot_reload = hot_reload
         self.displayTracebacks = False
         self.noisy = False

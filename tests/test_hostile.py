@@ -200,6 +200,20 @@ async def test_form_bodies_are_refused_in_json(daemon):
 
 
 @ensure
+async def test_json_bodies_skip_twisted_webs_form_parsing(daemon, monkeypatch):
+    """A POST's Content-Type is not read again by twisted.web's form parser (the email package, per request)."""
+    from twisted.web import http
+
+    def no_form_parsing(ctype):
+        raise AssertionError("twisted.web parsed the Content-Type of a JSON body")
+
+    monkeypatch.setattr(http, "_parseContentType", no_form_parsing)
+    sid = await daemon.new_session()
+    result = await daemon.push(sid, make_schema())
+    assert result["sequenceNumber"] == 1
+
+
+@ensure
 async def test_bodies_within_the_limit_stay_in_memory(daemon, monkeypatch):
     from twisted.web import http
 
