@@ -54,8 +54,9 @@ class Hub:
         self.sessions = {}
         self.tombstones = collections.OrderedDict()  # id -> expired at (s)
         self._log = log
-        # called with a session whose set of devices changed (cluster mode
-        # tells the other daemons that this one holds the session)
+        # called when a session gets its first device or loses its last:
+        # what other daemons must know (the claim on the session); not on
+        # every join, which in a connect storm was a store write per device
         self.on_devices_changed = None
         # called with True or False when a device naming the state it holds
         # was resumed (sent only what it missed) or not (sent it all)
@@ -361,7 +362,7 @@ class Hub:
             session, device, payload.get("lastSequence"), payload.get("lastChecksum")
         )
         session.add_device(device)
-        if self.on_devices_changed is not None:
+        if self.on_devices_changed is not None and len(session.devices) == 1:
             self.on_devices_changed(session)
         return session, device, outgoing
 
@@ -434,7 +435,7 @@ class Hub:
             return
         if session.remove_device(device):
             self.touch(session)
-            if self.on_devices_changed is not None:
+            if self.on_devices_changed is not None and not session.devices:
                 self.on_devices_changed(session)
 
     def seen(self, session_id, device):

@@ -142,6 +142,26 @@ def test_replacement_leaves_one_device(clock):
     assert len(hub.get_session(sid).devices) == 1
 
 
+def test_other_daemons_hear_of_a_session_only_when_it_gains_its_first_device_or_loses_its_last(clock):
+    """A device joining a session that has devices needs no store write (a connect storm made one each)."""
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    changes = []
+    hub.on_devices_changed = lambda session: changes.append(len(session.devices))
+    devices = [connect(hub, sid, f"d{i}")[0] for i in range(3)]
+    connect(hub, sid, "d1")  # a replaced device: still three
+    assert changes == [1]
+    for device in devices[:2]:
+        hub.detach(sid, device)
+    assert changes == [1]
+    session = hub.get_session(sid)
+    for device in list(session.devices.values()):
+        hub.detach(sid, device)
+    assert changes == [1, 0]
+    connect(hub, sid, "again")
+    assert changes == [1, 0, 1]
+
+
 def test_delete_closes_devices(clock):
     hub = Hub(clock)
     sid = hub.create_session().id
