@@ -119,6 +119,11 @@ _PAYLOAD_FIELDS = {
 }
 
 
+_WHAT = {kind: f"'{kind}' payload" for kind in _PAYLOAD_FIELDS}
+# envelope versions already accepted (the check parses the string)
+_GOOD_VERSIONS: set = set()
+
+
 def _whole(value, name, what):
     """A whole number (JSON has one number type: 3.0 is 3)."""
     if isinstance(value, float):
@@ -129,13 +134,18 @@ def _whole(value, name, what):
 
 
 def parse_envelope(data):
-    """Decode one text frame into ``(type, session_id, payload)``.
+    """Decode one text frame (bytes or str) into ``(type, session_id, payload)``.
 
     Raises `LumoraError` (INVALID_MESSAGE or UNSUPPORTED_VERSION).
     """
     try:
         message = orjson.loads(data)
     except (orjson.JSONDecodeError, TypeError, ValueError):
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            try:
+                bytes(data).decode("utf-8")
+            except UnicodeDecodeError:
+                raise invalid("Message is not valid UTF-8")
         raise invalid("Message is not valid JSON")
     if not isinstance(message, dict):
         raise invalid("Message must be a JSON object")
@@ -148,8 +158,11 @@ def parse_envelope(data):
     timestamp = message.get("timestamp")
     if timestamp is not None and (not isinstance(timestamp, (int, float)) or isinstance(timestamp, bool)):
         raise invalid("'timestamp' must be a number")
-    if message.get("version") is not None:
-        check_version(message["version"], "version")
+    version = message.get("version")
+    if version is not None and not (type(version) is str and version in _GOOD_VERSIONS):
+        check_version(version, "version")
+        if type(version) is str and len(_GOOD_VERSIONS) < 64:
+            _GOOD_VERSIONS.add(version)  # a device sends the same one every time
     if kind not in _PAYLOAD_FIELDS:
         raise invalid(f"Unknown message type '{kind[:64]}'")
     payload = message.get("payload")
@@ -157,7 +170,7 @@ def parse_envelope(data):
         payload = {}
     if not isinstance(payload, dict):
         raise invalid("'payload' must be an object")
-    what = f"'{kind}' payload"
+    what = _WHAT[kind]
     for name, kinds, required in _PAYLOAD_FIELDS[kind]:
         _field(payload, name, kinds, required, what)
     if kind == "ack":

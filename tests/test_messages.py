@@ -45,3 +45,29 @@ def test_pong_and_error_frames():
 def test_a_device_envelope_carries_the_device_version():
     message = messages.envelope("ping", "s", 7, version="1.0.3")
     assert messages.encode(message) == b'{"type":"ping","sessionId":"s","timestamp":7,"version":"1.0.3"}'
+
+
+def _refusal(data):
+    try:
+        messages.parse_envelope(data)
+    except LumoraError as e:
+        return e.code, e.message
+    raise AssertionError(f"{data!r} was accepted")
+
+
+def test_a_frame_read_as_bytes_says_whether_its_utf8_or_its_json_is_wrong():
+    """Frames go to the parser as bytes; the error still names what was wrong."""
+    assert _refusal(b'{"type":"ping","sessionId":"s\xff"}') == ("INVALID_MESSAGE", "Message is not valid UTF-8")
+    assert _refusal(b'{"type":"ping",') == ("INVALID_MESSAGE", "Message is not valid JSON")
+    assert _refusal('{"type":"ping",') == ("INVALID_MESSAGE", "Message is not valid JSON")
+
+
+def test_an_accepted_version_is_remembered_but_others_are_still_checked():
+    """Each message's version is checked, whatever was accepted before, and any JSON value is refused cleanly."""
+    ok = b'{"type":"ping","sessionId":"s","version":"1.1.0","payload":{}}'
+    for _ in range(2):
+        assert messages.parse_envelope(ok)[0] == "ping"
+    assert _refusal(ok.replace(b"1.1.0", b"2.0.0"))[0] == "UNSUPPORTED_VERSION"
+    for bad in (b"[1]", b'{"a":1}', b"1.1", b"true"):
+        code, message = _refusal(ok.replace(b'"1.1.0"', bad))
+        assert code == "INVALID_MESSAGE" and "version" in message
