@@ -22,11 +22,16 @@ def _strip_port(host):
     return host
 
 
-@functools.lru_cache(maxsize=4096)
 def is_loopback(address):
-    # asked on every request: parsing the address each time showed in profiles
-    if not address:
+    # no address literal is longer; a longer Host header must not fill the cache
+    if not address or len(address) > 64:
         return False
+    return _is_loopback(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_loopback(address):
+    # asked on every request: parsing the address each time showed in profiles
     if address.startswith("::ffff:"):
         address = address[7:]
     try:

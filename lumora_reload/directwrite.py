@@ -9,6 +9,11 @@ handshake's ``101``, a push's ``200``) waits a whole busy turn. asyncio
 instead tries the socket at once when its buffer is empty; `write_now`
 does the same, and hands the transport only what the kernel did not take,
 so order and back-pressure stay the transport's.
+
+An HTTP answer's head and body are written apart and so leave as two
+packets; twisted.web turns Nagle off on its connections (through the
+wrapper, which carries the TCP transport's interfaces), so the body is not
+held back waiting for the peer to acknowledge the head.
 """
 
 from twisted.internet import tcp
@@ -19,9 +24,9 @@ def write_now(transport, data):
     """Write `data` to `transport`, straight to its socket when it is a
     plain TCP connection with nothing queued; otherwise (TLS, bytes
     pending, closing) through the transport, as usual."""
-    if (type(transport) is not tcp.Server or transport.TLS or not transport.connected
-            or transport.disconnecting or transport._writeDisconnected
-            or transport.dataBuffer or transport._tempDataBuffer):
+    if (type(data) is not bytes or type(transport) is not tcp.Server or transport.TLS
+            or not transport.connected or transport.disconnecting or transport._aborting
+            or transport._writeDisconnected or transport.dataBuffer or transport._tempDataBuffer):
         transport.write(data)
         return
     try:

@@ -150,32 +150,34 @@ class LeanServerProtocol(WebSocketServerProtocol):
             limit = min(limit, self.maxMessagePayloadSize)
         if not self.applyMask:
             return data
+        n = len(data)
+        pos = 0  # walk by index: no copy of the rest per frame
         while True:
-            n = len(data)
-            if n < 6:
-                return data
-            first = data[0]
+            if n - pos < 6:
+                break
+            first = data[pos]
             # FIN set, RSV clear, text (1) or binary (2); masked
-            if (first != 0x81 and first != 0x82) or not data[1] & 0x80:
-                return data
-            size = data[1] & 0x7F
+            if (first != 0x81 and first != 0x82) or not data[pos + 1] & 0x80:
+                break
+            size = data[pos + 1] & 0x7F
             if size < 126:
-                start = 6
-            elif size == 126 and n >= 8:
-                size = (data[2] << 8) | data[3]
+                start = pos + 6
+            elif size == 126 and n - pos >= 8:
+                size = (data[pos + 2] << 8) | data[pos + 3]
                 if size < 126:
-                    return data  # not minimally encoded: Autobahn fails it
-                start = 8
+                    break  # not minimally encoded: Autobahn fails it
+                start = pos + 8
             else:
-                return data
+                break
             end = start + size
             if size > limit or n < end:
-                return data
+                break
             payload = unmask(data[start:end], data[start - 4:start])
-            data = data[end:]
+            pos = end
             self.onMessage(payload, first == 0x82)
             if self.state != self.STATE_OPEN or self.failedByMe:
-                return data
+                break
+        return data[pos:] if pos else data
 
     def send_prepared(self, prepared):
         """`sendPreparedMessage`, written straight to the socket when

@@ -5,6 +5,7 @@ import orjson
 from twisted.internet.address import IPv4Address
 from twisted.web.test.requesthelper import DummyRequest
 
+from lumora_reload import access
 from lumora_reload.access import AccessPolicy, is_loopback
 from lumora_reload.server import HotReloadServer
 
@@ -76,3 +77,12 @@ def test_health_is_open_to_lan(clock):
     server = HotReloadServer(reactor=clock, clock=clock)
     status, body = _render(server, "/health")
     assert status == 200 and body["status"] == "ok"
+
+
+def test_long_host_names_are_not_remembered():
+    """Addresses are cached per string; a client's long Host header cannot fill that cache."""
+    before = access._is_loopback.cache_info().currsize
+    for i in range(50):
+        assert not is_loopback(f"{i}." + "a" * 5000)
+    assert access._is_loopback.cache_info().currsize == before
+    assert is_loopback("127.0.0.1")

@@ -1,7 +1,9 @@
 """Writes that go straight to the socket when nothing is queued."""
 
 import socket
+from contextlib import asynccontextmanager
 
+import pytest
 import pytest_twisted
 from twisted.internet import task, threads
 
@@ -47,3 +49,60 @@ async def test_a_write_reaches_the_kernel_at_once_and_queues_behind_pending_byte
                 break
             await task.deferLater(reactor, 0.01, lambda: None)
         await daemon.stop()
+
+
+@asynccontextmanager
+async def _one_connection(reactor):
+    """A daemon and one raw client; yields (client socket, server wrapper)."""
+    daemon = Daemon(reactor)
+    await daemon.start()
+    client = socket.create_connection(("127.0.0.1", daemon.port.getHost().port), timeout=5)
+    factory = daemon.port.factory
+    try:
+        for _ in range(200):
+            if factory.protocols:
+                break
+            await task.deferLater(reactor, 0.01, lambda: None)
+        (wrapper,) = factory.protocols
+        yield client, wrapper
+    finally:
+        client.close()
+        for _ in range(200):
+            if not factory.protocols:
+                break
+            await task.deferLater(reactor, 0.01, lambda: None)
+        await daemon.stop()
+
+
+def _read_until_closed(sock):
+    sock.settimeout(5)
+    data = b""
+    try:
+        while True:
+            part = sock.recv(65536)
+            if not part:
+                return data
+            data += part
+    except ConnectionResetError:
+        return data
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_connections_have_nagle_off_through_the_wrapper(reactor):
+    """An answer's head and body, now written apart, are not held for the peer's ACK (TCP_NODELAY)."""
+    async with _one_connection(reactor) as (client, wrapper):
+        handle = wrapper.transport.getHandle()
+        assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_is_not_plain_bytes_is_refused_whole_and_a_write_after_an_abort_is_dropped(reactor):
+    """A bytearray is refused as Twisted refuses it (never half sent); a write after an abort never leaves."""
+    async with _one_connection(reactor) as (client, wrapper):
+        with pytest.raises(TypeError):
+            wrapper.write(bytearray(b"not bytes"))
+        wrapper.write(b"sent")
+        wrapper.transport.abortConnection()
+        wrapper.write(b"late")
+        received = await threads.deferToThread(_read_until_closed, client)
+        assert received == b"sent"

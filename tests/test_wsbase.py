@@ -214,9 +214,10 @@ def _envelope(kind, sid, payload):
                        "payload": payload}).encode()
 
 
-def _replies_to_one_burst(port, sid, burst_parts):
+def _replies_to_one_burst(port, sid, burst_parts, count):
     """Open a device, send `burst_parts` (each one write), return the kinds
-    of the next replies: a message's type, or "ws-pong:<payload>"."""
+    of the next `count` replies: a message's type, "ws-pong:<payload>", or
+    "close:<code>"."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(rawhttp.ws_handshake(f"/ws?session={sid}", host=f"127.0.0.1:{port}"))
         buf = b""
@@ -235,12 +236,14 @@ def _replies_to_one_burst(port, sid, burst_parts):
             sock.sendall(part)
             time.sleep(0.05)  # separate reads on the daemon's side
         replies = []
-        while len(replies) < 7:
+        while len(replies) < count:
             opcode, payload, buf = _read_frame(sock, buf)
             if opcode == 0x1:
                 replies.append(json.loads(payload)["type"])
             elif opcode == 0xA:
                 replies.append("ws-pong:" + payload.decode())
+            elif opcode == 0x8:
+                replies.append(f"close:{struct.unpack('!H', payload[:2])[0]}")
         return replies
 
 
@@ -264,11 +267,14 @@ async def test_frames_in_one_read_are_handled_in_order_whatever_their_kind(react
         burst = [
             ping + _masked(b"hello", opcode=0x9) + fragmented + padded + cut[:5],
             cut[5:] + _masked(b"{", opcode=0x1) + ping,
-            _masked(_envelope("ping", sid, {}), opcode=0x2),
+            _masked(_envelope("ping", sid, {}), opcode=0x2),  # binary: refused
+            ping + ping[:-3],  # a whole frame, then one cut inside its payload
+            ping[-3:] + ping,
         ]
-        replies = await threads.deferToThread(_replies_to_one_burst, port, sid, burst)
-        # the connection outlived both errors: it answered the last ping
-        assert replies == ["pong", "ws-pong:hello", "error", "pong", "pong", "error", "pong"], replies
+        replies = await threads.deferToThread(_replies_to_one_burst, port, sid, burst, 11)
+        # the connection outlived the errors: it answered the last ping
+        assert replies == ["pong", "ws-pong:hello", "error", "pong", "pong", "error", "pong", "error",
+                           "pong", "pong", "pong"], replies
     finally:
         await daemon.stop()
 
@@ -294,5 +300,27 @@ async def test_a_whole_small_frame_skips_autobahns_frame_machine(reactor):
         assert begun == []
         device.sendClose()
         await device.wait_closed(WAIT)
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_of_exactly_the_size_limit_is_read_and_one_byte_more_is_refused(reactor):
+    """--max-message-size holds at its boundary on the one-step path: at the limit answered, over it 1009."""
+    from twisted.internet import threads
+
+    limit = 300
+    daemon = Daemon(reactor, heartbeat_interval=30.0, max_message_size=limit)
+    await daemon.start()
+    try:
+        sid = await daemon.new_session()
+        port = daemon.port.getHost().port
+        base = _envelope("ping", sid, {"pad": ""})
+        exact = _envelope("ping", sid, {"pad": "x" * (limit - len(base))})
+        assert len(exact) == limit
+        over = _envelope("ping", sid, {"pad": "x" * (limit - len(base) + 1)})
+        replies = await threads.deferToThread(
+            _replies_to_one_burst, port, sid, [_masked(exact), _masked(over)], 2)
+        assert replies == ["pong", "close:1009"], replies
     finally:
         await daemon.stop()
