@@ -11,7 +11,7 @@ import pytest_twisted
 from autobahn.websocket.xormasker import create_xor_masker
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import task
+from twisted.internet import task, threads
 
 from lumora_reload.sessions import Outgoing
 from lumora_reload.wsbase import PingSweep, unmask
@@ -248,79 +248,61 @@ def _replies_to_one_burst(port, sid, burst_parts, count):
 
 
 @pytest_twisted.ensureDeferred
-async def test_frames_in_one_read_are_handled_in_order_whatever_their_kind(reactor):
+async def test_frames_in_one_read_are_handled_in_order_whatever_their_kind(daemon):
     """Whole small frames, a control frame, a fragmented message, a 16-bit
     length and a frame cut across reads, all in few writes: every reply in order."""
-    from twisted.internet import threads
-
-    daemon = Daemon(reactor, heartbeat_interval=30.0)
-    await daemon.start()
-    try:
-        sid = await daemon.new_session()
-        port = daemon.port.getHost().port
-        ping = _masked(_envelope("ping", sid, {}))
-        padded = _masked(_envelope("ping", sid, {"pad": "x" * 200}))  # 16-bit length
-        assert padded[1] & 0x7F == 126
-        not_json = b"{not json"
-        fragmented = _masked(not_json[:4], fin=False) + _masked(not_json[4:], opcode=0x0)
-        cut = _masked(_envelope("ping", sid, {"cut": True}))
-        burst = [
-            ping + _masked(b"hello", opcode=0x9) + fragmented + padded + cut[:5],
-            cut[5:] + _masked(b"{", opcode=0x1) + ping,
-            _masked(_envelope("ping", sid, {}), opcode=0x2),  # binary: refused
-            ping + ping[:-3],  # a whole frame, then one cut inside its payload
-            ping[-3:] + ping,
-        ]
-        replies = await threads.deferToThread(_replies_to_one_burst, port, sid, burst, 11)
-        # the connection outlived the errors: it answered the last ping
-        assert replies == ["pong", "ws-pong:hello", "error", "pong", "pong", "error", "pong", "error",
-                           "pong", "pong", "pong"], replies
-    finally:
-        await daemon.stop()
+    sid = await daemon.new_session()
+    port = daemon.port.getHost().port
+    ping = _masked(_envelope("ping", sid, {}))
+    padded = _masked(_envelope("ping", sid, {"pad": "x" * 200}))  # 16-bit length
+    assert padded[1] & 0x7F == 126
+    not_json = b"{not json"
+    fragmented = _masked(not_json[:4], fin=False) + _masked(not_json[4:], opcode=0x0)
+    cut = _masked(_envelope("ping", sid, {"cut": True}))
+    burst = [
+        ping + _masked(b"hello", opcode=0x9) + fragmented + padded + cut[:5],
+        cut[5:] + _masked(b"{", opcode=0x1) + ping,
+        _masked(_envelope("ping", sid, {}), opcode=0x2),  # binary: refused
+        ping + ping[:-3],  # a whole frame, then one cut inside its payload
+        ping[-3:] + ping,
+    ]
+    replies = await threads.deferToThread(_replies_to_one_burst, port, sid, burst, 11)
+    # the connection outlived the errors: it answered the last ping
+    assert replies == ["pong", "ws-pong:hello", "error", "pong", "pong", "error", "pong", "error",
+                       "pong", "pong", "pong"], replies
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_whole_small_frame_skips_autobahns_frame_machine(reactor):
+async def test_a_whole_small_frame_skips_autobahns_frame_machine(daemon):
     """An ack-sized message is delivered without Autobahn's per-frame callbacks."""
-    daemon = Daemon(reactor, heartbeat_interval=30.0)
-    await daemon.start()
+    sid = await daemon.new_session()
+    device, _ = await connected_device(daemon, sid)
+    (protocol,) = daemon.server.ws_factory.connections
+    begun = []
+    original = type(protocol).onFrameBegin
+    type(protocol).onFrameBegin = lambda self: begun.append(1) or original(self)
     try:
-        sid = await daemon.new_session()
-        device, _ = await connected_device(daemon, sid)
-        (protocol,) = daemon.server.ws_factory.connections
-        begun = []
-        original = type(protocol).onFrameBegin
-        type(protocol).onFrameBegin = lambda self: begun.append(1) or original(self)
-        try:
-            for _ in range(3):
-                device.send("ping", {})
-                await device.next_of("pong")
-        finally:
-            del type(protocol).onFrameBegin
-        assert begun == []
-        device.sendClose()
-        await device.wait_closed(WAIT)
+        for _ in range(3):
+            device.send("ping", {})
+            await device.next_of("pong")
     finally:
-        await daemon.stop()
+        del type(protocol).onFrameBegin
+    assert begun == []
+    device.sendClose()
+    await device.wait_closed(WAIT)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_message_of_exactly_the_size_limit_is_read_and_one_byte_more_is_refused(reactor):
+async def test_a_message_of_exactly_the_size_limit_is_read_and_one_byte_more_is_refused(daemon_factory):
     """--max-message-size holds at its boundary on the one-step path: at the limit answered, over it 1009."""
-    from twisted.internet import threads
-
     limit = 300
-    daemon = Daemon(reactor, heartbeat_interval=30.0, max_message_size=limit)
-    await daemon.start()
-    try:
-        sid = await daemon.new_session()
-        port = daemon.port.getHost().port
-        base = _envelope("ping", sid, {"pad": ""})
-        exact = _envelope("ping", sid, {"pad": "x" * (limit - len(base))})
-        assert len(exact) == limit
-        over = _envelope("ping", sid, {"pad": "x" * (limit - len(base) + 1)})
-        replies = await threads.deferToThread(
-            _replies_to_one_burst, port, sid, [_masked(exact), _masked(over)], 2)
-        assert replies == ["pong", "close:1009"], replies
-    finally:
-        await daemon.stop()
+    daemon = await daemon_factory(max_message_size=limit)
+    sid = await daemon.new_session()
+    port = daemon.port.getHost().port
+    base = _envelope("ping", sid, {"pad": ""})
+    exact = _envelope("ping", sid, {"pad": "x" * (limit - len(base))})
+    assert len(exact) == limit
+    over = _envelope("ping", sid, {"pad": "x" * (limit - len(base) + 1)})
+    replies = await threads.deferToThread(
+        _replies_to_one_burst, port, sid, [_masked(exact), _masked(over)], 2)
+    assert replies == ["pong", "close:1009"], replies
