@@ -76,7 +76,7 @@ def test_two_workers_on_one_port_share_sessions(tmp_path):
         # first: connect until both hold devices
         before = {pid: sockets_of(pid) for pid in (proc.pid, child)}
         holding = set()
-        while len(holding) < 2 and len(phones) < 60:
+        while len(holding) < 2 and len(phones) < 300:
             phones.append(device(port, sid, f"phone-{len(phones)}"))
             holding = {pid for pid in before if len(sockets_of(pid) - before[pid]) > 0}
         assert holding == {proc.pid, child}, f"{len(phones)} devices, all on one worker"
