@@ -1,6 +1,7 @@
 """`--workers N`: several daemon processes on one port sharing sessions
 through a real `redis-server`; real `twistd` processes, real sockets."""
 
+import contextlib
 import json
 import os
 import re
@@ -72,20 +73,24 @@ def test_two_workers_on_one_port_share_sessions(tmp_path):
         made = call(_http(port), "POST", "/session/new", json.dumps({"schema": schema}).encode())
         sid = json.loads(made.body)["sessionId"]
 
-        # the kernel hands each new connection to whichever worker accepts
-        # first: connect until both hold devices
-        before = {pid: sockets_of(pid) for pid in (proc.pid, child)}
-        holding = set()
-        while len(holding) < 2 and len(phones) < 300:
-            phones.append(device(port, sid, f"phone-{len(phones)}"))
-            holding = {pid for pid in before if len(sockets_of(pid) - before[pid]) > 0}
-        assert holding == {proc.pid, child}, f"{len(phones)} devices, all on one worker"
+        # The kernel hands each new connection to whichever worker accepts
+        # first. To place a device (or a push) on one worker, the other is
+        # paused (SIGSTOP) while it connects.
+        workers = (proc.pid, child)
+        for pid in workers:
+            other = child if pid == proc.pid else proc.pid
+            before = sockets_of(pid)
+            with paused(other):
+                phones.append(device(port, sid, f"phone-on-{pid}"))
+            assert sockets_of(pid) - before, f"the device did not land on worker {pid}"
 
-        for i in range(4):  # each push goes through whichever worker takes the POST
+        for i, pid in enumerate(workers * 2):  # each push through one worker in turn
+            other = child if pid == proc.pid else proc.pid
             schema = with_text(schema, f"push {i}")
-            pushed = call(_http(port), "POST", f"/send/{sid}", json.dumps(schema).encode())
-            assert pushed.status == 200, pushed.raw[:300]
-            for phone in phones:
+            with paused(other):
+                pushed = call(_http(port), "POST", f"/send/{sid}", json.dumps(schema).encode())
+                assert pushed.status == 200, pushed.raw[:300]
+            for phone in phones:  # devices on both workers get it
                 read_until(phone, f"push {i}".encode())
         assert b"Traceback" not in out.data
     finally:
@@ -99,6 +104,16 @@ def test_two_workers_on_one_port_share_sessions(tmp_path):
     assert re.search(rb"worker 2 ended", out.data), "the first process stops its workers"
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
+
+
+@contextlib.contextmanager
+def paused(pid):
+    """Stop process `pid` (it accepts nothing) for the duration."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def _http(port):
