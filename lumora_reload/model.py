@@ -96,6 +96,9 @@ class State:
     preserve_state: bool = True
     schema_bytes: bytes | None = None  # compact JSON of `schema`
     history: tuple = ()  # HistoryEntry, consecutive sequence numbers
+    # the checksum came from orjson's output as is (see schema.Checksum):
+    # the next push's checksum need only scan what its delta brings in
+    checksum_plain: bool = False
     _cache: dict = attrs.field(factory=dict, repr=False)
 
     def schema_json(self):

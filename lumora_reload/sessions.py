@@ -212,15 +212,16 @@ class Hub:
             if choice.update_type == messages.UPDATE_NONE:
                 return None
         sequence = base.sequence + 1
-        checksum = schemas.checksum(schema)
         if choice.update_type == messages.UPDATE_INCREMENTAL:
+            summed = schemas.checksum_update(schema, choice.delta, base.checksum_plain)
             frame = messages.incremental_update_frame(
-                session.id, self.now_ms(), choice.delta, preserve_state, sequence, checksum
+                session.id, self.now_ms(), choice.delta, preserve_state, sequence, summed.hex
             )
-            entry = HistoryEntry(sequence, messages.UPDATE_INCREMENTAL, choice.legacy_ok, frame, checksum)
+            entry = HistoryEntry(sequence, messages.UPDATE_INCREMENTAL, choice.legacy_ok, frame, summed.hex)
         else:
-            entry = HistoryEntry(sequence, messages.UPDATE_FULL, checksum=checksum)
-        return self._prepared(session.id, base, entry, schema, schema_bytes, preserve_state)
+            summed = schemas.checksum_update(schema)
+            entry = HistoryEntry(sequence, messages.UPDATE_FULL, checksum=summed.hex)
+        return self._prepared(session.id, base, entry, schema, schema_bytes, preserve_state, summed.plain)
 
     def plan_received(self, session_id, entry, schema, schema_bytes, preserve_state):
         """The same kind of plan for an update another daemon committed
@@ -228,9 +229,9 @@ class Hub:
         session = self.get_session(session_id)
         return self._prepared(session.id, session.state, entry, schema, schema_bytes, preserve_state)
 
-    def _prepared(self, session_id, base, entry, schema, schema_bytes, preserve_state):
+    def _prepared(self, session_id, base, entry, schema, schema_bytes, preserve_state, checksum_plain=False):
         history = self._history_after(base.history, entry)
-        state = State(entry.sequence, schema, entry.checksum, preserve_state, schema_bytes, history)
+        state = State(entry.sequence, schema, entry.checksum, preserve_state, schema_bytes, history, checksum_plain)
         if entry.update_type == messages.UPDATE_INCREMENTAL:
             outgoing = Outgoing(entry.payload, entry.sequence)
             legacy_ok = entry.legacy_ok

@@ -2,6 +2,7 @@
 (docs/protocol.md, section 4; the vectors in tests/data/checksum-vectors.json),
 and the fast path agreeing with the reference serializer."""
 
+import copy
 import hashlib
 import json
 import math
@@ -14,6 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lumora_reload import schema as S
+from lumora_reload.schema import canonical
+from tests import test_schema as schema_tests
 
 VECTORS = json.loads(
     (pathlib.Path(__file__).parent / "data" / "checksum-vectors.json").read_text("utf-8")
@@ -213,3 +216,100 @@ def test_json_dumps_fallback_matches_reference(doc):
 def test_numbers_fast_path_matches_reference(numbers):
     doc = {"metadata": {}, "n": numbers}
     assert S.canonical_json(doc) == S._reference_canonical_json(doc)
+
+
+# -- the checksum of a push: after a plain state only the delta is scanned --------
+
+# (key, value) pairs that JavaScript formats differently from orjson, or that
+# only look like such a construct (inside a string)
+UNLIKE_JS = [
+    ("w", 1.0), ("w", -0.0), ("w", 1e16), ("w", 1e-7), ("w", 2**60), ("w", 12345678901234567),
+    ("10", "x"), ("0", 1), ("__proto__", 1), ("\U0001f600", 1), ("a\U0001f600", {"b": 1}),
+    ("w", "1e+16"), ("w", "x.0,"), ("w", '"7":'), ("w", [1.5, 2.0]),
+]
+
+
+def _reference_hex(doc):
+    return hashlib.sha256(S._reference_canonical_json(doc).encode("utf-8")).hexdigest()
+
+
+def _plainly(value):
+    """`value` without floats or digit-only / astral / __proto__ keys."""
+    if isinstance(value, float):
+        return int(value) % 1000 if math.isfinite(value) else 0
+    if isinstance(value, list):
+        return [_plainly(v) for v in value]
+    if isinstance(value, dict):
+        return {
+            ("k" + k if k.isdigit() or k == "__proto__" or any(ord(c) > 0xFFFF for c in k) else k): _plainly(v)
+            for k, v in value.items()
+        }
+    return value
+
+
+def _put(doc, where, key, value):
+    nodes = list(schema_tests.walk(doc["nodes"]))
+    if nodes and where < len(nodes):
+        nodes[where].setdefault("props", {})[key] = value
+    else:
+        doc["metadata"][key] = value
+
+
+@SETTINGS
+@given(schema_tests.edits(), st.data())
+def test_checksum_update_after_a_delta_matches_reference(pair, data):
+    """Whatever the base and the edit, the delta-scanned checksum is the
+    reference one, and it is called plain only when the whole text is."""
+    old, new = pair
+    if data.draw(st.booleans(), "plain values"):
+        old, new = _plainly(old), _plainly(new)
+    for doc, label in ((old, "in the base"), (new, "in the new schema")):
+        if data.draw(st.booleans(), f"unlike JS {label}"):
+            key, value = data.draw(st.sampled_from(UNLIKE_JS))
+            _put(doc, data.draw(st.integers(0, 30)), key, value)
+    base = S.checksum_update(old)
+    assert base == (_reference_hex(old), S._fast_canonical_bytes(S._normalized(old)) is not None)
+    delta = S.compute_delta(old, new)
+    summed = S.checksum_update(new, delta, base.plain)
+    assert summed.hex == _reference_hex(new)
+    if summed.plain:
+        assert S._fast_canonical_bytes(S._normalized(new)) is not None
+
+
+@pytest.mark.parametrize("key, value", UNLIKE_JS)
+def test_what_a_delta_brings_in_is_scanned(key, value):
+    """A construct JavaScript formats differently, arriving in a delta
+    after a plain state, is found: the checksum is still the reference one."""
+    old = schema_tests.schema([schema_tests.leaf("a", text="x"), schema_tests.leaf("b", text="y")])
+    new = copy.deepcopy(old)
+    new["nodes"][1]["props"][key] = value
+    base = S.checksum_update(old)
+    assert base.plain
+    summed = S.checksum_update(new, S.compute_delta(old, new), base.plain)
+    assert summed.hex == _reference_hex(new)
+    assert summed.plain == (S._fast_canonical_bytes(S._normalized(new)) is not None)
+
+
+def test_after_a_plain_state_only_the_delta_is_scanned():
+    """A one-leaf edit of a large schema scans the delta, not the whole
+    canonical text; without a plain base the whole text is scanned."""
+    old = _realistic(400)
+    new = copy.deepcopy(old)
+    new["nodes"][7]["props"]["text"] = "edited"
+    delta = S.compute_delta(old, new)
+    whole = len(S.canonical_json(new).encode("utf-8"))
+    expected = S.checksum(new)
+    scanned = []
+    real = canonical._unlike_js
+
+    def recording(out):
+        scanned.append(len(out))
+        return real(out)
+
+    with mock.patch.object(canonical, "_unlike_js", recording):
+        summed = S.checksum_update(new, delta, base_plain=True)
+        assert summed == (expected, True)
+        assert scanned and max(scanned) < whole / 20
+        scanned.clear()
+        assert S.checksum_update(new, delta, base_plain=False) == (expected, True)
+        assert scanned == [whole]

@@ -1,11 +1,15 @@
 """The hub and the sweeps, driven by a Clock and fake device links."""
 
+from unittest import mock
+
 import pytest
 from zope.interface import implementer
 
 from lumora_reload import errors
+from lumora_reload import schema as schemas
 from lumora_reload.errors import LumoraError
 from lumora_reload.liveness import Sweeps
+from lumora_reload.schema import canonical
 from lumora_reload.sessions import Hub, IDeviceLink, Limits
 from tests.helpers import make_schema, node, with_text
 
@@ -204,6 +208,49 @@ def test_one_serialization_per_broadcast(clock):
     push(hub, sid, with_text(make_schema(), "x"))
     last = {id(link.sent[-1]) for link in links}
     assert len(last) == 1  # the same Outgoing object went to everyone
+
+
+def test_an_incremental_push_after_a_plain_state_scans_only_its_delta(clock):
+    """The checksum of a one-leaf push is found by scanning the delta, not
+    the whole schema, once the state it starts from had a plain checksum."""
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    first = push(hub, sid, big_schema())
+    assert first.update_type == "full" and first.state.checksum_plain
+    scanned = []
+    real = canonical._unlike_js
+
+    def recording(out):
+        scanned.append(len(out))
+        return real(out)
+
+    edited = with_text(big_schema(), "y")
+    with mock.patch.object(canonical, "_unlike_js", recording):
+        second = push(hub, sid, edited)
+    assert second.update_type == "incremental" and second.state.checksum_plain
+    assert second.state.checksum == schemas.checksum(edited)
+    assert scanned and max(scanned) < 1000  # the schema itself is over 4 KB
+
+
+def test_a_value_javascript_formats_differently_ends_the_plain_run(clock):
+    """A pushed 1.0 (JavaScript writes 1) makes the state's checksum not
+    plain; while it stays, each push scans the whole text; once it is gone,
+    the state is plain again."""
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    push(hub, sid, big_schema())
+    odd = with_text(big_schema(), 1.0)
+    update = push(hub, sid, odd)
+    assert update.update_type == "incremental"
+    assert not update.state.checksum_plain
+    assert update.state.checksum == schemas.checksum(odd)
+    still = with_text(odd, "other", node_id="blob")  # the 1.0 stays
+    update = push(hub, sid, still)
+    assert not update.state.checksum_plain
+    assert update.state.checksum == schemas.checksum(still)
+    plain = with_text(big_schema(), "z")
+    again = push(hub, sid, plain)
+    assert again.state.checksum_plain and again.state.checksum == schemas.checksum(plain)
 
 
 def big_schema():

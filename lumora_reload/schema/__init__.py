@@ -19,7 +19,7 @@ The parts, one module each:
 `lumora_reload.schema.choose`
     `choose_update` and `Choice`: nothing, a delta, or the full schema.
 `lumora_reload.schema.canonical`
-    `canonical_json` / `checksum`, byte-identical to the TypeScript
+    `canonical_json` / `checksum` / `checksum_update`, byte-identical to the TypeScript
     ``calculateChecksum``, and `parse_json_strict`.
 `lumora_reload.schema.encode`
     `encode_schema`, `find_unencodable`, `MAX_DEPTH`: what a schema must be
@@ -46,12 +46,14 @@ from __future__ import annotations
 from lumora_reload.schema._common import SchemaError, _orjson
 from lumora_reload.schema.apply import apply_delta, legacy_compatible
 from lumora_reload.schema.canonical import (
+    Checksum,
     _fast_canonical_bytes,
     _normalized,
     _reference_canonical_json,
     _reference_serialize,
     canonical_json,
     checksum,
+    checksum_update,
     parse_json_strict,
 )
 from lumora_reload.schema.choose import Choice, _orjson_bytes, choose_update
@@ -84,6 +86,8 @@ __all__ = [
     "choose_update",
     "canonical_json",
     "checksum",
+    "Checksum",
+    "checksum_update",
     "parse_json_strict",
     "MAX_DEPTH",
     "encode_schema",
