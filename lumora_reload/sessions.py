@@ -207,7 +207,8 @@ class Hub:
             choice = schemas.Choice(messages.UPDATE_FULL, None, True)
         else:
             choice = schemas.choose_update(
-                base.schema, schema, self.limits.incremental_threshold, new_len=len(schema_bytes)
+                base.schema, schema, self.limits.incremental_threshold, new_len=len(schema_bytes),
+                old_checksum=base.checksum,
             )
             if choice.update_type == messages.UPDATE_NONE:
                 return None

@@ -247,6 +247,23 @@ def _plainly(value):
     return value
 
 
+def _retyped(value, mode):
+    """`value` with its numbers and booleans turned into values Python
+    finds equal: ints into floats (1 -> 1.0), booleans into ints, or ints
+    0 and 1 into booleans."""
+    if isinstance(value, list):
+        return [_retyped(v, mode) for v in value]
+    if isinstance(value, dict):
+        return {k: _retyped(v, mode) for k, v in value.items()}
+    if mode == "int to float" and type(value) is int and abs(value) < 2**53:
+        return float(value)
+    if mode == "bool to int" and type(value) is bool:
+        return int(value)
+    if mode == "int to bool" and type(value) is int and value in (0, 1):
+        return bool(value)
+    return value
+
+
 def _put(doc, where, key, value):
     nodes = list(schema_tests.walk(doc["nodes"]))
     if nodes and where < len(nodes):
@@ -267,10 +284,26 @@ def test_checksum_update_after_a_delta_matches_reference(pair, data):
         if data.draw(st.booleans(), f"unlike JS {label}"):
             key, value = data.draw(st.sampled_from(UNLIKE_JS))
             _put(doc, data.draw(st.integers(0, 30)), key, value)
+    mode = data.draw(st.sampled_from([None, "int to float", "bool to int", "int to bool"]), "retyped")
+    if mode is not None:  # changes the delta cannot see: Python finds 1 == 1.0 == True
+        new = _retyped(new, mode)
     base = S.checksum_update(old)
     assert base == (_reference_hex(old), S._fast_canonical_bytes(S._normalized(old)) is not None)
     delta = S.compute_delta(old, new)
     summed = S.checksum_update(new, delta, base.plain)
+    assert summed.hex == _reference_hex(new)
+    if summed.plain:
+        assert S._fast_canonical_bytes(S._normalized(new)) is not None
+
+
+@SETTINGS
+@given(schema_tests.edits(), st.sampled_from(["int to float", "bool to int", "int to bool"]))
+def test_checksum_update_after_unseen_number_changes_matches_reference(pair, mode):
+    """From a plain base, numbers that change type where the delta cannot
+    see it (1 -> 1.0, True -> 1) still get the reference checksum."""
+    old, new = _plainly(pair[0]), _retyped(_plainly(pair[1]), mode)
+    base = S.checksum_update(old)
+    summed = S.checksum_update(new, S.compute_delta(old, new), base.plain)
     assert summed.hex == _reference_hex(new)
     if summed.plain:
         assert S._fast_canonical_bytes(S._normalized(new)) is not None
@@ -288,6 +321,21 @@ def test_what_a_delta_brings_in_is_scanned(key, value):
     summed = S.checksum_update(new, S.compute_delta(old, new), base.plain)
     assert summed.hex == _reference_hex(new)
     assert summed.plain == (S._fast_canonical_bytes(S._normalized(new)) is not None)
+
+
+@pytest.mark.parametrize("before, after", [(1, 1.0), (0, -0.0), (True, 1.0), (123456789012345, 123456789012345.0)])
+def test_a_number_that_changes_type_unseen_by_the_delta_is_found(before, after):
+    """Python finds 1 == 1.0, so the delta of a push that turns 1 into 1.0
+    does not carry it; the checksum still formats it as JavaScript does."""
+    old = schema_tests.schema([schema_tests.leaf("a", w=before), schema_tests.leaf("b", text="x")])
+    new = copy.deepcopy(old)
+    new["nodes"][0]["props"]["w"] = after
+    new["nodes"][1]["props"]["text"] = "y"
+    base = S.checksum_update(old)
+    assert base.plain
+    delta = S.compute_delta(old, new)
+    assert [n["id"] for n in delta["modified"]] == ["b"]  # the delta does not see the 1.0
+    assert S.checksum_update(new, delta, base.plain) == (_reference_hex(new), False)
 
 
 def test_after_a_plain_state_only_the_delta_is_scanned():

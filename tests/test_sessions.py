@@ -1,5 +1,6 @@
 """The hub and the sweeps, driven by a Clock and fake device links."""
 
+import json
 from unittest import mock
 
 import pytest
@@ -9,6 +10,7 @@ from lumora_reload import errors
 from lumora_reload import schema as schemas
 from lumora_reload.errors import LumoraError
 from lumora_reload.liveness import Sweeps
+from lumora_reload.replica import Replica, UpdateError
 from lumora_reload.schema import canonical
 from lumora_reload.sessions import Hub, IDeviceLink, Limits
 from tests.helpers import make_schema, node, with_text
@@ -251,6 +253,44 @@ def test_a_value_javascript_formats_differently_ends_the_plain_run(clock):
     plain = with_text(big_schema(), "z")
     again = push(hub, sid, plain)
     assert again.state.checksum_plain and again.state.checksum == schemas.checksum(plain)
+
+
+def test_a_push_turning_true_into_1_is_stored_and_sent(clock):
+    """true -> 1 is equal to Python, not to JSON: the push is not taken for
+    "no change"; it is stored and every device gets the full schema."""
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    push(hub, sid, make_schema([node("root", "View", [node("title", flag=True)])]))
+    device, link = connect(hub, sid)
+    changed = make_schema([node("root", "View", [node("title", flag=1)])])
+    update = push(hub, sid, changed)
+    assert update is not None and update.update_type == "full"
+    assert type(hub.get_session(sid).state.schema["nodes"][0]["children"][0]["props"]["flag"]) is int
+    assert link.sent[-1] is update.outgoing
+
+
+def test_true_turned_into_1_beside_another_edit_heals_through_the_checksum(clock):
+    """The delta cannot see true -> 1 (== in Python) when another node
+    changes too; the update's checksum is the new schema's, so a checking
+    device refuses the delta and its resync brings the exact schema."""
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    first = make_schema([node("root", "View", [node("title", text="a"), node("flag", on=True)])])
+    push(hub, sid, first)
+    device, link = connect(hub, sid)
+    replica = Replica()
+    replica.reset(first, 1, hub.get_session(sid).checksum)
+    changed = make_schema([node("root", "View", [node("title", text="b"), node("flag", on=1)])])
+    update = push(hub, sid, changed)
+    assert update.update_type == "incremental"
+    with pytest.raises(UpdateError) as refused:
+        replica.apply(json.loads(link.sent[-1].payload)["payload"])
+    assert refused.value.code == "CHECKSUM_MISMATCH"
+    session = hub.get_session(sid)
+    hub.resync_device(session, device)  # what an ack with success: false does
+    assert replica.apply(json.loads(link.sent[-1].payload)["payload"])
+    assert type(replica.schema["nodes"][0]["children"][1]["props"]["on"]) is int
+    assert replica.checksum == session.checksum
 
 
 def big_schema():

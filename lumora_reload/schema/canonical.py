@@ -329,7 +329,9 @@ def checksum_update(schema, delta=None, base_plain=False):
     JavaScript formats differently, not the whole canonical text: every
     such construct sits inside one key or value (plus the ``,`` ``]`` ``}``
     or ``:`` after it), and every key and value of `schema` is either in
-    the base state or in the delta. The result is exactly `checksum`'s.
+    the base state or in the delta, or is a number the delta could not see
+    change type (1 became 1.0: Python finds them equal), which one search
+    of the whole text finds. The result is exactly `checksum`'s.
     """
     normalized = _normalized(schema)
     if base_plain and delta is not None and _orjson is not None:
@@ -339,7 +341,11 @@ def checksum_update(schema, delta=None, base_plain=False):
         except (TypeError, ValueError, RecursionError):
             pass  # the whole-text path below tells what is wrong
         else:
-            if not _unlike_js(material) or not _unlike_js(out):
+            # Python's == takes 1 for 1.0 (and True): a number can turn into
+            # an integral float with no delta entry. From a plain base that
+            # is the only construct that can (an int there has < 16 digits,
+            # so its float prints as "123.0"), and this search finds it.
+            if (not _unlike_js(material) and not _INTEGRAL_FLOAT_B.search(out)) or not _unlike_js(out):
                 return Checksum(hashlib.sha256(out).hexdigest(), True)
             return Checksum(hashlib.sha256(_reference_serialize(normalized).encode("utf-8")).hexdigest(), False)
     out = _fast_canonical_bytes(normalized)

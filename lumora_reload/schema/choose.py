@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from lumora_reload.schema._common import _orjson
 from lumora_reload.schema.apply import legacy_compatible
-from lumora_reload.schema.canonical import _reference_serialize
+from lumora_reload.schema.canonical import _reference_serialize, checksum
 from lumora_reload.schema.delta import (
     DeltaNotRepresentable,
     compute_delta,
@@ -60,15 +60,16 @@ def _wire_len(obj):
         return len(_reference_serialize(obj).encode("utf-8"))
 
 
-def choose_update(old, new, threshold=10, new_len=None):
+def choose_update(old, new, threshold=10, new_len=None, old_checksum=None):
     """Decide how to send `new` to devices that hold `old`.
 
     "none" when the delta is empty (only ``generatedAt`` differs, or
-    nothing); "incremental" when ``delta_size < threshold`` and the compact
-    JSON of the delta is shorter than the compact JSON of `new` (both
-    measured with orjson, not the exact wire envelope); else "full". `old`
-    None (no schema yet) -> "full". `new_len`, when the caller already
-    serialized `new`, saves serializing it again.
+    nothing) and the checksums agree; "incremental" when ``delta_size <
+    threshold`` and the compact JSON of the delta is shorter than the
+    compact JSON of `new` (both measured with orjson, not the exact wire
+    envelope); else "full". `old` None (no schema yet) -> "full". `new_len`,
+    when the caller already serialized `new`, saves serializing it again;
+    `old_checksum`, when known, saves computing `old`'s.
     """
     if old is None:
         return Choice("full", None, True)
@@ -77,6 +78,10 @@ def choose_update(old, new, threshold=10, new_len=None):
     except DeltaNotRepresentable:
         return Choice("full", None, True)
     if is_empty_delta(delta):
+        # Python's == takes true for 1 (and 1.0): trees it finds equal can
+        # differ as JSON, and then the checksums differ (1 and 1.0 do not)
+        if (old_checksum or checksum(old)) != checksum(new):
+            return Choice("full", None, True)
         return Choice("none", None, True)
     if delta_size(delta) >= threshold:
         return Choice("full", None, True)

@@ -54,6 +54,13 @@ Delta
     fingerprints instead (blake2b over orjson bytes, computed iteratively), so
     any depth works; validation, apply and the checksum are iterative too.
 
+    Subtrees are compared with Python's ``==``, which takes ``True`` for
+    ``1`` (and ``1`` for ``1.0``, the same number to a device): a value
+    that turns from a boolean into the number equal to it, in a node that
+    changes in no other way, is not in the delta. The update's checksum
+    catches it on the device (which then gets the full schema), and
+    `choose_update` compares checksums before it answers "none".
+
     `delta_size` counts entries: ``len(added) + len(modified) +
     len(removed)``; an added or modified subtree counts as one node (the
     wire-size check in `choose_update` guards against big subtrees).
