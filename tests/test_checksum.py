@@ -309,27 +309,51 @@ def test_checksum_update_after_unseen_number_changes_matches_reference(pair, mod
         assert S._fast_canonical_bytes(S._normalized(new)) is not None
 
 
+def _bring_in(doc, where, key, value):
+    """Put `key: value` where a delta carries it: in a modified node, in an
+    added node, in a new top-level field or in a changed ``metadata``."""
+    if where == "modified":
+        doc["nodes"][1]["props"][key] = value
+    elif where == "added":
+        doc["nodes"].append(schema_tests.leaf("new", **{key: value}))
+    elif where == "top-level":
+        doc[key] = value
+    else:
+        doc["metadata"][key] = value
+
+
+@pytest.mark.parametrize("where", ["modified", "added", "top-level", "metadata"])
 @pytest.mark.parametrize("key, value", UNLIKE_JS)
-def test_what_a_delta_brings_in_is_scanned(key, value):
+def test_what_a_delta_brings_in_is_scanned(key, value, where):
     """A construct JavaScript formats differently, arriving in a delta
     after a plain state, is found: the checksum is still the reference one."""
     old = schema_tests.schema([schema_tests.leaf("a", text="x"), schema_tests.leaf("b", text="y")])
     new = copy.deepcopy(old)
-    new["nodes"][1]["props"][key] = value
+    _bring_in(new, where, key, value)
     base = S.checksum_update(old)
     assert base.plain
-    summed = S.checksum_update(new, S.compute_delta(old, new), base.plain)
+    delta = S.compute_delta(old, new)
+    assert not S.is_empty_delta(delta)
+    summed = S.checksum_update(new, delta, base.plain)
     assert summed.hex == _reference_hex(new)
     assert summed.plain == (S._fast_canonical_bytes(S._normalized(new)) is not None)
 
 
+@pytest.mark.parametrize("where", ["props", "top-level", "metadata"])
 @pytest.mark.parametrize("before, after", [(1, 1.0), (0, -0.0), (True, 1.0), (123456789012345, 123456789012345.0)])
-def test_a_number_that_changes_type_unseen_by_the_delta_is_found(before, after):
+def test_a_number_that_changes_type_unseen_by_the_delta_is_found(before, after, where):
     """Python finds 1 == 1.0, so the delta of a push that turns 1 into 1.0
     does not carry it; the checksum still formats it as JavaScript does."""
     old = schema_tests.schema([schema_tests.leaf("a", w=before), schema_tests.leaf("b", text="x")])
+    old["w"] = before
+    old["metadata"]["w"] = before
     new = copy.deepcopy(old)
-    new["nodes"][0]["props"]["w"] = after
+    if where == "props":
+        new["nodes"][0]["props"]["w"] = after
+    elif where == "top-level":
+        new["w"] = after
+    else:
+        new["metadata"]["w"] = after
     new["nodes"][1]["props"]["text"] = "y"
     base = S.checksum_update(old)
     assert base.plain

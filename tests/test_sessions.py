@@ -234,6 +234,21 @@ def test_an_incremental_push_after_a_plain_state_scans_only_its_delta(clock):
     assert scanned and max(scanned) < 1000  # the schema itself is over 4 KB
 
 
+def test_an_update_from_another_daemon_is_never_taken_as_plain(clock):
+    """A state planned from another daemon's update was not scanned here:
+    its next push scans the whole text."""
+    hub = Hub(clock)
+    sid = hub.create_session().id
+    first = push(hub, sid, big_schema())
+    other = Hub(clock)  # the daemon that committed the next update
+    other_sid = other.create_session().id
+    push(other, other_sid, big_schema())
+    committed = push(other, other_sid, with_text(big_schema(), "y"))
+    assert committed.state.checksum_plain
+    received = hub.plan_received(sid, committed.entry, committed.state.schema, committed.state.schema_bytes, True)
+    assert received.base is first.state and received.state.checksum_plain is False
+
+
 def test_a_value_javascript_formats_differently_ends_the_plain_run(clock):
     """A pushed 1.0 (JavaScript writes 1) makes the state's checksum not
     plain; while it stays, each push scans the whole text; once it is gone,
