@@ -148,6 +148,8 @@ def bench(n_nodes, runs):
     assert len(d1["modified"]) == 1 and not d1["added"] and not d1["removed"], d1
     assert S.apply_delta(old, S.compute_delta(old, five)) == five
 
+    base_plain = S.checksum_update(old).plain
+    assert base_plain
     size_kb = len(json.dumps(old, separators=(",", ":"))) / 1024
     row = {
         "nodes": len(nodes),
@@ -158,6 +160,8 @@ def bench(n_nodes, runs):
         "delta 5%": median_ms(lambda: S.compute_delta(old, five), runs),
         "delta move/add/remove": median_ms(lambda: S.compute_delta(old, moved), runs),
         "checksum": median_ms(lambda: S.checksum(one), runs),
+        # what a push computes after a plain state: only the delta scanned
+        "checksum after 1-leaf delta": median_ms(lambda: S.checksum_update(one, d1, base_plain), runs),
     }
     return row
 
