@@ -335,23 +335,29 @@ def checksum_update(schema, delta=None, base_plain=False):
     """
     normalized = _normalized(schema)
     if base_plain and delta is not None and _orjson is not None:
-        try:
-            material = _orjson.dumps(_delta_material(delta), option=_ORJSON_OPTS)
-            out = _orjson.dumps(normalized, option=_ORJSON_OPTS)
-        except (TypeError, ValueError, RecursionError):
-            pass  # the whole-text path below tells what is wrong
-        else:
-            # Python's == takes 1 for 1.0 (and True): a number can turn into
-            # an integral float with no delta entry. From a plain base that
-            # is the only construct that can (an int there has < 16 digits,
-            # so its float prints as "123.0"), and this search finds it.
-            if (not _unlike_js(material) and not _INTEGRAL_FLOAT_B.search(out)) or not _unlike_js(out):
-                return Checksum(hashlib.sha256(out).hexdigest(), True)
-            return Checksum(hashlib.sha256(_reference_serialize(normalized).encode("utf-8")).hexdigest(), False)
-    out = _fast_canonical_bytes(normalized)
+        out = _plain_after_delta(normalized, delta)
+    else:
+        out = _fast_canonical_bytes(normalized)
     if out is not None:
         return Checksum(hashlib.sha256(out).hexdigest(), True)
     return Checksum(hashlib.sha256(_reference_serialize(normalized).encode("utf-8")).hexdigest(), False)
+
+
+def _plain_after_delta(normalized, delta):
+    """`_fast_canonical_bytes` after a plain base: the whole text is searched
+    only when what `delta` brings in holds a suspect construct."""
+    try:
+        material = _orjson.dumps(_delta_material(delta), option=_ORJSON_OPTS)
+        out = _orjson.dumps(normalized, option=_ORJSON_OPTS)
+    except (TypeError, ValueError, RecursionError):
+        return None  # what orjson refuses, the reference serializer handles
+    # Python's == takes 1 for 1.0 (and True): a number can turn into an
+    # integral float with no delta entry. From a plain base that is the only
+    # construct that can (an int there has < 16 digits, so its float prints
+    # as "123.0"), and this search finds it.
+    if not _unlike_js(material) and not _INTEGRAL_FLOAT_B.search(out):
+        return out
+    return None if _unlike_js(out) else out
 
 
 def _reject_constant(name):
