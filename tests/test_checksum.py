@@ -2,6 +2,7 @@
 (docs/protocol.md, section 4; the vectors in tests/data/checksum-vectors.json),
 and the fast path agreeing with the reference serializer."""
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -362,6 +363,21 @@ def test_a_number_that_changes_type_unseen_by_the_delta_is_found(before, after, 
     assert S.checksum_update(new, delta, base.plain) == (_reference_hex(new), False)
 
 
+@contextlib.contextmanager
+def scanned_lengths():
+    """The lengths of the texts searched for constructs JavaScript formats
+    differently, while the block runs."""
+    scanned = []
+    real = canonical._unlike_js
+
+    def recording(out):
+        scanned.append(len(out))
+        return real(out)
+
+    with mock.patch.object(canonical, "_unlike_js", recording):
+        yield scanned
+
+
 def test_after_a_plain_state_only_the_delta_is_scanned():
     """A one-leaf edit of a large schema scans the delta, not the whole
     canonical text; without a plain base the whole text is scanned."""
@@ -371,14 +387,7 @@ def test_after_a_plain_state_only_the_delta_is_scanned():
     delta = S.compute_delta(old, new)
     whole = len(S.canonical_json(new).encode("utf-8"))
     expected = S.checksum(new)
-    scanned = []
-    real = canonical._unlike_js
-
-    def recording(out):
-        scanned.append(len(out))
-        return real(out)
-
-    with mock.patch.object(canonical, "_unlike_js", recording):
+    with scanned_lengths() as scanned:
         summed = S.checksum_update(new, delta, base_plain=True)
         assert summed == (expected, True)
         assert scanned and max(scanned) < whole / 20

@@ -1,7 +1,6 @@
 """The hub and the sweeps, driven by a Clock and fake device links."""
 
 import json
-from unittest import mock
 
 import pytest
 from zope.interface import implementer
@@ -11,9 +10,9 @@ from lumora_reload import schema as schemas
 from lumora_reload.errors import LumoraError
 from lumora_reload.liveness import Sweeps
 from lumora_reload.replica import Replica, UpdateError
-from lumora_reload.schema import canonical
 from lumora_reload.sessions import Hub, IDeviceLink, Limits
 from tests.helpers import make_schema, node, with_text
+from tests.test_checksum import scanned_lengths
 
 
 @implementer(IDeviceLink)
@@ -219,15 +218,8 @@ def test_an_incremental_push_after_a_plain_state_scans_only_its_delta(clock):
     sid = hub.create_session().id
     first = push(hub, sid, big_schema())
     assert first.update_type == "full" and first.state.checksum_plain
-    scanned = []
-    real = canonical._unlike_js
-
-    def recording(out):
-        scanned.append(len(out))
-        return real(out)
-
     edited = with_text(big_schema(), "y")
-    with mock.patch.object(canonical, "_unlike_js", recording):
+    with scanned_lengths() as scanned:
         second = push(hub, sid, edited)
     assert second.update_type == "incremental" and second.state.checksum_plain
     assert second.state.checksum == schemas.checksum(edited)
