@@ -359,11 +359,11 @@ class RedisStore:
         state, entry = update.state, update.entry
         event = self._event(
             "push", update.session_id, entry=orjson.Fragment(_entry_to_json(entry)),
-            schema=orjson.Fragment(state.schema_bytes), preserveState=state.preserve_state,
+            schema=orjson.Fragment(state.wire_bytes()), preserveState=state.preserve_state,
         )
         return (
             PUSH, [self._key(update.session_id), self._history_key(update.session_id)],
-            [update.base.sequence, state.sequence, state.schema_bytes, state.checksum,
+            [update.base.sequence, state.sequence, state.wire_bytes(), state.checksum,
              int(state.preserve_state), repr(float(self.reactor.seconds())), _entry_to_json(entry),
              len(state.history), self.channel, event],
         )

@@ -14,6 +14,7 @@ import orjson
 from zope.interface import Interface
 
 from lumora_reload import errors
+from lumora_reload import schema as schemas
 from lumora_reload.errors import LumoraError
 
 
@@ -94,18 +95,35 @@ class State:
     schema: dict | None = None
     checksum: str | None = None
     preserve_state: bool = True
-    schema_bytes: bytes | None = None  # compact JSON of `schema`
+    # compact JSON of `schema`; None until asked for when the push that made
+    # this state had no need of it (see `wire_bytes`)
+    schema_bytes: bytes | None = None
     history: tuple = ()  # HistoryEntry, consecutive sequence numbers
     # the checksum came from orjson's output as is (see schema.Checksum):
     # the next push's checksum need only scan what its delta brings in
     checksum_plain: bool = False
     _cache: dict = attrs.field(factory=dict, repr=False)
 
+    def wire_bytes(self):
+        """The schema's compact JSON (bytes), None without a schema.
+
+        An incremental push sends a delta and needs no JSON of the whole
+        schema; its state serializes the schema the first time something
+        asks (a full update, the store, another daemon), once. Such a push
+        leaves `schema_bytes` unset only after the checksum showed orjson
+        serializes the schema, so this cannot fail.
+        """
+        if self.schema_bytes is not None or self.schema is None:
+            return self.schema_bytes
+        made = self._cache.get("wire")
+        if made is None:
+            made = self._cache["wire"] = schemas.encode_schema(self.schema)
+        return made
+
     def schema_json(self):
         """The schema's JSON, spliced into the messages that carry it."""
-        if self.schema_bytes is None:
-            return None
-        return orjson.Fragment(self.schema_bytes)
+        made = self.wire_bytes()
+        return None if made is None else orjson.Fragment(made)
 
 
 EMPTY = State()

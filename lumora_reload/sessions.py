@@ -180,8 +180,18 @@ class Hub:
 
     @staticmethod
     def validate(schema):
+        """Check `schema`; returns the number of nodes in its tree."""
         try:
-            schemas.validate(schema)
+            return schemas.validate(schema)
+        except schemas.SchemaError as e:
+            raise _invalid_schema(e)
+
+    @staticmethod
+    def encode(schema):
+        """The compact JSON of a valid `schema`; refuses what JSON cannot
+        carry to a device (nesting, numbers, Unicode) as an invalid schema."""
+        try:
+            return schemas.encode_schema(schema)
         except schemas.SchemaError as e:
             raise _invalid_schema(e)
 
@@ -198,23 +208,32 @@ class Hub:
 
     def _plan(self, session, schema, preserve_state, force_full=False):
         base = session.state
-        self.validate(schema)
-        try:
-            schema_bytes = schemas.encode_schema(schema)
-        except schemas.SchemaError as e:
-            raise _invalid_schema(e)
+        nodes = self.validate(schema)
+        summed = None
         if force_full:
             choice = schemas.Choice(messages.UPDATE_FULL, None, True)
         else:
-            choice = schemas.choose_update(
-                base.schema, schema, self.limits.incremental_threshold, new_len=len(schema_bytes),
-                old_checksum=base.checksum,
-            )
+            try:  # a delta needs no JSON of the whole schema: it waits (State.wire_bytes)
+                choice = schemas.choose_update(
+                    base.schema, schema, self.limits.incremental_threshold, nodes=nodes,
+                    old_checksum=base.checksum,
+                )
+                if choice.update_type == messages.UPDATE_INCREMENTAL:
+                    summed = schemas.checksum_update(schema, choice.delta, base.checksum_plain)
+            except Exception:
+                self.encode(schema)  # what JSON cannot carry is refused as such, naming the path
+                raise
             if choice.update_type == messages.UPDATE_NONE:
                 return None
+        schema_bytes = None if force_full else choice.new_json
+        # a plain checksum is orjson's output (generatedAt set to 0): orjson
+        # serializes this schema, so its wire JSON can wait; else find out now
+        if schema_bytes is None and not (
+            summed is not None and summed.plain and schemas.orjson_encodes(schema["metadata"].get("generatedAt"))
+        ):
+            schema_bytes = self.encode(schema)
         sequence = base.sequence + 1
         if choice.update_type == messages.UPDATE_INCREMENTAL:
-            summed = schemas.checksum_update(schema, choice.delta, base.checksum_plain)
             frame = messages.incremental_update_frame(
                 session.id, self.now_ms(), choice.delta, preserve_state, sequence, summed.hex
             )
@@ -526,3 +545,4 @@ class Hub:
                 for s in self.sessions.values()
             ],
         }
+

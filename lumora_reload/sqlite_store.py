@@ -327,7 +327,7 @@ class SQLiteStore:
                 "INSERT OR REPLACE INTO states (session_id, sequence, preserve_state, checksum, schema) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (update.session_id, state.sequence, int(state.preserve_state), state.checksum,
-                 state.schema_bytes),
+                 state.wire_bytes()),
             )
             db.execute(
                 "INSERT OR REPLACE INTO history "

@@ -56,9 +56,9 @@ def error_of(doc):
     return info.value
 
 
-def test_valid_schema_passes():
-    S.validate(schema([node("a", [node("b"), node("c", [])], metadata={"lineNumber": 3})]))
-    S.validate(schema([]))
+def test_valid_schema_passes_and_counts_its_nodes():
+    assert S.validate(schema([node("a", [node("b"), node("c", [])], metadata={"lineNumber": 3})])) == 3
+    assert S.validate(schema([])) == 0
     S.validate({"version": "1", "metadata": {}, "nodes": []})  # lenient metadata
     S.validate({"version": "1", "metadata": {"generatedAt": "2024-01-01"}, "nodes": []})
     S.validate({"version": "1", "metadata": {"generatedAt": 1.5}, "nodes": [], "extra": [1]})
@@ -139,7 +139,7 @@ def deep_chain(depth, leaf_props=None):
 
 def test_deep_tree_validates_without_recursion_error():
     doc = deep_chain(5000)
-    S.validate(doc)
+    assert S.validate(doc) == 5000
     leaf = doc["nodes"][0]
     for _ in range(4999):
         leaf = leaf["children"][0]
@@ -343,6 +343,19 @@ def test_choose_update():
     assert S.choose_update(small, schema([]), threshold=100).update_type in ("incremental", "full")
     big_old = schema([leaf("a" * 500)])
     assert S.choose_update(big_old, schema([leaf("b")]), threshold=100).update_type == "full"
+
+
+def test_the_node_count_settles_the_size_check_only_when_it_can():
+    # nine nodes of the least JSON a node can take: added into an empty
+    # tree, the delta (each with parentId and index) is longer than the schema
+    least = schema([{"id": str(i), "type": "T"} for i in range(9)])
+    assert len(json.dumps(least["nodes"][0], separators=(",", ":"))) == S.MIN_NODE_JSON
+    assert S.choose_update(schema([]), least).update_type == "full"
+    assert S.choose_update(schema([]), least, nodes=9).update_type == "full"
+    # a delta much shorter than that least JSON is settled by the count alone
+    new = edited(lambda s: s["nodes"][0]["children"][0]["props"].update(t=2))
+    counted = S.choose_update(BASE, new, nodes=S.validate(new))
+    assert counted.update_type == "incremental" and counted.new_json is None
 
 
 @pytest.mark.parametrize("before, after, kind", [
@@ -707,6 +720,10 @@ def test_apply_delta_yields_new(pair):
 def test_choose_update_is_consistent(pair):
     old, new = pair
     choice = S.choose_update(old, new, threshold=5)
+    # the node count settles the size check without serializing `new`,
+    # never differently
+    counted = S.choose_update(old, new, threshold=5, nodes=S.validate(new))
+    assert counted[:3] == choice[:3]
     delta = S.compute_delta(old, new)
     if S.is_empty_delta(delta):
         # none, unless a value turned between a boolean and a number (== in Python)
@@ -718,6 +735,14 @@ def test_choose_update_is_consistent(pair):
         assert choice.legacy_ok == S.legacy_compatible(old, choice.delta)
     else:
         assert choice.update_type == "full" and choice.delta is None
+
+
+@SETTINGS
+@given(trees())
+def test_a_tree_serializes_to_at_least_the_least_json_of_its_nodes(doc):
+    doc.pop("_ids")
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+    assert len(text) >= S.validate(doc) * S.MIN_NODE_JSON
 
 
 @SETTINGS

@@ -2,6 +2,7 @@
 
 import json
 
+import orjson
 import pytest
 from zope.interface import implementer
 
@@ -346,23 +347,79 @@ def test_expiry_sweep_reports_sessions_kept_alive_by_devices(clock):
     sweeps.stop()
 
 
-def test_push_serializes_the_schema_once(clock, monkeypatch):
-    from lumora_reload import schema as schemas
-
-    hub = Hub(clock)
-    sid = hub.create_session(make_schema()).id
+def count_serializations(monkeypatch):
+    """Record each compact serialization of a whole schema: the hub's own
+    (encode_schema) and choose_update's size check (looked up in
+    schema.choose)."""
     calls = []
-    encode = schemas.encode_schema
-    monkeypatch.setattr(schemas, "encode_schema", lambda s: calls.append(1) or encode(s))
-    # choose_update's own serializer: it lives in (and is looked up in) schema.choose
-    monkeypatch.setattr(schemas.choose, "_orjson_bytes", lambda obj: pytest.fail("serialized twice"))
-    update = hub.plan_push(sid, with_text(make_schema(), "x"))
-    assert update.update_type == "incremental" and calls == [1]
-    import orjson
+    encode, size_check = schemas.encode_schema, schemas.choose._orjson_bytes
+    monkeypatch.setattr(schemas, "encode_schema", lambda s: calls.append("encode") or encode(s))
+    monkeypatch.setattr(schemas.choose, "_orjson_bytes", lambda s: calls.append("size") or size_check(s))
+    return calls
 
-    # the state carries those bytes; its full update splices them in
+
+def many_leaves(count, text="x"):
+    return make_schema([node("root", "View", [node(f"n{i}", text=text) for i in range(count)])])
+
+
+def test_an_incremental_push_serializes_the_schema_when_asked_once(clock, monkeypatch):
+    hub = Hub(clock)
+    base = many_leaves(40)
+    sid = hub.create_session(base).id
+    calls = count_serializations(monkeypatch)
+    new = with_text(base, "changed", "n7")
+    update = hub.plan_push(sid, new)
+    # the delta goes out; nothing needed the whole schema's JSON yet
+    assert update.update_type == "incremental" and calls == []
+    assert update.state.schema_bytes is None
+    # a full update (a device joining, a resync) serializes it, once
+    full = hub._full_update(sid, update.state).payload
+    wire = update.state.wire_bytes()
+    assert calls == ["encode"] and wire == orjson.dumps(new) and wire in full
+    assert hub._full_update(sid, update.state).payload is full
+    assert update.state.wire_bytes() is wire and calls == ["encode"]
+
+
+def test_a_full_push_serializes_the_schema_once(clock, monkeypatch):
+    hub = Hub(clock)
+    base = many_leaves(40)
+    sid = hub.create_session(base).id
+    calls = count_serializations(monkeypatch)
+    update = hub.plan_push(sid, many_leaves(40, text="all of them"))
+    assert update.update_type == "full" and calls == ["encode"]
     assert orjson.loads(update.state.schema_bytes) == update.state.schema
     assert update.state.schema_bytes in hub._full_update(sid, update.state).payload
+
+
+def test_when_the_node_count_cannot_settle_the_size_check_the_bytes_made_for_it_are_kept(clock, monkeypatch):
+    # one node: a delta carrying it whole is about as long as the schema
+    hub = Hub(clock)
+    sid = hub.create_session(make_schema([node("only", text="a" * 50)])).id
+    calls = count_serializations(monkeypatch)
+    update = hub.plan_push(sid, make_schema([node("only", text="b" * 50)]))
+    assert calls == ["size"]
+    assert update.state.schema_bytes == orjson.dumps(update.state.schema)
+
+
+@pytest.mark.parametrize(
+    "make_bad, path",
+    [
+        # keys JSON cannot have: the checksum's reference serializer trips first
+        (lambda s: s["nodes"][0]["children"][7]["props"].update({1: "one"}), "nodes[0].children[7].props"),
+        # a lone surrogate in the one value the checksum leaves out
+        (lambda s: s["metadata"].update(generatedAt="\ud800"), "metadata.generatedAt"),
+    ],
+)
+def test_a_schema_json_cannot_carry_is_refused_with_its_path_when_it_would_be_a_delta(clock, make_bad, path):
+    hub = Hub(clock)
+    base = many_leaves(40)
+    sid = hub.create_session(base).id
+    bad = with_text(base, "changed", "n7")
+    make_bad(bad)
+    with pytest.raises(LumoraError) as e:
+        hub.plan_push(sid, bad)
+    assert e.value.code == errors.SCHEMA_VALIDATION_FAILED
+    assert e.value.details["path"] == path
 
 
 def test_the_leak_check_sees_our_timers_and_not_others(reactor, clock):

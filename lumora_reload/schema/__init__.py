@@ -56,7 +56,7 @@ from lumora_reload.schema.canonical import (
     checksum_update,
     parse_json_strict,
 )
-from lumora_reload.schema.choose import Choice, _orjson_bytes, choose_update
+from lumora_reload.schema.choose import MIN_NODE_JSON, Choice, _orjson_bytes, choose_update
 from lumora_reload.schema.delta import (
     DeltaNotRepresentable,
     _count,
@@ -64,7 +64,7 @@ from lumora_reload.schema.delta import (
     delta_size,
     is_empty_delta,
 )
-from lumora_reload.schema.encode import MAX_DEPTH, encode_schema, find_unencodable
+from lumora_reload.schema.encode import MAX_DEPTH, encode_schema, find_unencodable, orjson_encodes
 from lumora_reload.schema.validation import validate
 
 # internals the tests and benchmarks reach through the package
@@ -84,6 +84,7 @@ __all__ = [
     "apply_delta",
     "legacy_compatible",
     "choose_update",
+    "MIN_NODE_JSON",
     "canonical_json",
     "checksum",
     "Checksum",
@@ -92,6 +93,7 @@ __all__ = [
     "MAX_DEPTH",
     "encode_schema",
     "find_unencodable",
+    "orjson_encodes",
 ]
 
 # the public classes keep the module name they always had (tracebacks,

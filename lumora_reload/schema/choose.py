@@ -60,7 +60,13 @@ def _wire_len(obj):
         return len(_reference_serialize(obj).encode("utf-8"))
 
 
-def choose_update(old, new, threshold=10, new_len=None, old_checksum=None):
+# The fewest bytes one node takes in compact JSON: {"id":"x","type":"y"}.
+# A node's own braces, id and type lie outside its children's text, so a
+# tree of n nodes serializes to at least n times this.
+MIN_NODE_JSON = len(b'{"id":"x","type":"y"}')
+
+
+def choose_update(old, new, threshold=10, new_len=None, old_checksum=None, nodes=None):
     """Decide how to send `new` to devices that hold `old`.
 
     "none" when the delta is empty (only ``generatedAt`` differs, or
@@ -69,7 +75,10 @@ def choose_update(old, new, threshold=10, new_len=None, old_checksum=None):
     compact JSON of `new` (both measured with orjson, not the exact wire
     envelope); else "full". `old` None (no schema yet) -> "full". `new_len`,
     when the caller already serialized `new`, saves serializing it again;
-    `old_checksum`, when known, saves computing `old`'s.
+    `old_checksum`, when known, saves computing `old`'s. `nodes`, the number
+    of nodes in `new` when the caller counted them, settles the size check
+    without serializing `new` whenever the delta is shorter than the least
+    JSON that many nodes take (`Choice.new_json` is then None).
     """
     if old is None:
         return Choice("full", None, True)
@@ -85,10 +94,13 @@ def choose_update(old, new, threshold=10, new_len=None, old_checksum=None):
         return Choice("none", None, True)
     if delta_size(delta) >= threshold:
         return Choice("full", None, True)
+    delta_len = _wire_len(delta)
+    if new_len is None and nodes is not None and delta_len < nodes * MIN_NODE_JSON:
+        return Choice("incremental", delta, legacy_compatible(old, delta))
     new_json = None
     if new_len is None:
         new_json = _orjson_bytes(new)
         new_len = len(new_json) if new_json is not None else _wire_len(new)
-    if _wire_len(delta) < new_len:
+    if delta_len < new_len:
         return Choice("incremental", delta, legacy_compatible(old, delta), new_json)
     return Choice("full", None, True, new_json)

@@ -15,7 +15,7 @@ import math
 
 from lumora_reload.schema._common import _SURROGATE, SchemaError, _join, _orjson
 
-__all__ = ["MAX_DEPTH", "encode_schema", "find_unencodable"]
+__all__ = ["MAX_DEPTH", "encode_schema", "find_unencodable", "orjson_encodes"]
 
 
 # Nesting of JSON objects and arrays a schema may have, the schema object
@@ -44,6 +44,17 @@ def encode_schema(schema):
     if problem is not None:
         raise SchemaError(*problem)
     return json.dumps(schema, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def orjson_encodes(value):
+    """Whether orjson serializes `value`: `encode_schema` then cannot fail."""
+    if _orjson is None:
+        return False
+    try:
+        _orjson.dumps(value)
+    except _orjson.JSONEncodeError:
+        return False
+    return True
 
 
 def find_unencodable(value):

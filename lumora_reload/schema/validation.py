@@ -19,7 +19,8 @@ __all__ = ["validate"]
 
 
 def validate(schema):
-    """Raise `SchemaError` for the first problem of `schema`, else return None.
+    """Raise `SchemaError` for the first problem of `schema`, else return
+    the number of nodes in its tree.
 
     Root: an object with ``version`` (string), ``metadata`` (object whose
     ``sourceFramework``/``sourceFile`` are strings and ``generatedAt`` a
@@ -30,9 +31,10 @@ def validate(schema):
     """
     _validate_root(schema)
     nodes = schema["nodes"]
-    if _nodes_ok_fast(nodes):
-        return
-    _validate_nodes_slow(nodes)  # raises with the exact path
+    count = _nodes_ok_fast(nodes)
+    if count is not None:
+        return count
+    return _validate_nodes_slow(nodes)  # raises with the exact path
 
 
 def _validate_root(schema):
@@ -67,7 +69,8 @@ def _validate_root(schema):
 
 
 def _nodes_ok_fast(nodes):
-    """True when the node tree is certainly valid (no paths kept)."""
+    """The number of nodes when the tree is certainly valid, else None (no
+    paths kept)."""
     ids = []
     add_id = ids.append
     stack = [nodes]
@@ -77,27 +80,27 @@ def _nodes_ok_fast(nodes):
     while stack:
         for n in pop():
             if type(n) is not dict:
-                return False
+                return None
             i = n.get("id")
             if type(i) is not str or not i:
-                return False
+                return None
             add_id(i)
             t = n.get("type")
             if type(t) is not str or not t:
-                return False
+                return None
             v = n.get("props", missing)
             if v is not missing and type(v) is not dict:
-                return False
+                return None
             v = n.get("metadata", missing)
             if v is not missing and type(v) is not dict:
-                return False
+                return None
             v = n.get("children", missing)
             if v is not missing:
                 if type(v) is not list:
-                    return False
+                    return None
                 if v:
                     push(v)
-    return len(set(ids)) == len(ids)
+    return len(ids) if len(set(ids)) == len(ids) else None
 
 
 def _check_node(n, path):
@@ -121,7 +124,8 @@ def _check_node(n, path):
 
 
 def _validate_nodes_slow(nodes):
-    """Pre-order walk in document order keeping paths; raises on the first problem."""
+    """Pre-order walk in document order keeping paths; raises on the first
+    problem, else returns the number of nodes."""
     first = {}
     stack = [(nodes, "nodes", 0)]
     while stack:
@@ -139,3 +143,4 @@ def _validate_nodes_slow(nodes):
         children = n.get("children")
         if children:
             stack.append((children, f"{path}.children", 0))
+    return len(first)
