@@ -109,9 +109,10 @@ class State:
 
         An incremental push sends a delta and needs no JSON of the whole
         schema; its state serializes the schema the first time something
-        asks (a full update, the store, another daemon), once. Such a push
+        asks (a full update, the store, another daemon), once. The hub
         leaves `schema_bytes` unset only after the checksum showed orjson
-        serializes the schema, so this cannot fail.
+        serializes the schema, and a state's schema is never changed, so
+        this gives the bytes the push would have made.
         """
         if self.schema_bytes is not None or self.schema is None:
             return self.schema_bytes

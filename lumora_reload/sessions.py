@@ -223,14 +223,16 @@ class Hub:
             except Exception:
                 self.encode(schema)  # what JSON cannot carry is refused as such, naming the path
                 raise
-            if choice.update_type == messages.UPDATE_NONE:
-                return None
-        schema_bytes = None if force_full else choice.new_json
-        # a plain checksum is orjson's output (generatedAt set to 0): orjson
-        # serializes this schema, so its wire JSON can wait; else find out now
-        if schema_bytes is None and not (
-            summed is not None and summed.plain and schemas.orjson_encodes(schema["metadata"].get("generatedAt"))
-        ):
+        # the checksum leaves generatedAt out (and "none" compares no JSON)
+        generated_at_encodes = schemas.orjson_encodes(schema["metadata"].get("generatedAt"))
+        if choice.update_type == messages.UPDATE_NONE:
+            if not generated_at_encodes:
+                self.encode(schema)  # refused, naming the path
+            return None
+        schema_bytes = choice.new_json
+        # a plain checksum is orjson's output: orjson serializes this schema,
+        # so its wire JSON can wait; else find out now
+        if schema_bytes is None and not (summed is not None and summed.plain and generated_at_encodes):
             schema_bytes = self.encode(schema)
         sequence = base.sequence + 1
         if choice.update_type == messages.UPDATE_INCREMENTAL:

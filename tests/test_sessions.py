@@ -401,20 +401,41 @@ def test_when_the_node_count_cannot_settle_the_size_check_the_bytes_made_for_it_
     assert update.state.schema_bytes == orjson.dumps(update.state.schema)
 
 
+def nest(levels):
+    value = "deep"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def set_prop(value):
+    return lambda s: s["nodes"][0]["children"][7]["props"].update(bad=value)
+
+
+def set_generated_at(value):
+    return lambda s: s["metadata"].update(generatedAt=value)
+
+
 @pytest.mark.parametrize(
-    "make_bad, path",
+    "edit, make_bad, path",
     [
         # keys JSON cannot have: the checksum's reference serializer trips first
-        (lambda s: s["nodes"][0]["children"][7]["props"].update({1: "one"}), "nodes[0].children[7].props"),
-        # a lone surrogate in the one value the checksum leaves out
-        (lambda s: s["metadata"].update(generatedAt="\ud800"), "metadata.generatedAt"),
+        (True, lambda s: s["nodes"][0]["children"][7]["props"].update({1: "one"}), "nodes[0].children[7].props"),
+        # what only the reference serializer takes: the checksum is not plain
+        (True, set_prop("\ud800"), "nodes[0].children[7].props.bad"),
+        (True, set_prop(2**1100), "nodes[0].children[7].props.bad"),
+        (True, set_prop(nest(300)), "nodes[0].children[7].props.bad" + "[0]" * 248),
+        # the one value the checksum (and the delta) leaves out
+        (True, set_generated_at("\ud800"), "metadata.generatedAt"),
+        (False, set_generated_at("\ud800"), "metadata.generatedAt"),
+        (False, set_generated_at(2**1100), "metadata.generatedAt"),
     ],
 )
-def test_a_schema_json_cannot_carry_is_refused_with_its_path_when_it_would_be_a_delta(clock, make_bad, path):
+def test_a_schema_json_cannot_carry_is_refused_with_its_path_whatever_the_update(clock, edit, make_bad, path):
     hub = Hub(clock)
     base = many_leaves(40)
     sid = hub.create_session(base).id
-    bad = with_text(base, "changed", "n7")
+    bad = with_text(base, "changed", "n7") if edit else json.loads(json.dumps(base))
     make_bad(bad)
     with pytest.raises(LumoraError) as e:
         hub.plan_push(sid, bad)
