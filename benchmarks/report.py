@@ -136,13 +136,25 @@ def targets(results):
         met = (d["delivered_rate"] or 0) >= goal and clean
         out.append((f"≥ {goal:g} updates/s to {run['devices']} acking devices, no gap ({run['variant']})",
                     f"{d['delivered_rate']} /s, gaps {d['gaps']}, reorders {d['reorders']}, "
-                    f"error frames {sum(d['errors'].values())}, closes {sum(d['closes'].values())}",
+                    f"error frames {sum(d['errors'].values())}, closes {sum(d['closes'].values())}"
+                    + _cpu_budget(run, results.get("machine") or {}),
                     ("met, but devices got errors" if errors else True) if met else False))
     idle = results.get("idle")
     if idle:
         out.extend(_idle_targets(idle))
     out.append(_workers_target(results.get("workers"), idle))
     return out
+
+
+def _cpu_budget(run, machine):
+    """Where the box's CPU went during a throughput run: when every core is
+    busy, the generators' share limits the rate as much as the daemon's."""
+    d, load = run["daemon"], run.get("load") or {}
+    if load.get("cores_busy") is None or d.get("server_cpu_per_push_ms") is None:
+        return ""
+    cores = machine.get("cores")
+    return (f"; {load['cores_busy']:.2f}{f' of {cores}' if cores else ''} cores busy, CPU per push: "
+            f"daemon {d['server_cpu_per_push_ms']} ms, generators {d['generator_cpu_per_push_ms']} ms")
 
 
 def _workers_target(runs, idle=None):
