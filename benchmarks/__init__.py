@@ -10,6 +10,7 @@ reduced set in a minute or two; ``--help`` lists the knobs.
 
 Modules: harness (processes, /proc, HTTP client, percentiles), workload
 (schemas and push sequences), fanout (also the one-device latency),
-throughput, idle, spy (py-spy profile), report (tables, targets).
+throughput, idle, spy (py-spy profile), report (tables, targets), probe (how
+fast the box is at the start and the end of a run).
 bench_schema, bench_store and soak are separate scripts.
 """

@@ -8,7 +8,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks import fanout, harness, idle, loadgen, report, spy, throughput, workers
+from benchmarks import fanout, harness, idle, loadgen, probe, report, spy, throughput, workers
 
 SECTIONS = ("fanout", "latency", "throughput", "idle")
 # long and needs redis-server: only when asked for (--only ...,workers)
@@ -121,6 +121,9 @@ def main(argv=None):
     say(f"{m['cpu']}, {m['cores']} cores, {m['memory_mb']} MB, Linux {m['kernel']}, Python {m['python']}; "
         f"load average at start {results['loadavg_at_start'][0]:.2f}; {args.generators} generator processes"
         + (" (full JSON parse)" if args.parse else ""))
+    results["speed_probe_ms"] = {"start": probe.speed_probe()}
+    say(f"box speed probe: {results['speed_probe_ms']['start']} ms (benchmarks/probe.py; "
+        "runs whose probes differ much do not compare)")
     started = time.monotonic()
     gens = harness.Generators(args.generators, parse=args.parse)
     try:
@@ -188,6 +191,8 @@ def main(argv=None):
         gens.stop()
     results["seconds"] = round(time.monotonic() - started, 1)
     results["loadavg_at_end"] = os.getloadavg()
+    results["speed_probe_ms"]["end"] = probe.speed_probe()
+    say(f"box speed probe at the end: {results['speed_probe_ms']['end']} ms")
     say("## Targets")
     say(report.targets_table(results))
     say()

@@ -1,0 +1,50 @@
+"""How fast this box is right now, printed at the start and the end of
+every run.
+
+Shared machines change speed from one minute to the next (other tenants):
+on 2026-12-01 the same code planned the same push in 3.3-4.5 ms at 05:12
+and in 5.2-8.8 ms from 05:30. The probe times a fixed piece of work of the
+kind a large push does, with no code of the daemon in it (so it also
+measures the box, not the checkout, when the benchmarks run another
+commit's code): parse the ~500 KB benchmark schema, serialize it with
+sorted keys, SHA-256 it, and walk its nodes in Python. It reports the
+fastest of `rounds`, in ms. Runs whose probes differ much do not compare;
+alternate base and new code instead.
+"""
+
+import hashlib
+import time
+
+import orjson
+
+from benchmarks.workload import LARGE, Pushes
+
+
+def _walk(nodes):
+    count = 0
+    stack = [nodes]
+    while stack:
+        for node in stack.pop():
+            count += 1
+            if type(node.get("id")) is not str:
+                raise ValueError("not a benchmark schema")
+            children = node.get("children")
+            if children:
+                stack.append(children)
+    return count
+
+
+def speed_probe(rounds=30, body=None):
+    body = body if body is not None else Pushes(LARGE).initial
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        tree = orjson.loads(body)
+        hashlib.sha256(orjson.dumps(tree, option=orjson.OPT_SORT_KEYS)).digest()
+        _walk(tree["nodes"])
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 2)
+
+
+if __name__ == "__main__":
+    print(f"{speed_probe()} ms")
