@@ -104,6 +104,10 @@ def profile_runs(args, gens, wd):
     return out
 
 
+def _probes_text(found):
+    return f"compute {found['compute_ms']} ms, wakeup {found['wakeup_us']} µs per round trip"
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     limit = loadgen.raise_fd_limit()
@@ -121,9 +125,9 @@ def main(argv=None):
     say(f"{m['cpu']}, {m['cores']} cores, {m['memory_mb']} MB, Linux {m['kernel']}, Python {m['python']}; "
         f"load average at start {results['loadavg_at_start'][0]:.2f}; {args.generators} generator processes"
         + (" (full JSON parse)" if args.parse else ""))
-    results["speed_probe_ms"] = {"start": probe.speed_probe()}
-    say(f"box speed probe: {results['speed_probe_ms']['start']} ms (benchmarks/probe.py; "
-        "runs whose probes differ much do not compare)")
+    results["probes"] = {"start": probe.probes()}
+    say("box probes: " + _probes_text(results["probes"]["start"])
+        + " (benchmarks/probe.py; runs whose probes differ much do not compare)")
     started = time.monotonic()
     gens = harness.Generators(args.generators, parse=args.parse)
     try:
@@ -191,8 +195,8 @@ def main(argv=None):
         gens.stop()
     results["seconds"] = round(time.monotonic() - started, 1)
     results["loadavg_at_end"] = os.getloadavg()
-    results["speed_probe_ms"]["end"] = probe.speed_probe()
-    say(f"box speed probe at the end: {results['speed_probe_ms']['end']} ms")
+    results["probes"]["end"] = probe.probes()
+    say("box probes at the end: " + _probes_text(results["probes"]["end"]))
     say("## Targets")
     say(report.targets_table(results))
     say()
