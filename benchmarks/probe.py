@@ -30,21 +30,18 @@ from benchmarks.workload import LARGE, Pushes
 
 
 def _walk(nodes):
-    count = 0
     stack = [nodes]
     while stack:
         for node in stack.pop():
-            count += 1
             if type(node.get("id")) is not str:
                 raise ValueError("not a benchmark schema")
             children = node.get("children")
             if children:
                 stack.append(children)
-    return count
 
 
-def speed_probe(rounds=30, body=None):
-    body = body if body is not None else Pushes(LARGE).initial
+def speed_probe(rounds=30):
+    body = Pushes(LARGE).initial
     best = float("inf")
     for _ in range(rounds):
         started = time.perf_counter()

@@ -223,17 +223,18 @@ class Hub:
             except Exception:
                 self.encode(schema)  # what JSON cannot carry is refused as such, naming the path
                 raise
-        # the checksum leaves generatedAt out (and "none" compares no JSON)
-        generated_at_encodes = schemas.orjson_encodes(schema["metadata"].get("generatedAt"))
-        if choice.update_type == messages.UPDATE_NONE:
-            if not generated_at_encodes:
-                self.encode(schema)  # refused, naming the path
-            return None
+        # The wire JSON waits only where orjson is known to serialize the
+        # schema: a plain checksum is orjson's output of it, and "none" found
+        # it equal to the committed one; both leave generatedAt out
+        serializes = (
+            (choice.update_type == messages.UPDATE_NONE or (summed is not None and summed.plain))
+            and schemas.orjson_encodes(schema["metadata"].get("generatedAt"))
+        )
         schema_bytes = choice.new_json
-        # a plain checksum is orjson's output: orjson serializes this schema,
-        # so its wire JSON can wait; else find out now
-        if schema_bytes is None and not (summed is not None and summed.plain and generated_at_encodes):
-            schema_bytes = self.encode(schema)
+        if schema_bytes is None and not serializes:
+            schema_bytes = self.encode(schema)  # refuses what JSON cannot carry, naming the path
+        if choice.update_type == messages.UPDATE_NONE:
+            return None
         sequence = base.sequence + 1
         if choice.update_type == messages.UPDATE_INCREMENTAL:
             frame = messages.incremental_update_frame(
@@ -547,4 +548,3 @@ class Hub:
                 for s in self.sessions.values()
             ],
         }
-
