@@ -24,6 +24,10 @@ def write_now(transport, data):
     """Write `data` to `transport`, straight to its socket when it is a
     plain TCP connection with nothing queued; otherwise (TLS, bytes
     pending, closing) through the transport, as usual."""
+    if type(transport) is DirectWriteWrapper:
+        # its write is this function on its transport: skip the hop (a
+        # device's every frame passes the per-address limit's wrapper)
+        transport = transport.transport
     if (type(data) is not bytes or type(transport) is not tcp.Server or transport.TLS
             or not transport.connected or transport.disconnecting or transport._aborting
             or transport._writeDisconnected or transport.dataBuffer or transport._tempDataBuffer):

@@ -7,6 +7,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import task, threads
 
+from lumora_reload.directwrite import write_now
 from tests.helpers import Daemon
 
 
@@ -50,11 +51,13 @@ async def test_a_write_reaches_the_kernel_at_once_and_queues_behind_pending_byte
     async with _one_connection(reactor) as (client, wrapper):
         tcp = wrapper.transport
         wrapper.write(b"first")
+        write_now(wrapper, b"+")  # what a device's frame takes
         assert not tcp._tempDataBuffer and not tcp.dataBuffer  # in the kernel already
         tcp.write(b"-queued-")  # Twisted's own path: held for a later turn
         wrapper.writeSequence([b"after", b"!"])
-        assert b"".join(tcp._tempDataBuffer) == b"-queued-after!"  # behind it, not before
-        expected = b"first-queued-after!"
+        write_now(wrapper, b"?")
+        assert b"".join(tcp._tempDataBuffer) == b"-queued-after!?"  # behind it, not before
+        expected = b"first+-queued-after!?"
         assert await threads.deferToThread(_read_exactly, client, len(expected)) == expected
 
 
