@@ -63,6 +63,19 @@ class Limits:
     max_ack_lag: int = 10
     tombstone_seconds: float = 86400.0
 
+    def history_after(self, history, entry):
+        """`history` + `entry`, bounded by count and by replay bytes; kept
+        consecutive (an entry that does not follow starts it afresh)."""
+        if history and history[-1].sequence + 1 != entry.sequence:
+            history = ()
+        kept = list(history) + [entry]
+        if len(kept) > self.history_size:
+            kept = kept[len(kept) - self.history_size:]
+        size = sum(len(e.payload or b"") for e in kept)
+        while size > self.history_bytes and len(kept) > 1:
+            size -= len(kept.pop(0).payload or b"")
+        return tuple(kept)
+
 
 @attrs.frozen
 class HistoryEntry:
@@ -119,6 +132,17 @@ class State:
         made = self._cache.get("wire")
         if made is None:
             made = self._cache["wire"] = schemas.encode_schema(self.schema)
+        return made
+
+    def node_index(self):
+        """The `schemas.NodeIndex` of the schema (None without one): the
+        push that made this state leaves it here when its delta vouched for
+        the schema; otherwise it is made the first time a push asks."""
+        if self.schema is None:
+            return None
+        made = self._cache.get("index")
+        if made is None:
+            made = self._cache["index"] = schemas.node_index(self.schema)
         return made
 
     def schema_json(self):

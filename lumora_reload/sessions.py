@@ -208,20 +208,23 @@ class Hub:
 
     def _plan(self, session, schema, preserve_state, force_full=False):
         base = session.state
-        nodes = self.validate(schema)
         summed = None
         if force_full:
+            self.validate(schema)
             choice = schemas.Choice(messages.UPDATE_FULL, None, True)
         else:
-            try:  # a delta needs no JSON of the whole schema: it waits (State.wire_bytes)
+            try:  # the delta's walk vouches for what changed (Choice.new_index); the rest is the committed tree
                 choice = schemas.choose_update(
-                    base.schema, schema, self.limits.incremental_threshold, nodes=nodes,
-                    old_checksum=base.checksum,
+                    base.schema, schema, self.limits.incremental_threshold,
+                    old_checksum=base.checksum, old_index=base.node_index(),
                 )
-                if choice.update_type == messages.UPDATE_INCREMENTAL:
+                if choice.new_index is None:
+                    self.validate(schema)
+                if choice.update_type == messages.UPDATE_INCREMENTAL:  # no JSON of the schema yet: State.wire_bytes
                     summed = schemas.checksum_update(schema, choice.delta, base.checksum_plain)
-            except Exception:
-                self.encode(schema)  # what JSON cannot carry is refused as such, naming the path
+            except Exception:  # an invalid schema, or one JSON cannot carry, is refused as such, naming the path
+                self.validate(schema)
+                self.encode(schema)
                 raise
         # The wire JSON waits only where orjson is known to serialize the
         # schema: a plain checksum is orjson's output of it, and "none" found
@@ -244,7 +247,10 @@ class Hub:
         else:
             summed = schemas.checksum_update(schema)
             entry = HistoryEntry(sequence, messages.UPDATE_FULL, checksum=summed.hex)
-        return self._prepared(session.id, base, entry, schema, schema_bytes, preserve_state, summed.plain)
+        update = self._prepared(session.id, base, entry, schema, schema_bytes, preserve_state, summed.plain)
+        if choice.new_index is not None:
+            update.state._cache["index"] = choice.new_index
+        return update
 
     def plan_received(self, session_id, entry, schema, schema_bytes, preserve_state):
         """The same kind of plan for an update another daemon committed
@@ -253,7 +259,7 @@ class Hub:
         return self._prepared(session.id, session.state, entry, schema, schema_bytes, preserve_state)
 
     def _prepared(self, session_id, base, entry, schema, schema_bytes, preserve_state, checksum_plain=False):
-        history = self._history_after(base.history, entry)
+        history = self.limits.history_after(base.history, entry)
         state = State(entry.sequence, schema, entry.checksum, preserve_state, schema_bytes, history, checksum_plain)
         if entry.update_type == messages.UPDATE_INCREMENTAL:
             outgoing = Outgoing(entry.payload, entry.sequence)
@@ -262,21 +268,6 @@ class Hub:
             outgoing = self._full_update(session_id, state)
             legacy_ok = True
         return PreparedUpdate(session_id, base, state, entry.update_type, outgoing, entry, legacy_ok)
-
-    def _history_after(self, history, entry):
-        """`history` + `entry`, bounded by count and by replay bytes; kept
-        consecutive (an entry that does not follow starts it afresh)."""
-        if history and history[-1].sequence + 1 != entry.sequence:
-            history = ()
-        kept = list(history) + [entry]
-        limit = self.limits.history_size
-        if len(kept) > limit:
-            kept = kept[len(kept) - limit:]
-        budget = self.limits.history_bytes
-        size = sum(len(e.payload or b"") for e in kept)
-        while size > budget and len(kept) > 1:
-            size -= len(kept.pop(0).payload or b"")
-        return tuple(kept)
 
     def apply_update(self, update):
         """Make a committed update the session's state and send it to the

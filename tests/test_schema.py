@@ -772,3 +772,115 @@ def test_single_leaf_prop_change_is_one_modified_leaf(doc, data):
     delta = S.compute_delta(doc, new)
     assert delta == {"added": [], "modified": [target], "removed": []}
     assert S.apply_delta(doc, delta) == new
+
+
+# -- vouching for a schema from the delta's walk --------------------------------------
+
+
+def dict_nodes(doc):
+    """Every node of `doc` that is an object, in lists that are arrays (a
+    broken tree included)."""
+    out, stack = [], [doc["nodes"]] if isinstance(doc.get("nodes"), list) else []
+    while stack:
+        for n in stack.pop():
+            if isinstance(n, dict):
+                out.append(n)
+                if isinstance(n.get("children"), list):
+                    stack.append(n["children"])
+    return out
+
+
+BREAKS = ["copy", "same id", "id", "type", "props", "metadata", "children", "not a node", "root"]
+
+
+@st.composite
+def broken_edits(draw):
+    """An edit (as `edits`) and then up to two changes that may make the
+    new schema invalid: a pasted copy of a subtree, an id reused anywhere,
+    fields of the wrong type or missing, a node that is not an object, a
+    bad root."""
+    old, new = draw(edits())
+    for kind in draw(st.lists(st.sampled_from(BREAKS), max_size=2)):
+        nodes = dict_nodes(new)
+        lists = [new["nodes"]] if isinstance(new.get("nodes"), list) else []
+        lists += [n["children"] for n in nodes if isinstance(n.get("children"), list)]
+        pick = (lambda: nodes[draw(st.integers(0, len(nodes) - 1))]) if nodes else None
+        if kind == "copy" and nodes and lists:
+            lst = lists[draw(st.integers(0, len(lists) - 1))]
+            lst.insert(draw(st.integers(0, len(lst))), copy.deepcopy(pick()))
+        elif kind == "same id" and nodes:
+            pick()["id"] = pick()["id"]
+        elif kind in ("id", "type") and nodes:
+            n = pick()
+            value = draw(st.sampled_from([None, "", 5, ["x"], {"a": 1}, "missing"]))
+            if value == "missing":
+                n.pop(kind, None)
+            else:
+                n[kind] = value
+        elif kind in ("props", "metadata") and nodes:
+            pick()[kind] = draw(st.sampled_from([[], "x", 3, None]))
+        elif kind == "children" and nodes:
+            pick()["children"] = draw(st.sampled_from([{}, "abc", [3], ["x"], [[]], [None], [{}]]))
+        elif kind == "not a node" and lists:
+            lst = lists[draw(st.integers(0, len(lists) - 1))]
+            lst.insert(draw(st.integers(0, len(lst))), draw(st.sampled_from([7, "x", None, []])))
+        elif kind == "root":
+            where, value = draw(st.sampled_from([
+                ("version", 1), ("nodes", {}), ("metadata", []), ("generatedAt", []), ("sourceFile", 3),
+            ]))
+            if where in ("generatedAt", "sourceFile"):
+                if isinstance(new.get("metadata"), dict):
+                    new["metadata"][where] = value
+            else:
+                new[where] = value
+    return old, new
+
+
+@SETTINGS
+@given(broken_edits())
+def test_the_delta_vouches_for_a_schema_only_when_it_is_valid(pair):
+    old, new = pair
+    try:
+        count = S.validate(new)
+    except S.SchemaError:
+        count = None
+    snapshot = copy.deepcopy(new)
+    try:
+        choice = S.choose_update(old, new, threshold=5, old_index=S.node_index(old))
+    except Exception:
+        assert count is None  # only a tree validation refuses makes the walk fail
+        return
+    assert new == snapshot
+    if choice.new_index is not None:
+        # never for an invalid schema; and then exactly the new tree's ids and size
+        assert count is not None
+        assert choice.new_index == S.NodeIndex(set(all_ids(new["nodes"])), count)
+    elif count is not None:
+        # a valid schema goes without only when no delta can carry the change
+        with pytest.raises(S.DeltaNotRepresentable):
+            S.compute_delta(old, new)
+    if count is not None:
+        assert choice[:3] == S.choose_update(old, new, threshold=5)[:3]
+
+
+def test_vouching_follows_a_run_of_pushes_that_never_validates_whole():
+    doc = schema([node("a", [node("b"), node("c", [node("d")])]), node("e")])
+    index = S.node_index(doc)
+    steps = [
+        lambda s: s["nodes"][0]["children"][1]["children"].append(node("f")),  # add
+        lambda s: s["nodes"][0]["children"].pop(0),  # remove b
+        lambda s: s["nodes"][1].setdefault("children", []).append(s["nodes"][0]["children"].pop()),  # move c
+        lambda s: s["nodes"].append(node("b")),  # b comes back elsewhere
+        lambda s: s["nodes"][0].update(id="a2"),  # rename
+    ]
+    for step in steps:
+        new = copy.deepcopy(doc)
+        step(new)
+        index = S.choose_update(doc, new, old_index=index).new_index
+        assert index == S.NodeIndex(set(all_ids(new["nodes"])), S.validate(new))
+        doc = new
+    pasted = copy.deepcopy(doc)
+    pasted["nodes"].append(copy.deepcopy(pasted["nodes"][1]))  # every id of e's subtree twice
+    assert S.choose_update(doc, pasted, old_index=index).new_index is None
+    with pytest.raises(S.SchemaError, match="duplicate node id"):
+        S.validate(pasted)

@@ -473,3 +473,64 @@ def test_only_the_gapless_run_up_to_the_state_is_replayable_history():
     assert [e.sequence for e in consecutive_history(entries, 6)] == [4, 5, 6]
     assert consecutive_history(entries, 7) == ()  # the state itself is missing
     assert consecutive_history((), 3) == ()
+
+
+def count_validations(monkeypatch):
+    calls = []
+    validate = schemas.validate
+    monkeypatch.setattr(schemas, "validate", lambda s: calls.append(1) or validate(s))
+    return calls
+
+
+def test_a_push_validates_only_what_changed_and_keeps_the_tree_index(clock, monkeypatch):
+    hub = Hub(clock)
+    base = many_leaves(200)
+    sid = hub.create_session(base).id
+    calls = count_validations(monkeypatch)
+    edits = [
+        lambda s: s["nodes"][0]["children"][7]["props"].update(text="changed"),
+        lambda s: s["nodes"][0]["children"].append(node("extra", text="new")),
+        lambda s: s["nodes"][0]["children"].pop(3),
+        lambda s: s["nodes"].append(s["nodes"][0]["children"].pop(0)),  # moved to the top
+    ]
+    schema = base
+    for edit in edits:
+        schema = json.loads(json.dumps(schema))
+        edit(schema)
+        update = push(hub, sid, schema)
+        assert update.update_type == "incremental"
+        assert update.state._cache["index"] == schemas.node_index(schema)
+    assert calls == []  # the committed tree stood for everything the deltas did not touch
+
+
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        lambda s: s["nodes"][0]["children"].append(dict(s["nodes"][0]["children"][150])),  # a pasted copy
+        lambda s: s["nodes"][0]["children"][7].update(id="n150"),  # an id held far away
+        lambda s: s["nodes"][0]["children"][7].update(id=7),
+        lambda s: s["nodes"][0]["children"][7].pop("type"),
+        lambda s: s["nodes"][0]["children"][7].update(props=[]),
+        lambda s: s["nodes"][0]["children"][7].update(children={"n": 1}),
+        lambda s: s["nodes"][0]["children"].insert(5, "not a node"),
+        lambda s: s["nodes"][0]["children"][7].update(children=[{"id": "x"}]),
+        lambda s: s.update(version=2),
+    ],
+)
+def test_a_push_the_delta_cannot_vouch_for_is_refused_as_validation_refuses_it(clock, break_it):
+    hub = Hub(clock)
+    base = many_leaves(200)
+    sid = hub.create_session(base).id
+    committed = hub.get_session(sid).state
+    bad = with_text(base, "changed", "n9")
+    break_it(bad)
+    with pytest.raises(LumoraError) as expected:
+        Hub.validate(bad)
+    with pytest.raises(LumoraError) as refused:
+        hub.plan_push(sid, bad)
+    assert (refused.value.code, refused.value.message, refused.value.details) == (
+        expected.value.code, expected.value.message, expected.value.details)
+    assert refused.value.code == errors.SCHEMA_VALIDATION_FAILED
+    # nothing changed: the next good push is planned from the same state
+    assert hub.get_session(sid).state is committed
+    assert push(hub, sid, with_text(base, "fine", "n9")).base is committed

@@ -9,7 +9,10 @@ The parts, one module each:
 
 `lumora_reload.schema.validation`
     `validate`: the shape of a schema (root fields, nodes, unique ids),
-    reporting the JSON path of the first problem in a `SchemaError`.
+    reporting the JSON path of the first problem in a `SchemaError`;
+    `NodeIndex` / `node_index`: a valid tree's ids and node count, from
+    which `choose_update` vouches for the next schema by walking only what
+    changed.
 `lumora_reload.schema.delta`
     The delta format and `compute_delta`, `is_empty_delta`, `delta_size`,
     `DeltaNotRepresentable`.
@@ -17,7 +20,8 @@ The parts, one module each:
     `apply_delta` (as a device applies a delta, protocol 1.0 included) and
     `legacy_compatible`.
 `lumora_reload.schema.choose`
-    `choose_update` and `Choice`: nothing, a delta, or the full schema.
+    `choose_update` and `Choice`: nothing, a delta, or the full schema
+    (and, given the old tree's `NodeIndex`, whether the new one is valid).
 `lumora_reload.schema.canonical`
     `canonical_json` / `checksum` / `checksum_update`, byte-identical to the TypeScript
     ``calculateChecksum``, and `parse_json_strict`.
@@ -65,7 +69,7 @@ from lumora_reload.schema.delta import (
     is_empty_delta,
 )
 from lumora_reload.schema.encode import MAX_DEPTH, encode_schema, find_unencodable, orjson_encodes
-from lumora_reload.schema.validation import validate
+from lumora_reload.schema.validation import NodeIndex, node_index, validate
 
 # internals the tests and benchmarks reach through the package
 _INTERNALS = (
@@ -78,6 +82,8 @@ __all__ = [
     "DeltaNotRepresentable",
     "Choice",
     "validate",
+    "NodeIndex",
+    "node_index",
     "compute_delta",
     "is_empty_delta",
     "delta_size",

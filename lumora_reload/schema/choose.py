@@ -18,10 +18,12 @@ from lumora_reload.schema.apply import legacy_compatible
 from lumora_reload.schema.canonical import _reference_serialize, checksum
 from lumora_reload.schema.delta import (
     DeltaNotRepresentable,
+    Regions,
     compute_delta,
     delta_size,
     is_empty_delta,
 )
+from lumora_reload.schema.validation import NodeIndex, index_after, validate_root
 
 __all__ = ["Choice", "choose_update"]
 
@@ -37,6 +39,9 @@ class Choice(NamedTuple):
     # compact JSON of the new schema when the size check made it (orjson
     # bytes, as the wire uses), so the caller need not serialize it again
     new_json: bytes | None = None
+    # with `old_index`: the new schema's NodeIndex when the delta's walk
+    # vouched for it, else None (then it is not yet known to be valid)
+    new_index: NodeIndex | None = None
 
 
 def _orjson_bytes(obj):
@@ -66,7 +71,7 @@ def _wire_len(obj):
 MIN_NODE_JSON = len(b'{"id":"x","type":"y"}')
 
 
-def choose_update(old, new, threshold=10, new_len=None, old_checksum=None, nodes=None):
+def choose_update(old, new, threshold=10, new_len=None, old_checksum=None, nodes=None, old_index=None):
     """Decide how to send `new` to devices that hold `old`.
 
     "none" when the delta is empty (only ``generatedAt`` differs, or
@@ -79,28 +84,43 @@ def choose_update(old, new, threshold=10, new_len=None, old_checksum=None, nodes
     of nodes in `new` when the caller counted them, settles the size check
     without serializing `new` whenever the delta is shorter than the least
     JSON that many nodes take (`Choice.new_json` is then None).
+
+    `old_index`, the `NodeIndex` of `old`, lets `new` come unvalidated: the
+    delta's walk then vouches for it where it can (`Choice.new_index`, and its
+    node count serves as `nodes`). Without `Choice.new_index` the caller must
+    validate `new`; anything raised here (`SchemaError` for the root, or
+    whatever a malformed tree makes the walk raise) means the same.
     """
     if old is None:
         return Choice("full", None, True)
+    regions = None
+    if old_index is not None:
+        validate_root(new)
+        regions = Regions()
     try:
-        delta = compute_delta(old, new)
+        delta = compute_delta(old, new, regions)
     except DeltaNotRepresentable:
         return Choice("full", None, True)
+    index = None
+    if regions is not None:
+        index = index_after(old_index, regions)
+        if index is not None and nodes is None:
+            nodes = index.nodes
     if is_empty_delta(delta):
         # Python's == takes true for 1 (and 1.0): trees it finds equal can
         # differ as JSON, and then the checksums differ (1 and 1.0 do not)
         if (old_checksum or checksum(old)) != checksum(new):
-            return Choice("full", None, True)
-        return Choice("none", None, True)
+            return Choice("full", None, True, new_index=index)
+        return Choice("none", None, True, new_index=index)
     if delta_size(delta) >= threshold:
-        return Choice("full", None, True)
+        return Choice("full", None, True, new_index=index)
     delta_len = _wire_len(delta)
     if new_len is None and nodes is not None and delta_len < nodes * MIN_NODE_JSON:
-        return Choice("incremental", delta, legacy_compatible(old, delta))
+        return Choice("incremental", delta, legacy_compatible(old, delta), new_index=index)
     new_json = None
     if new_len is None:
         new_json = _orjson_bytes(new)
         new_len = len(new_json) if new_json is not None else _wire_len(new)
     if delta_len < new_len:
-        return Choice("incremental", delta, legacy_compatible(old, delta), new_json)
-    return Choice("full", None, True, new_json)
+        return Choice("incremental", delta, legacy_compatible(old, delta), new_json, index)
+    return Choice("full", None, True, new_json, index)

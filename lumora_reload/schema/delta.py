@@ -79,7 +79,7 @@ from operator import itemgetter
 from lumora_reload.schema._common import _MISSING, _orjson
 from lumora_reload.schema.canonical import _reference_serialize
 
-__all__ = ["DeltaNotRepresentable", "compute_delta", "is_empty_delta", "delta_size"]
+__all__ = ["DeltaNotRepresentable", "Regions", "compute_delta", "is_empty_delta", "delta_size"]
 
 
 _get_id = itemgetter("id")
@@ -87,6 +87,21 @@ _get_id = itemgetter("id")
 
 class DeltaNotRepresentable(ValueError):
     """The change cannot be expressed as a delta (send the full schema)."""
+
+
+class Regions:
+    """Where the walk of `compute_delta` found the trees differ: `left`, the
+    old subtrees that are not in the new tree as they were, and `came`, the
+    new subtrees that replace them or are added. Every other node of the new
+    tree equals an old one: inside a subtree equal to the old one at its
+    place, or a node whose fields other than ``children`` equal the old
+    node's (its children are then walked in turn)."""
+
+    __slots__ = ("left", "came")
+
+    def __init__(self):
+        self.left = []
+        self.came = []
 
 
 def _count(node, limit=1 << 62):
@@ -256,8 +271,9 @@ class _Frame:
         self.covered = False
 
 
-def _diff_children(f, frames, stack, cmp):
-    """Compare f.oc/f.nc; fill f.adds/f.removes and create kid frames."""
+def _diff_children(f, frames, stack, cmp, regions):
+    """Compare f.oc/f.nc; fill f.adds/f.removes and create kid frames (and
+    `regions`, when not None)."""
     oc, nc = f.oc, f.nc
     oi = list(map(_get_id, oc))
     ni = list(map(_get_id, nc))
@@ -289,6 +305,9 @@ def _diff_children(f, frames, stack, cmp):
         for _, node in f.adds:
             if "parentId" in node or "index" in node:
                 f.force = True
+        if regions is not None:
+            regions.left.extend(oc[i] for i in range(len(oc)) if i not in kept_old)
+            regions.came.extend(node for _, node in f.adds)
     structural = bool(f.adds or f.removes)
     kid_need = f.need or (structural and f.parent is not None)
     for a, b in pairs:
@@ -303,16 +322,19 @@ def _diff_children(f, frames, stack, cmp):
             stack.append(k)
         else:
             k.own = True
+            if regions is not None:
+                regions.left.append(a)
+                regions.came.append(b)
 
 
-def _plan(old_nodes, new_nodes):
+def _plan(old_nodes, new_nodes, regions=None):
     root = _Frame(None, None, None)
     root.oc, root.nc = old_nodes, new_nodes
     frames = [root]
     stack = [root]
     cmp = _Cmp()
     while stack:
-        _diff_children(stack.pop(), frames, stack, cmp)
+        _diff_children(stack.pop(), frames, stack, cmp, regions)
 
     # costs and decisions, children before parents
     for f in reversed(frames):
@@ -374,18 +396,22 @@ def _meta_equal(a, b):
     return not _values_differ(a, b)
 
 
-def compute_delta(old, new):
+def compute_delta(old, new, regions=None):
     """The delta that turns schema `old` into schema `new` (see module doc).
 
     Both must be valid schemas. Raises `DeltaNotRepresentable` in the one
     case the wire format cannot express (a top-level node that itself has
-    ``parentId``/``index`` keys would have to be added).
+    ``parentId``/``index`` keys would have to be added). `regions`, a
+    `Regions`, is filled with where the trees differ; then `new` may also
+    be a schema not yet validated (whose nodes' fields other than
+    ``children`` may be anything): the walk then raises or fills `regions`
+    so that `validation.index_after` finds the problem.
     """
     added, modified, removed = [], [], []
     old_nodes = old.get("nodes") or []
     new_nodes = new.get("nodes") or []
     if old_nodes is not new_nodes:
-        frames, cmp = _plan(old_nodes, new_nodes)
+        frames, cmp = _plan(old_nodes, new_nodes, regions)
         m_regions = []
         a_regions = []
         for f in frames:

@@ -9,13 +9,29 @@ Schema
 A fast pass that keeps no paths accepts the usual, valid schema; only when
 it finds a problem does a second, path-keeping walk name the first one.
 Both are iterative, so any depth is fine.
+
+`index_after` vouches for a schema from a valid one and the regions a delta
+between them found changed (`delta.Regions`), walking only those regions:
+the rest of the new tree is the old tree's, unchanged. It answers a
+`NodeIndex` (the tree's ids and node count, which the next push starts
+from), or None when it cannot vouch; then `validate` decides.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from lumora_reload.schema._common import _MISSING, SchemaError, _json_type
 
-__all__ = ["validate"]
+__all__ = ["NodeIndex", "index_after", "node_index", "validate", "validate_root"]
+
+
+class NodeIndex(NamedTuple):
+    """The node ids of a valid schema's tree (a set nobody changes) and
+    how many nodes it has."""
+
+    ids: frozenset | set
+    nodes: int
 
 
 def validate(schema):
@@ -29,7 +45,7 @@ def validate(schema):
     objects and ``children`` an array of nodes when present. Ids are unique
     in the whole tree. Iterative: any depth is fine.
     """
-    _validate_root(schema)
+    validate_root(schema)
     nodes = schema["nodes"]
     count = _nodes_ok_fast(nodes)
     if count is not None:
@@ -37,7 +53,63 @@ def validate(schema):
     return _validate_nodes_slow(nodes)  # raises with the exact path
 
 
-def _validate_root(schema):
+def node_index(schema):
+    """`NodeIndex` of a valid `schema`."""
+    ids = _subtree_ids(schema["nodes"])
+    return NodeIndex(set(ids), len(ids))
+
+
+def index_after(old_index, regions):
+    """`NodeIndex` of a new schema when it is certainly valid, else None.
+
+    `old_index` is that of a valid schema, and `regions` what a delta from
+    it to the new schema found changed: the subtrees that left the tree and
+    those that came in. Every other node of the new tree equals one of the
+    old tree's in every field validation looks at, and for what JSON holds
+    ``==`` finds a string equal only to a string, an object only to an
+    object, an array only to an array: those nodes need no check. The
+    subtrees that came in are checked node by node; ids stay unique when
+    those that came in are distinct and none is still held by a node that
+    stayed. The caller has checked the root (`validate_root`).
+    """
+    if not regions.left and not regions.came:
+        return old_index
+    came = []
+    for node in regions.came:
+        ids = _ids_if_ok((node,))
+        if ids is None:
+            return None
+        came.extend(ids)
+    left = set(_subtree_ids(regions.left))
+    came_set = set(came)
+    if len(came_set) != len(came):
+        return None
+    old_ids = old_index.ids
+    for i in came_set:
+        if i in old_ids and i not in left:
+            return None  # still held by a node that stayed
+    ids = set(old_ids)
+    ids -= left
+    ids |= came_set
+    return NodeIndex(ids, old_index.nodes - len(left) + len(came))
+
+
+def _subtree_ids(nodes):
+    """The ids of `nodes` and their subtrees (valid nodes)."""
+    ids = []
+    add = ids.append
+    stack = [nodes]
+    while stack:
+        for n in stack.pop():
+            add(n["id"])
+            c = n.get("children")
+            if c:
+                stack.append(c)
+    return ids
+
+
+def validate_root(schema):
+    """Check everything of `schema` but its tree of nodes."""
     if not isinstance(schema, dict):
         raise SchemaError("", f"schema must be a JSON object, got {_json_type(schema)}")
     if "version" not in schema:
@@ -71,6 +143,13 @@ def _validate_root(schema):
 def _nodes_ok_fast(nodes):
     """The number of nodes when the tree is certainly valid, else None (no
     paths kept)."""
+    ids = _ids_if_ok(nodes)
+    return len(ids) if ids is not None and len(set(ids)) == len(ids) else None
+
+
+def _ids_if_ok(nodes):
+    """The ids of `nodes` and their subtrees when every node is certainly
+    valid on its own (not counting unique ids), else None."""
     ids = []
     add_id = ids.append
     stack = [nodes]
@@ -100,7 +179,7 @@ def _nodes_ok_fast(nodes):
                     return None
                 if v:
                     push(v)
-    return len(ids) if len(set(ids)) == len(ids) else None
+    return ids
 
 
 def _check_node(n, path):
