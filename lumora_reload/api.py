@@ -309,7 +309,8 @@ class SendTo(JsonResource):
             raise LumoraError(errors.BAD_REQUEST, "Body must be a Lumora IR schema", status=400,
                               details={"path": ""})
         preserve = _flag(request, "preserveState", True)
-        d = self.server.push_update(self.session_id, schema, preserve_state=preserve)
+        # parsed just now: nothing else holds its objects
+        d = self.server.push_update(self.session_id, schema, preserve_state=preserve, fresh=True)
         d.addCallback(lambda result: result.to_json())
         return d
 

@@ -115,6 +115,10 @@ class State:
     # the checksum came from orjson's output as is (see schema.Checksum):
     # the next push's checksum need only scan what its delta brings in
     checksum_plain: bool = False
+    # the tree's ids and node count (schema.NodeIndex), kept only when the
+    # push that made this state parsed the schema itself (so nothing else
+    # holds its objects): the next such push validates only what changed
+    index: schemas.NodeIndex | None = attrs.field(default=None, repr=False)
     _cache: dict = attrs.field(factory=dict, repr=False)
 
     def wire_bytes(self):
@@ -132,17 +136,6 @@ class State:
         made = self._cache.get("wire")
         if made is None:
             made = self._cache["wire"] = schemas.encode_schema(self.schema)
-        return made
-
-    def node_index(self):
-        """The `schemas.NodeIndex` of the schema (None without one): the
-        push that made this state leaves it here when its delta vouched for
-        the schema; otherwise it is made the first time a push asks."""
-        if self.schema is None:
-            return None
-        made = self._cache.get("index")
-        if made is None:
-            made = self._cache["index"] = schemas.node_index(self.schema)
         return made
 
     def schema_json(self):
@@ -303,6 +296,15 @@ def _invalid_schema(error):
         status=400,
         details={"path": error.path, "message": error.message},
     )
+
+
+def schema_checked(check, schema):
+    """`check(schema)`, its `schemas.SchemaError` raised as the 400 every
+    refused schema gets."""
+    try:
+        return check(schema)
+    except schemas.SchemaError as e:
+        raise _invalid_schema(e)
 
 
 def _log_size(line):

@@ -253,24 +253,24 @@ class HotReloadServer(service.Service):
 
         return d.addCallbacks(stored, self._not_stored, errbackArgs=("delete the session",))
 
-    def push_update(self, session_id, schema, preserve_state=True):
+    def push_update(self, session_id, schema, preserve_state=True, fresh=False):
         """Store and send a new schema. Returns a Deferred firing with a
         `PushResult` once every device's connection has the update, or
-        failing with `LumoraError` -- and then nothing changed.
+        failing with `LumoraError` -- and then nothing changed (`fresh`:
+        see `Hub.plan_push`).
 
         Pushes to one session run one at a time, each planned from the
         state the previous one committed; sessions do not wait for each
         other. With a synchronous store the Deferred has fired on return.
         """
-        started = self.clock.seconds()
-        queue = self._queues.run
-        return self.metrics.timed_push(queue, session_id, self._push, session_id, schema, preserve_state, started)
+        run, started = self._queues.run, self.clock.seconds()
+        return self.metrics.timed_push(run, session_id, self._push, session_id, schema, preserve_state, started, fresh)
 
     @defer.inlineCallbacks
-    def _push(self, session_id, schema, preserve_state, started):
+    def _push(self, session_id, schema, preserve_state, started, fresh=False):
         yield self._known(session_id)
         for _ in range(MAX_CONFLICTS):
-            update = self.hub.plan_push(session_id, schema, preserve_state)
+            update = self.hub.plan_push(session_id, schema, preserve_state, fresh)
             if update is None:
                 session = self.hub.get_session(session_id)
                 self.hub.touch(session)

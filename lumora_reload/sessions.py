@@ -28,9 +28,9 @@ from lumora_reload.model import (
     PushResult,
     Session,
     State,
-    _invalid_schema,
     _log_size,
     _ms,
+    schema_checked,
     short_id,
 )
 
@@ -181,49 +181,59 @@ class Hub:
     @staticmethod
     def validate(schema):
         """Check `schema`; returns the number of nodes in its tree."""
-        try:
-            return schemas.validate(schema)
-        except schemas.SchemaError as e:
-            raise _invalid_schema(e)
+        return schema_checked(schemas.validate, schema)
+
+    @staticmethod
+    def index_of(schema):
+        """`validate`, answering the tree's `schemas.NodeIndex`."""
+        return schema_checked(schemas.node_index, schema)
 
     @staticmethod
     def encode(schema):
         """The compact JSON of a valid `schema`; refuses what JSON cannot
         carry to a device (nesting, numbers, Unicode) as an invalid schema."""
-        try:
-            return schemas.encode_schema(schema)
-        except schemas.SchemaError as e:
-            raise _invalid_schema(e)
+        return schema_checked(schemas.encode_schema, schema)
 
-    def plan_push(self, session_id, schema, preserve_state=True):
+    def plan_push(self, session_id, schema, preserve_state=True, fresh=False):
         """Plan a push from the session's committed state; change nothing.
 
         Returns a `PreparedUpdate`, or None when the schema equals the
         current one. Everything that can fail on the input (validation,
         nesting depth, values JSON cannot carry) raises here, as a 400
-        ``SCHEMA_VALIDATION_FAILED`` naming the path.
+        ``SCHEMA_VALIDATION_FAILED`` naming the path. `fresh`: `schema` was
+        parsed for this push (nothing else holds its objects); after a state
+        made the same way, only what the delta finds changed is validated.
         """
         session = self.get_session(session_id)
-        return self._plan(session, schema, preserve_state)
+        return self._plan(session, schema, preserve_state, fresh=fresh)
 
-    def _plan(self, session, schema, preserve_state, force_full=False):
+    def _plan(self, session, schema, preserve_state, force_full=False, fresh=False):
         base = session.state
-        summed = None
+        # both trees the daemon's alone, the old one indexed: the delta's walk vouches
+        vouch = fresh and not force_full and base.index is not None
+        nodes = index = summed = None
+        if fresh and not vouch:
+            index = self.index_of(schema)
+            nodes = index.nodes
+        elif not fresh:
+            nodes = self.validate(schema)
         if force_full:
-            self.validate(schema)
             choice = schemas.Choice(messages.UPDATE_FULL, None, True)
         else:
-            try:  # the delta's walk vouches for what changed (Choice.new_index); the rest is the committed tree
+            try:
                 choice = schemas.choose_update(
-                    base.schema, schema, self.limits.incremental_threshold,
-                    old_checksum=base.checksum, old_index=base.node_index(),
+                    base.schema, schema, self.limits.incremental_threshold, nodes=nodes,
+                    old_checksum=base.checksum, old_index=base.index if vouch else None,
                 )
-                if choice.new_index is None:
-                    self.validate(schema)
+                if vouch:  # what the walk could not vouch for is validated whole
+                    index = choice.new_index or self.index_of(schema)
                 if choice.update_type == messages.UPDATE_INCREMENTAL:  # no JSON of the schema yet: State.wire_bytes
                     summed = schemas.checksum_update(schema, choice.delta, base.checksum_plain)
+            except LumoraError:
+                raise
             except Exception:  # an invalid schema, or one JSON cannot carry, is refused as such, naming the path
-                self.validate(schema)
+                if vouch:
+                    self.validate(schema)
                 self.encode(schema)
                 raise
         # The wire JSON waits only where orjson is known to serialize the
@@ -247,10 +257,7 @@ class Hub:
         else:
             summed = schemas.checksum_update(schema)
             entry = HistoryEntry(sequence, messages.UPDATE_FULL, checksum=summed.hex)
-        update = self._prepared(session.id, base, entry, schema, schema_bytes, preserve_state, summed.plain)
-        if choice.new_index is not None:
-            update.state._cache["index"] = choice.new_index
-        return update
+        return self._prepared(session.id, base, entry, schema, schema_bytes, preserve_state, summed.plain, index)
 
     def plan_received(self, session_id, entry, schema, schema_bytes, preserve_state):
         """The same kind of plan for an update another daemon committed
@@ -258,9 +265,11 @@ class Hub:
         session = self.get_session(session_id)
         return self._prepared(session.id, session.state, entry, schema, schema_bytes, preserve_state)
 
-    def _prepared(self, session_id, base, entry, schema, schema_bytes, preserve_state, checksum_plain=False):
+    def _prepared(self, session_id, base, entry, schema, schema_bytes, preserve_state, checksum_plain=False,
+                  index=None):
         history = self.limits.history_after(base.history, entry)
-        state = State(entry.sequence, schema, entry.checksum, preserve_state, schema_bytes, history, checksum_plain)
+        state = State(entry.sequence, schema, entry.checksum, preserve_state, schema_bytes, history, checksum_plain,
+                      index)
         if entry.update_type == messages.UPDATE_INCREMENTAL:
             outgoing = Outgoing(entry.payload, entry.sequence)
             legacy_ok = entry.legacy_ok

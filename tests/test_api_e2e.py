@@ -3,6 +3,7 @@
 import pytest_twisted
 from twisted.internet import task
 
+from lumora_reload import schema as schemas
 from tests.helpers import connected_device, make_schema, with_text
 
 ensure = pytest_twisted.ensureDeferred
@@ -123,6 +124,24 @@ async def test_send_duplicate_id_is_refused(daemon):
     status, body = await daemon.call("POST", f"/send/{sid}", bad)
     assert status == 400 and body["code"] == "SCHEMA_VALIDATION_FAILED"
     assert "root" in body["error"]
+
+
+@ensure
+async def test_a_pushed_body_is_validated_whole_once_then_where_it_changed(daemon):
+    """A body parsed for the push is the daemon's alone: after the first,
+    a push checks only what its delta changed, and still refuses a
+    duplicate id the change brings in."""
+    sid = await daemon.new_session()
+    first = make_schema()
+    assert (await daemon.call("POST", f"/send/{sid}", first))[0] == 200
+    state = daemon.server.hub.get_session(sid).state
+    assert state.index == schemas.node_index(first)
+    assert (await daemon.call("POST", f"/send/{sid}", with_text(first, "next")))[0] == 200
+    assert daemon.server.hub.get_session(sid).state.index == state.index  # same ids, no walk of the tree
+    bad = with_text(first, "again")
+    bad["nodes"][0]["children"][0]["id"] = "root"
+    status, body = await daemon.call("POST", f"/send/{sid}", bad)
+    assert status == 400 and body["path"] == "nodes[0].children[0]"
 
 
 @ensure

@@ -476,13 +476,22 @@ def test_only_the_gapless_run_up_to_the_state_is_replayable_history():
 
 
 def count_validations(monkeypatch):
+    """Record each validation of a whole tree (with or without its index)."""
     calls = []
-    validate = schemas.validate
-    monkeypatch.setattr(schemas, "validate", lambda s: calls.append(1) or validate(s))
+    for name in ("validate", "node_index"):
+        whole = getattr(schemas, name)
+        monkeypatch.setattr(schemas, name, lambda s, whole=whole: calls.append(1) or whole(s))
     return calls
 
 
-def test_a_push_validates_only_what_changed_and_keeps_the_tree_index(clock, monkeypatch):
+def push_fresh(hub, sid, schema):
+    """A push of a schema parsed for it, as the HTTP layer makes."""
+    update = hub.plan_push(sid, json.loads(json.dumps(schema)), fresh=True)
+    hub.apply_update(update)
+    return update
+
+
+def test_a_fresh_push_validates_only_what_changed_and_keeps_the_tree_index(clock, monkeypatch):
     hub = Hub(clock)
     base = many_leaves(200)
     sid = hub.create_session(base).id
@@ -493,14 +502,34 @@ def test_a_push_validates_only_what_changed_and_keeps_the_tree_index(clock, monk
         lambda s: s["nodes"][0]["children"].pop(3),
         lambda s: s["nodes"].append(s["nodes"][0]["children"].pop(0)),  # moved to the top
     ]
-    schema = base
+    first = push_fresh(hub, sid, with_text(base, "first", "n1"))
+    # the state it came from was not made by a fresh push: validated whole, and indexed
+    assert calls == [1] and first.state.index == schemas.validation.node_index(first.state.schema)
+    schema = first.state.schema
     for edit in edits:
         schema = json.loads(json.dumps(schema))
         edit(schema)
-        update = push(hub, sid, schema)
+        update = push_fresh(hub, sid, schema)
         assert update.update_type == "incremental"
-        assert update.state._cache["index"] == schemas.node_index(schema)
-    assert calls == []  # the committed tree stood for everything the deltas did not touch
+        assert update.state.index == schemas.validation.node_index(schema)  # (not counted)
+    assert calls == [1]  # the committed tree stood for everything the deltas did not touch
+
+
+def test_a_push_of_objects_the_caller_holds_is_validated_whole(clock, monkeypatch):
+    hub = Hub(clock)
+    schema = many_leaves(20)
+    sid = hub.create_session(schema).id
+    push_fresh(hub, sid, with_text(schema, "indexed", "n1"))
+    calls = count_validations(monkeypatch)
+    mine = with_text(schema, "mine", "n1")
+    update = push(hub, sid, mine)
+    assert calls == [1] and update.state.index is None
+    # changed in place after the push: still refused, though a delta would see nothing
+    mine["nodes"][0]["children"][2]["id"] = "n1"
+    with pytest.raises(LumoraError) as refused:
+        push(hub, sid, mine)
+    assert refused.value.details["path"] == "nodes[0].children[2]"
+    assert "duplicate node id 'n1'" in refused.value.message
 
 
 @pytest.mark.parametrize(
@@ -521,16 +550,17 @@ def test_a_push_the_delta_cannot_vouch_for_is_refused_as_validation_refuses_it(c
     hub = Hub(clock)
     base = many_leaves(200)
     sid = hub.create_session(base).id
-    committed = hub.get_session(sid).state
+    committed = push_fresh(hub, sid, with_text(base, "indexed", "n9")).state
+    assert committed.index is not None
     bad = with_text(base, "changed", "n9")
     break_it(bad)
     with pytest.raises(LumoraError) as expected:
         Hub.validate(bad)
     with pytest.raises(LumoraError) as refused:
-        hub.plan_push(sid, bad)
+        hub.plan_push(sid, bad, fresh=True)
     assert (refused.value.code, refused.value.message, refused.value.details) == (
         expected.value.code, expected.value.message, expected.value.details)
     assert refused.value.code == errors.SCHEMA_VALIDATION_FAILED
     # nothing changed: the next good push is planned from the same state
     assert hub.get_session(sid).state is committed
-    assert push(hub, sid, with_text(base, "fine", "n9")).base is committed
+    assert push_fresh(hub, sid, with_text(base, "fine", "n9")).base is committed

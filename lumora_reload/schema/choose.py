@@ -23,7 +23,7 @@ from lumora_reload.schema.delta import (
     delta_size,
     is_empty_delta,
 )
-from lumora_reload.schema.validation import NodeIndex, index_after, validate_root
+from lumora_reload.schema.validation import NodeIndex, index_if_valid, validate_root
 
 __all__ = ["Choice", "choose_update"]
 
@@ -85,11 +85,13 @@ def choose_update(old, new, threshold=10, new_len=None, old_checksum=None, nodes
     without serializing `new` whenever the delta is shorter than the least
     JSON that many nodes take (`Choice.new_json` is then None).
 
-    `old_index`, the `NodeIndex` of `old`, lets `new` come unvalidated: the
-    delta's walk then vouches for it where it can (`Choice.new_index`, and its
-    node count serves as `nodes`). Without `Choice.new_index` the caller must
-    validate `new`; anything raised here (`SchemaError` for the root, or
-    whatever a malformed tree makes the walk raise) means the same.
+    `old_index`, the `NodeIndex` of `old`, lets `new` come unvalidated, as
+    JSON values (dicts, lists, strings, numbers, booleans, None) whose
+    objects `old` does not share: the delta's walk then vouches for it
+    where it can (`Choice.new_index`, whose node count serves as `nodes`).
+    Without `Choice.new_index` the caller must validate `new`; so too when
+    this raises (`SchemaError` for the root, or whatever a malformed tree
+    makes the walk raise).
     """
     if old is None:
         return Choice("full", None, True)
@@ -103,7 +105,7 @@ def choose_update(old, new, threshold=10, new_len=None, old_checksum=None, nodes
         return Choice("full", None, True)
     index = None
     if regions is not None:
-        index = index_after(old_index, regions)
+        index = index_if_valid(old_index, regions)
         if index is not None and nodes is None:
             nodes = index.nodes
     if is_empty_delta(delta):

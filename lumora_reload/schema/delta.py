@@ -90,18 +90,19 @@ class DeltaNotRepresentable(ValueError):
 
 
 class Regions:
-    """Where the walk of `compute_delta` found the trees differ: `left`, the
-    old subtrees that are not in the new tree as they were, and `came`, the
-    new subtrees that replace them or are added. Every other node of the new
-    tree equals an old one: inside a subtree equal to the old one at its
-    place, or a node whose fields other than ``children`` equal the old
-    node's (its children are then walked in turn)."""
+    """Where the walk of `compute_delta` found the trees differ:
+    `old_subtrees`, those of the old tree that are not in the new one as
+    they were, and `new_subtrees`, those of the new tree that replace them
+    or are added. Every other node of the new tree equals an old one: inside
+    a subtree equal to the old one at its place, or a node whose fields
+    other than ``children`` equal the old node's (its children are then
+    walked in turn)."""
 
-    __slots__ = ("left", "came")
+    __slots__ = ("old_subtrees", "new_subtrees")
 
     def __init__(self):
-        self.left = []
-        self.came = []
+        self.old_subtrees = []
+        self.new_subtrees = []
 
 
 def _count(node, limit=1 << 62):
@@ -306,8 +307,8 @@ def _diff_children(f, frames, stack, cmp, regions):
             if "parentId" in node or "index" in node:
                 f.force = True
         if regions is not None:
-            regions.left.extend(oc[i] for i in range(len(oc)) if i not in kept_old)
-            regions.came.extend(node for _, node in f.adds)
+            regions.old_subtrees.extend(oc[i] for i in range(len(oc)) if i not in kept_old)
+            regions.new_subtrees.extend(node for _, node in f.adds)
     structural = bool(f.adds or f.removes)
     kid_need = f.need or (structural and f.parent is not None)
     for a, b in pairs:
@@ -323,8 +324,8 @@ def _diff_children(f, frames, stack, cmp, regions):
         else:
             k.own = True
             if regions is not None:
-                regions.left.append(a)
-                regions.came.append(b)
+                regions.old_subtrees.append(a)
+                regions.new_subtrees.append(b)
 
 
 def _plan(old_nodes, new_nodes, regions=None):
@@ -403,9 +404,9 @@ def compute_delta(old, new, regions=None):
     case the wire format cannot express (a top-level node that itself has
     ``parentId``/``index`` keys would have to be added). `regions`, a
     `Regions`, is filled with where the trees differ; then `new` may also
-    be a schema not yet validated (whose nodes' fields other than
-    ``children`` may be anything): the walk then raises or fills `regions`
-    so that `validation.index_after` finds the problem.
+    be JSON values not yet validated (with a valid root): the walk then
+    raises, or fills `regions` so that `validation.index_if_valid` finds
+    the problem.
     """
     added, modified, removed = [], [], []
     old_nodes = old.get("nodes") or []

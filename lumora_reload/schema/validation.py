@@ -10,11 +10,12 @@ A fast pass that keeps no paths accepts the usual, valid schema; only when
 it finds a problem does a second, path-keeping walk name the first one.
 Both are iterative, so any depth is fine.
 
-`index_after` vouches for a schema from a valid one and the regions a delta
-between them found changed (`delta.Regions`), walking only those regions:
-the rest of the new tree is the old tree's, unchanged. It answers a
-`NodeIndex` (the tree's ids and node count, which the next push starts
-from), or None when it cannot vouch; then `validate` decides.
+`node_index` validates as `validate` does and answers the tree's
+`NodeIndex` (its ids and node count). `index_if_valid` vouches for a new
+schema from that of a valid one and the regions a delta between the two
+found changed (`delta.Regions`), checking only those regions: the rest of
+the new tree is the old tree's, unchanged. It answers the new `NodeIndex`,
+or None when it cannot vouch; then `node_index` decides.
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from typing import NamedTuple
 
 from lumora_reload.schema._common import _MISSING, SchemaError, _json_type
 
-__all__ = ["NodeIndex", "index_after", "node_index", "validate", "validate_root"]
+__all__ = ["NodeIndex", "index_if_valid", "node_index", "validate", "validate_root"]
 
 
 class NodeIndex(NamedTuple):
-    """The node ids of a valid schema's tree (a set nobody changes) and
-    how many nodes it has."""
+    """The node ids of a valid schema's tree and how many nodes it has."""
 
-    ids: frozenset | set
+    ids: frozenset
     nodes: int
 
 
@@ -54,44 +54,47 @@ def validate(schema):
 
 
 def node_index(schema):
-    """`NodeIndex` of a valid `schema`."""
-    ids = _subtree_ids(schema["nodes"])
-    return NodeIndex(set(ids), len(ids))
+    """Check `schema` as `validate` does (raising the same `SchemaError`);
+    its `NodeIndex`."""
+    validate_root(schema)
+    nodes = schema["nodes"]
+    ids = _ids_if_ok(nodes)
+    if ids is None or len(set(ids)) != len(ids):
+        _validate_nodes_slow(nodes)  # raises with the exact path
+        ids = _subtree_ids(nodes)  # valid after all (a str subclass for an id, say)
+    return NodeIndex(frozenset(ids), len(ids))
 
 
-def index_after(old_index, regions):
+def index_if_valid(old_index, regions):
     """`NodeIndex` of a new schema when it is certainly valid, else None.
 
     `old_index` is that of a valid schema, and `regions` what a delta from
-    it to the new schema found changed: the subtrees that left the tree and
-    those that came in. Every other node of the new tree equals one of the
-    old tree's in every field validation looks at, and for what JSON holds
-    ``==`` finds a string equal only to a string, an object only to an
-    object, an array only to an array: those nodes need no check. The
-    subtrees that came in are checked node by node; ids stay unique when
-    those that came in are distinct and none is still held by a node that
+    it to the new schema found changed: the old subtrees that are gone and
+    the new ones that came in. Every other node of the new tree equals one
+    of the old tree's in every field validation looks at, and for JSON
+    values ``==`` finds a string equal only to a string, an object only to
+    an object, an array only to an array: those nodes need no check. The
+    new subtrees are checked node by node; ids stay unique when the new
+    subtrees' ids are distinct and none is still held by a node that
     stayed. The caller has checked the root (`validate_root`).
     """
-    if not regions.left and not regions.came:
+    if not regions.old_subtrees and not regions.new_subtrees:
         return old_index
     came = []
-    for node in regions.came:
+    for node in regions.new_subtrees:
         ids = _ids_if_ok((node,))
         if ids is None:
             return None
         came.extend(ids)
-    left = set(_subtree_ids(regions.left))
     came_set = set(came)
     if len(came_set) != len(came):
         return None
+    gone = set(_subtree_ids(regions.old_subtrees))
     old_ids = old_index.ids
     for i in came_set:
-        if i in old_ids and i not in left:
+        if i in old_ids and i not in gone:
             return None  # still held by a node that stayed
-    ids = set(old_ids)
-    ids -= left
-    ids |= came_set
-    return NodeIndex(ids, old_index.nodes - len(left) + len(came))
+    return NodeIndex(old_ids.difference(gone).union(came_set), old_index.nodes - len(gone) + len(came))
 
 
 def _subtree_ids(nodes):
