@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -70,7 +71,14 @@ def test_two_workers_on_one_port_share_sessions(tmp_path):
         child = int(out.wait_for(rb"worker 2 of 2 started \(pid (\d+)\)").group(1))
         out.wait_for(rb"(?s)subscribed to .*subscribed to ")  # both joined the cluster
         schema = make_schema()
-        made = call(_http(port), "POST", "/session/new", json.dumps({"schema": schema}).encode())
+        # a worker's command connection to Redis can come up just after its
+        # subscription: until then it answers 503, as documented
+        for _ in range(100):
+            made = call(_http(port), "POST", "/session/new", json.dumps({"schema": schema}).encode())
+            if made.status != 503:
+                break
+            time.sleep(0.05)
+        assert made.status == 200, made.raw[:400]
         sid = json.loads(made.body)["sessionId"]
 
         # The kernel hands each new connection to whichever worker accepts
