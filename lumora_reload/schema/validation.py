@@ -80,12 +80,9 @@ def index_if_valid(old_index, regions):
     """
     if not regions.old_subtrees and not regions.new_subtrees:
         return old_index
-    came = []
-    for node in regions.new_subtrees:
-        ids = _ids_if_ok((node,))
-        if ids is None:
-            return None
-        came.extend(ids)
+    came = _ids_if_ok(regions.new_subtrees)  # one walk over every new subtree
+    if came is None:
+        return None
     came_set = set(came)
     if len(came_set) != len(came):
         return None
