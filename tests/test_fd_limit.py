@@ -57,7 +57,10 @@ def call(sock, method, path, body=None):
     data = b""
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
-        data += sock.recv(65536)
+        part = sock.recv(65536)
+        if not part:
+            raise ConnectionResetError(f"closed before answering: {data[:300]!r}")
+        data += part
         if _complete(data):
             return Response(data)
     raise AssertionError(f"no answer: {data[:300]!r}")
@@ -82,14 +85,7 @@ def health_once_freed(port):
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=2.0) as sock:
-                sock.sendall(request_head("GET", "/health", []))
-                data = b""
-                while not _complete(data):
-                    part = sock.recv(65536)
-                    if not part:
-                        raise ConnectionResetError("closed before answering")
-                    data += part
-                return Response(data)
+                return call(sock, "GET", "/health")
         except OSError:
             if time.monotonic() > deadline:
                 raise
