@@ -73,6 +73,10 @@ class _Failures:
     def __call__(self, event):
         if event.get("log_failure") is not None:
             self.events.append(event)
+        elif event.get("isError") and event.get("failure") is not None:
+            # an old-style `log.err` (Twisted's reactor logs a failed
+            # protocol callback this way): the same, under its new name
+            self.events.append({**event, "log_failure": event["failure"]})
 
     def expect(self, *types):
         self.expected.extend(types)
