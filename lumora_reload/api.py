@@ -132,7 +132,10 @@ class JsonResource(resource.Resource):
 
         def done(outcome):
             if not request._disconnected and not request.finished:
-                request.write(_finish(request, outcome))
+                body = _finish(request, outcome)
+                # with its length the answer is two writes, not a chunked three
+                request.setHeader(b"content-length", b"%d" % len(body))
+                request.write(body)
                 request.finish()
 
         result.addBoth(done)

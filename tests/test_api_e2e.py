@@ -1,10 +1,12 @@
 """The REST control API (docs/protocol.md, section 3) over real HTTP on loopback."""
 
+import orjson
 import pytest_twisted
 from twisted.internet import task
 
 from lumora_reload import schema as schemas
 from tests.helpers import connected_device, make_schema, with_text
+from tests.rawhttp import exchange, request_head
 
 ensure = pytest_twisted.ensureDeferred
 
@@ -142,6 +144,19 @@ async def test_a_pushed_body_is_validated_whole_once_then_where_it_changed(daemo
     bad["nodes"][0]["children"][0]["id"] = "root"
     status, body = await daemon.call("POST", f"/send/{sid}", bad)
     assert status == 400 and body["path"] == "nodes[0].children[0]"
+
+
+@ensure
+async def test_a_push_is_answered_with_its_length_not_in_chunks(daemon):
+    """A push answers once stored (later than its request): the answer still carries its length."""
+    sid = await daemon.new_session(make_schema())
+    body = orjson.dumps(with_text(make_schema(), "edited"))
+    head = request_head("POST", f"/send/{sid}", [("Content-Type", "application/json"),
+                                                 ("Content-Length", len(body)), ("Connection", "close")])
+    answer, _, _ = await exchange(daemon.port.getHost().port, head, [body])
+    assert answer.status == 200 and answer.json()["updateType"] == "incremental"
+    assert "transfer-encoding" not in answer.headers
+    assert answer.headers["content-length"] == str(len(answer.body))
 
 
 @ensure
