@@ -180,16 +180,21 @@ def test_max_history_bytes_bounds_what_a_session_keeps_for_resume(tmp_path):
     assert history[-1].sequence == 11 and len(history) < 10
 
 
-def test_only_the_twistd_entry_point_tunes_the_garbage_collector(monkeypatch):
+def test_only_the_twistd_entry_point_tunes_the_process(monkeypatch):
+    """The garbage collector's settings and the reactor's lean poll loop."""
     import gc
 
     from twisted.internet.testing import MemoryReactorClock
 
+    from lumora_reload import leanpoll
+
     calls = []
     monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
     monkeypatch.setattr(gc, "set_threshold", lambda *a: calls.append(a))
+    monkeypatch.setattr(leanpoll, "install", lambda reactor: calls.append(reactor))
     options = parse("--in-memory", "--port", "tcp:0:interface=127.0.0.1")
     tap.build(options, reactor=MemoryReactorClock())
     assert calls == []
-    tap.makeService(options, reactor=MemoryReactorClock())
-    assert calls == ["freeze", (20000, 20, 20)]
+    reactor = MemoryReactorClock()
+    tap.makeService(options, reactor=reactor)
+    assert calls == ["freeze", (20000, 20, 20), reactor]
