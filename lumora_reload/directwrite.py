@@ -10,10 +10,11 @@ instead tries the socket at once when its buffer is empty; `write_now`
 does the same, and hands the transport only what the kernel did not take,
 so order and back-pressure stay the transport's.
 
-An HTTP answer's head and body are written apart and so leave as two
-packets; twisted.web turns Nagle off on its connections (through the
-wrapper, which carries the TCP transport's interfaces), so the body is not
-held back waiting for the peer to acknowledge the head.
+twisted.web writes an HTTP answer's head and body apart; the site's
+`Request` corks the wrapper around its first write so that both leave in
+one send. Later body writes go on their own; twisted.web turns Nagle off
+on its connections (through the wrapper, which carries the TCP transport's
+interfaces), so they are not held back waiting for the peer's ACK.
 """
 
 from twisted.internet import tcp
@@ -45,10 +46,29 @@ def write_now(transport, data):
 
 class DirectWriteWrapper(ProtocolWrapper):
     """The per-connection wrapper of a `WrappingFactory`, writing with
-    `write_now`."""
+    `write_now`. Between `cork` and `uncork` writes are held and then
+    leave as one (what ``TCP_CORK`` does in the kernel): an HTTP answer's
+    head and body in one send and one packet."""
+
+    _held = None
 
     def write(self, data):
+        if self._held is not None:
+            self._held.append(data)
+            return
         write_now(self.transport, data)
 
     def writeSequence(self, data):
+        if self._held is not None:
+            self._held.extend(data)
+            return
         write_now(self.transport, b"".join(data))
+
+    def cork(self):
+        if self._held is None:
+            self._held = []
+
+    def uncork(self):
+        held, self._held = self._held, None
+        if held:
+            write_now(self.transport, b"".join(held))

@@ -238,6 +238,19 @@ class Request(server.Request):
             return
         super().requestReceived(command, path, version)
 
+    def write(self, data):
+        transport = self.channel.transport if self.channel is not None else None
+        if self.startedWriting or type(transport) is not DirectWriteWrapper:
+            super().write(data)
+            return
+        # the head and the first body bytes: one send (a push's answer was
+        # two, each a wake-up of the pushing client)
+        transport.cork()
+        try:
+            super().write(data)
+        finally:
+            transport.uncork()
+
     def process(self):
         if self.path == b"*":  # OPTIONS * and the like: no resource answers it
             self.site = self.channel.site

@@ -3,12 +3,15 @@
 import socket
 from contextlib import asynccontextmanager
 
+import orjson
 import pytest
 import pytest_twisted
 from twisted.internet import task, threads
 
+from lumora_reload import directwrite
 from lumora_reload.directwrite import write_now
-from tests.helpers import Daemon
+from tests.helpers import Daemon, make_schema, with_text
+from tests.rawhttp import exchange, request_head
 
 
 def _read_exactly(sock, n):
@@ -93,3 +96,27 @@ async def test_what_is_not_plain_bytes_is_refused_whole_and_a_write_after_an_abo
         wrapper.write(b"late")
         received = await threads.deferToThread(_read_until_closed, client)
         assert received == b"sent"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_http_answer_leaves_in_one_send_head_and_body_together(daemon, monkeypatch):
+    """Answered at once (GET /health), with a head only (HEAD) or later (a push, once stored):
+    one write reaches the socket."""
+    sent = []
+
+    def recording(transport, data):
+        sent.append(data)
+        real(transport, data)
+
+    real = directwrite.write_now
+    monkeypatch.setattr(directwrite, "write_now", recording)
+    sid = await daemon.new_session(make_schema())
+    port = daemon.port.getHost().port
+    for method, path, body in [("GET", "/health", b""), ("HEAD", "/health", b""),
+                               ("POST", f"/send/{sid}", orjson.dumps(with_text(make_schema(), "edited")))]:
+        del sent[:]
+        head = request_head(method, path, [("Content-Type", "application/json"),
+                                           ("Content-Length", len(body)), ("Connection", "close")])
+        answer, _, _ = await exchange(port, head, [body] if body else [])
+        assert answer.status == 200
+        assert sent == [answer.raw]  # the head and the body, in one write
