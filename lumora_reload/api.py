@@ -133,7 +133,7 @@ class JsonResource(resource.Resource):
         def done(outcome):
             if not request._disconnected and not request.finished:
                 body = _finish(request, outcome)
-                # with its length the answer is two writes, not a chunked three
+                # with its length: no chunk framing, and no last chunk sent on its own
                 request.setHeader(b"content-length", b"%d" % len(body))
                 request.write(body)
                 request.finish()

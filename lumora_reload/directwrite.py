@@ -48,7 +48,7 @@ class DirectWriteWrapper(ProtocolWrapper):
     """The per-connection wrapper of a `WrappingFactory`, writing with
     `write_now`. Between `cork` and `uncork` writes are held and then
     leave as one (what ``TCP_CORK`` does in the kernel): an HTTP answer's
-    head and body in one send and one packet."""
+    head and body in one send."""
 
     _held = None
 

@@ -6,27 +6,35 @@ prefix, copies the current log context into a new dict, pushes it on the
 context stack and pops it afterwards. That context is read only by
 old-style `twisted.python.log` calls, to name the connection in the line.
 Our logging, Autobahn's and twisted.web's go through `twisted.logger`,
-which never reads it. Yet it costs about 4 µs per event, and every ack of
+which never reads it. Yet it costs 3-4 µs per event, and every ack of
 every device is an event. In the throughput benchmark (100 devices acking
-every push), the daemon used about a fifth less CPU per push without it.
+every push) the daemon used about a fifth less CPU per push without it
+(benchmarks/RESULTS.md).
 
 `install` gives one reactor the same loop without the context. The same
 reads and writes happen, in the same order, through the reactor's own
 `_doReadOrWrite`, which still logs and drops a connection whose read or
-write raises. What changes is the log line's system field: a failure in a
-protocol callback is logged as ``[-]`` instead of
-``[LumoraDevice,12,127.0.0.1]``. The traceback is unchanged.
+write raises. What changes is the system field of such a line in twistd's
+own log format: ``[-]`` instead of the connection's prefix (such as
+``[Channel (DirectWriteWrapper),12,127.0.0.1]``). The traceback is
+unchanged.
 
-Only Twisted's own `EPollReactor` gets it, and only when it still has the
-parts this loop uses; any other reactor keeps its own loop.
+Only Twisted's own `EPollReactor` gets it, and only while its `doPoll`
+is the one this loop was copied from (`DO_POLL_FINGERPRINT`); any other
+reactor, or a Twisted whose loop has changed, keeps its own loop.
 """
 
 import errno
+import hashlib
+import inspect
 import types
 
 from twisted.python import log
 
 _PARTS = ("_poller", "_selectables", "_doReadOrWrite")
+
+# sha256 of the source of `EPollReactor.doPoll` (Twisted 23.10 to 26.10)
+DO_POLL_FINGERPRINT = "09b62ae68ef01b4b"
 
 
 def _lean_poll(self, timeout):
@@ -58,7 +66,7 @@ def _lean_poll(self, timeout):
 def _prefix(selectable):
     try:
         return selectable.logPrefix()
-    except Exception:
+    except BaseException:
         return "(buggy logPrefix method)"
 
 
@@ -71,10 +79,20 @@ def install(reactor):
         return False
     if type(reactor) is not EPollReactor:
         return False
-    if not all(hasattr(reactor, part) for part in _PARTS):
-        return False  # a Twisted whose reactor is built differently
+    if not all(hasattr(reactor, part) for part in _PARTS) or fingerprint(EPollReactor) != DO_POLL_FINGERPRINT:
+        return False  # a Twisted whose loop is not the one copied here
     reactor.doIteration = types.MethodType(_lean_poll, reactor)
     return True
+
+
+def fingerprint(reactor_class):
+    """The first 16 hex digits of the sha256 of `reactor_class.doPoll`'s
+    source, or None when the source cannot be read."""
+    try:
+        source = inspect.getsource(reactor_class.doPoll)
+    except (OSError, TypeError):
+        return None
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
 def installed(reactor):

@@ -141,7 +141,7 @@ def make_store(config, clock=None):
 
 
 def makeService(config, reactor=None):
-    """The twistd entry point: process-wide tuning, then `build`."""
+    """The entry point of twistd and twist: process-wide tuning, then `build`."""
     # A daemon's start-up objects live forever: keep them out of the
     # collector's way, and collect young objects less often (a large push
     # allocates hundreds of thousands; each full pass paused fan-out for

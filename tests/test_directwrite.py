@@ -100,8 +100,8 @@ async def test_what_is_not_plain_bytes_is_refused_whole_and_a_write_after_an_abo
 
 @pytest_twisted.ensureDeferred
 async def test_an_http_answer_leaves_in_one_send_head_and_body_together(daemon, monkeypatch):
-    """Answered at once (GET /health), with a head only (HEAD) or later (a push, once stored):
-    one write reaches the socket."""
+    """Answered at once (GET /health) or later (a push, once stored): one write reaches the
+    socket. A head alone (HEAD) is not held back."""
     sent = []
 
     def recording(transport, data):

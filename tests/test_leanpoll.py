@@ -140,6 +140,41 @@ def test_a_callback_that_raises_is_logged_and_its_connection_dropped(own_reactor
     port.stopListening()
 
 
+class LosesBadly(Recorder):
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        raise ZeroDivisionError("connectionLost failed")
+
+
+def test_a_failure_past_twisted_s_own_handling_is_logged_with_the_connection_s_prefix(own_reactor, logged_failures):
+    """connectionLost raising escapes the reactor's `_doReadOrWrite`: the loop
+    logs it under the connection's name, as Twisted's loop would, and serves on."""
+    logged_failures.expect(ZeroDivisionError)
+    leanpoll.install(own_reactor)
+    factory = Factory()
+    factory.protocol = LosesBadly
+    port = own_reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+    _turn_until(own_reactor, lambda: factory.connections)
+    (server,) = factory.connections
+    client.close()
+    _turn_until(own_reactor, lambda: logged_failures.events)
+    (event,) = logged_failures.events
+    assert event["log_failure"].type is ZeroDivisionError and event["system"] == server.transport.logstr
+    port.stopListening()
+    factory.protocol = Recorder
+    client, answers = _talk(own_reactor, factory, [b"next"])  # the loop goes on
+    client.close()
+    assert answers == [b"NEXT"]
+
+
+def test_a_twisted_whose_loop_changed_keeps_its_own(own_reactor, monkeypatch):
+    assert leanpoll.fingerprint(type(own_reactor)) == leanpoll.DO_POLL_FINGERPRINT, (
+        "Twisted's EPollReactor.doPoll changed: compare it with leanpoll._lean_poll, then update the fingerprint")
+    monkeypatch.setattr(leanpoll, "DO_POLL_FINGERPRINT", "0" * 16)
+    assert not leanpoll.install(own_reactor) and not leanpoll.installed(own_reactor)
+
+
 def test_only_twisted_s_epoll_reactor_gets_it():
     reactor = MemoryReactorClock()
     assert not leanpoll.install(reactor)
