@@ -243,8 +243,7 @@ class Request(server.Request):
         if self.startedWriting or type(transport) is not DirectWriteWrapper:
             super().write(data)
             return
-        # the head and the first body bytes: one send (a push's answer was
-        # two, each a wake-up of the pushing client)
+        # the head and the first body bytes leave in one send, not two
         transport.cork()
         try:
             super().write(data)
