@@ -61,26 +61,29 @@ def _turn_until(reactor, done, seconds=5.0):
         reactor.iterate(0.01)
 
 
+def _ask(reactor, client, payload):
+    """Send `payload` on `client` and turn the reactor until an answer can be read."""
+    client.sendall(payload)
+    client.setblocking(False)
+    got = []
+
+    def answered():
+        try:
+            got.append(client.recv(65536))
+        except BlockingIOError:
+            return False
+        return True
+
+    _turn_until(reactor, answered)
+    return got[0]
+
+
 def _talk(reactor, factory, payloads):
     """Connect a client, send each payload, read each answer; return the
     client socket (still open) and what it read."""
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
-    client.setblocking(False)
-    answers = []
-    for payload in payloads:
-        client.sendall(payload)
-        got = []
-
-        def answered():
-            try:
-                got.append(client.recv(65536))
-            except BlockingIOError:
-                return False
-            return True
-
-        _turn_until(reactor, answered)
-        answers.append(got[0])
+    answers = [_ask(reactor, client, payload) for payload in payloads]
     port.stopListening()
     return client, answers
 
@@ -122,19 +125,7 @@ def test_a_callback_that_raises_is_logged_and_its_connection_dropped(own_reactor
     assert [e["log_failure"].type for e in logged_failures.events] == [ZeroDivisionError]
     client.settimeout(5)
     assert client.recv(100) == b""  # closed by the daemon
-    other.sendall(b"still here")  # the other connection is served on
-    other.setblocking(False)
-    got = []
-
-    def answered():
-        try:
-            got.append(other.recv(100))
-        except BlockingIOError:
-            return False
-        return True
-
-    _turn_until(own_reactor, answered)
-    assert got == [b"STILL HERE"]
+    assert _ask(own_reactor, other, b"still here") == b"STILL HERE"  # the other connection is served on
     client.close()
     other.close()
     port.stopListening()
