@@ -61,13 +61,13 @@ def main():
     clients = [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(args.connections)]
     while factory.connected < args.connections:
         reactor.iterate(0.01)
+    if not leanpoll.install(reactor):
+        raise SystemExit("this Twisted's epoll loop is not the one leanpoll copies")
+    loops = {"lean": leanpoll.install, "twisted": leanpoll.uninstall}
     timings = {"twisted": [], "lean": []}
     for i in range(args.rounds):
         for name in (("twisted", "lean") if i % 2 else ("lean", "twisted")):
-            if name == "lean" and not leanpoll.install(reactor):
-                raise SystemExit("this Twisted's epoll loop is not the one leanpoll copies")
-            if name == "twisted":
-                leanpoll.uninstall(reactor)
+            loops[name](reactor)
             timings[name].append(_round(reactor, factory, clients))
     twisted, lean = statistics.median(timings["twisted"]), statistics.median(timings["lean"])
     print(f"{args.connections} connections, {args.rounds} rounds each, one message per connection per round")
