@@ -50,6 +50,17 @@ def cpu_seconds(pid):
         return 0.0
 
 
+def user_system_seconds(pid):
+    """(user, system) CPU time of `pid`, every thread, from stat (clock
+    ticks: coarse, so only for spans of seconds)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) / TICK, int(fields[12]) / TICK
+    except OSError:
+        return 0.0, 0.0
+
+
 def rss_kb(pid):
     """(VmRSS, VmHWM) of `pid` in KiB."""
     values = {}
@@ -213,6 +224,9 @@ class Server:
 
     def cpu(self):
         return cpu_seconds(self.pid)
+
+    def user_system(self):
+        return user_system_seconds(self.pid)
 
     def rss(self):
         return rss_kb(self.pid)

@@ -55,11 +55,12 @@ def throughput_table(runs):
                 [run["variant"] if who == "daemon" else "floor", run["devices"], r["pushes"], r["api_rate"],
                  r["delivered_rate"], r["gaps"], r["reorders"],
                  f"{r['updates']}/{r['expected_updates']}", errors, closes,
-                 r["server_cpu_per_push_ms"], r["server_cpu_share"], r["generator_cpu_share"], r["api_p50_ms"]]
+                 r["server_cpu_per_push_ms"], r.get("server_kernel_share"), r["server_cpu_share"],
+                 r["generator_cpu_share"], r["api_p50_ms"]]
             )
     return table(
         ["server", "devices", "pushes", "API answers/s", "delivered updates/s", "gaps", "reorders",
-         "updates got/expected", "error frames", "closes", "server CPU ms/push", "server cores",
+         "updates got/expected", "error frames", "closes", "server CPU ms/push", "of it in the kernel", "server cores",
          "gen cores", "POST p50 ms"],
         rows,
     )

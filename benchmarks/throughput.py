@@ -23,6 +23,7 @@ def _loop(api, path, next_body, server, gens, seconds):
     gens.report(False)
     gens.reset()
     s0 = server.cpu()
+    us0 = server.user_system()
     g0 = gens.cpu()
     answers = []
     start = time.monotonic()
@@ -50,6 +51,7 @@ def _loop(api, path, next_body, server, gens, seconds):
     last_arrival = max((s[2] for s in status.values() if s[2] is not None), default=None)
     stats = gens.stats()
     gens.report(True)
+    user, system = (b - a for a, b in zip(us0, server.user_system()))
     pushes = len(answers)
     delivered_s = (last_arrival - start) if last_arrival else None
     return {
@@ -64,6 +66,8 @@ def _loop(api, path, next_body, server, gens, seconds):
         "api_p99_ms": ms(percentile([a[0] for a in answers], 99)),
         "server_cpu_per_push_ms": ms((server.cpu() - s0) / pushes),
         "server_cpu_share": round((server.cpu() - s0) / delivered_s, 2) if delivered_s else None,
+        # the part spent in the kernel: sends, reads, epoll (the rest is Python)
+        "server_kernel_share": round(system / (user + system), 2) if user + system else None,
         "generator_cpu_per_push_ms": ms((gens.cpu() - g0) / pushes),
         "generator_cpu_share": round((gens.cpu() - g0) / delivered_s, 2) if delivered_s else None,
         "messages": stats["messages"],
