@@ -71,3 +71,35 @@ def test_an_accepted_version_is_remembered_but_others_are_still_checked():
     for bad in (b"[1]", b'{"a":1}', b"1.1", b"true"):
         code, message = _refusal(ok.replace(b'"1.1.0"', bad))
         assert code == "INVALID_MESSAGE" and "version" in message
+
+
+def test_payload_fields_absent_null_and_of_the_wrong_type():
+    """A required field may not be absent or null; an optional one may be
+    either; a number is never true/false, and a true/false field takes
+    nothing else."""
+
+    def ack(payload):
+        return orjson.dumps({"type": "ack", "sessionId": "s", "payload": payload})
+
+    def refused(payload):
+        return _refusal(ack(payload))
+
+    assert messages.parse_envelope(ack({"sequenceNumber": 3, "success": True}))[2]["sequenceNumber"] == 3
+    assert messages.parse_envelope(ack({"sequenceNumber": 3.0, "success": False, "error": None,
+                                        "applyTime": None}))[2]["sequenceNumber"] == 3
+    assert refused({"success": True}) == ("INVALID_MESSAGE", "'sequenceNumber' is required in 'ack' payload")
+    for payload in ({"sequenceNumber": None, "success": True}, {"sequenceNumber": True, "success": True},
+                    {"sequenceNumber": "3", "success": True}):
+        assert refused(payload) == ("INVALID_MESSAGE", "'sequenceNumber' in 'ack' payload has the wrong type")
+    for value in (1, None, "true"):
+        assert refused({"sequenceNumber": 1, "success": value}) == (
+            "INVALID_MESSAGE", "'success' in 'ack' payload has the wrong type")
+    assert refused({"sequenceNumber": 1, "success": True, "applyTime": False})[1] == (
+        "'applyTime' in 'ack' payload has the wrong type")
+    assert refused({"sequenceNumber": 1.5, "success": True})[1] == (
+        "'sequenceNumber' in 'ack' payload must be a whole number")
+    # a field that takes any JSON value still refuses true/false, as it always has
+    report = {"type": "error", "sessionId": "s", "payload": {"details": True}}
+    assert _refusal(orjson.dumps(report))[1] == "'details' in 'error' payload has the wrong type"
+    report["payload"]["details"] = [1]
+    assert messages.parse_envelope(orjson.dumps(report))[2]["details"] == [1]
