@@ -71,22 +71,6 @@ def check_version(text, field):
     return version
 
 
-def _field(payload, name, kinds, required, what):
-    if name not in payload or (payload[name] is None and not required):
-        if required:
-            raise invalid(f"'{name}' is required in {what}")
-        return None
-    value = payload[name]
-    # bool is an int subclass; a number field must not accept true/false
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _as_tuple(kinds)):
-        raise invalid(f"'{name}' in {what} has the wrong type")
-    return value
-
-
-def _as_tuple(kinds):
-    return kinds if isinstance(kinds, tuple) else (kinds,)
-
-
 _NUMBER = (int, float)
 
 # type -> [(field, kinds, required)]
@@ -120,6 +104,21 @@ _PAYLOAD_FIELDS = {
 
 
 _WHAT = {kind: f"'{kind}' payload" for kind in _PAYLOAD_FIELDS}
+
+
+def _checks(fields):
+    out = []
+    for name, kinds, required in fields:
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        # bool is an int subclass: a number field must refuse true/false itself
+        out.append((name, kinds, required, bool not in kinds))
+    return tuple(out)
+
+
+# type -> ((field, kinds, required, refuses true/false), ...), worked out
+# once: every device message (an ack per update) is checked against them
+_CHECKS = {kind: _checks(fields) for kind, fields in _PAYLOAD_FIELDS.items()}
+_ABSENT = object()
 # envelope versions already accepted (the check parses the string)
 _GOOD_VERSIONS: set = set()
 
@@ -171,8 +170,16 @@ def parse_envelope(data):
     if not isinstance(payload, dict):
         raise invalid("'payload' must be an object")
     what = _WHAT[kind]
-    for name, kinds, required in _PAYLOAD_FIELDS[kind]:
-        _field(payload, name, kinds, required, what)
+    for name, kinds, required, refuses_bool in _CHECKS[kind]:
+        value = payload.get(name, _ABSENT)
+        if value is _ABSENT:
+            if required:
+                raise invalid(f"'{name}' is required in {what}")
+            continue
+        if value is None and not required:
+            continue
+        if not isinstance(value, kinds) or (refuses_bool and type(value) is bool):
+            raise invalid(f"'{name}' in {what} has the wrong type")
     if kind == "ack":
         payload["sequenceNumber"] = _whole(payload["sequenceNumber"], "sequenceNumber", what)
     if kind == "connect":
