@@ -12,5 +12,6 @@ Modules: harness (processes, /proc, HTTP client, percentiles), workload
 (schemas and push sequences), fanout (also the one-device latency),
 throughput, idle, spy (py-spy profile), report (tables, targets), probe (how
 fast the box is at the start and the end of a run).
-bench_schema, bench_store, bench_pipeline, bench_reactor and soak are separate scripts.
+bench_schema, bench_store, bench_pipeline, bench_reactor and soak are separate scripts;
+``python -m benchmarks.compare`` measures checkouts against each other.
 """
