@@ -11,7 +11,10 @@ the first one's, and in how many rounds it was lower.
     python -m benchmarks.compare BASE_CHECKOUT OTHER_CHECKOUT [...] [--rounds 16] [--seconds 3]
 
 A checkout is a directory holding ``lumora_reload/`` (``git worktree add``
-makes one); each daemon runs with it first on PYTHONPATH.
+makes one); each daemon runs with it first on PYTHONPATH, ahead of what
+PYTHONPATH already holds (twistd finds the ``lumora-reload`` command
+through the installed project or a checkout there). The same checkout may
+be given twice: the two should then come out alike.
 """
 
 import argparse
@@ -32,6 +35,8 @@ def parse_args(argv):
     p.add_argument("--daemon-arg", action="append", default=[], help="extra daemon option, repeatable")
     p.add_argument("--workdir", default=None, help="keep daemon logs here")
     args = p.parse_args(argv)
+    if args.rounds < 1 or args.seconds <= 0 or args.devices < 1 or args.generators < 1:
+        p.error("--rounds, --seconds, --devices and --generators must be positive")
     args.checkouts = [os.path.abspath(c) for c in args.checkouts]
     for c in args.checkouts:
         if not os.path.isdir(os.path.join(c, "lumora_reload")):
@@ -47,29 +52,36 @@ def main(argv=None):
         compare(args, wd)
 
 
+def _names(checkouts):
+    names = [os.path.basename(c.rstrip("/")) or c for c in checkouts]
+    return [f"{n} ({i + 1})" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
 def compare(args, workdir):
-    names = [os.path.basename(c.rstrip("/")) or c for c in args.checkouts]
-    cpu = {c: [] for c in args.checkouts}
-    ratios = {c: [] for c in args.checkouts}
+    n = len(args.checkouts)
+    names = _names(args.checkouts)
+    # by position: the same checkout may be measured twice
+    cpu = [[] for _ in range(n)]
+    ratios = [[] for _ in range(n)]
     gens = harness.Generators(args.generators)
     saved = os.environ.get("PYTHONPATH")
     try:
         for r in range(args.rounds):
-            k = r % len(args.checkouts)
-            row = {}
-            for checkout in args.checkouts[k:] + args.checkouts[:k]:
-                os.environ["PYTHONPATH"] = checkout
+            k = r % n
+            row = [None] * n
+            for i in list(range(k, n)) + list(range(k)):
+                checkout = args.checkouts[i]
+                os.environ["PYTHONPATH"] = os.pathsep.join([checkout] + ([saved] if saved else []))
                 out = throughput.run(args.devices, args.seconds, gens, workdir, args.daemon_arg, floor=False)
                 d = out["daemon"]
-                if not d["all_devices_have_last"] or d["gaps"]:
-                    raise RuntimeError(f"{checkout}: devices missed updates: {d}")
-                row[checkout] = d["server_cpu_per_push_ms"]
-                cpu[checkout].append(row[checkout])
-            base = row[args.checkouts[0]]
-            for checkout in args.checkouts:
-                ratios[checkout].append(row[checkout] / base)
+                if not d["all_devices_have_last"] or d["gaps"] or d["missed"] or d["reorders"] or d["http_errors"]:
+                    raise RuntimeError(f"{checkout}: not every update reached every device in order: {d}")
+                row[i] = d["server_cpu_per_push_ms"]
+                cpu[i].append(row[i])
+            for i in range(n):
+                ratios[i].append(row[i] / row[0])
             print(f"round {r + 1}: daemon CPU ms/push " + ", ".join(
-                f"{n} {row[c]}" for n, c in zip(names, args.checkouts)), flush=True)
+                f"{names[i]} {row[i]}" for i in range(n)), flush=True)
     finally:
         gens.stop()
         if saved is None:
@@ -79,9 +91,11 @@ def compare(args, workdir):
     print()
     print("| checkout | daemon CPU ms/push, median | median ratio to the first | rounds lower than the first |")
     print("|---|---|---|---|")
-    for n, c in zip(names, args.checkouts):
-        lower = "-" if c == args.checkouts[0] else f"{sum(x < 1 for x in ratios[c])} of {args.rounds}"
-        print(f"| {n} | {statistics.median(cpu[c]):.2f} | {statistics.median(ratios[c]):.3f} | {lower} |")
+    for i in range(n):
+        lower = "-" if i == 0 else f"{sum(x < 1 for x in ratios[i])} of {args.rounds}"
+        print(f"| {names[i]} | {statistics.median(cpu[i]):.2f} | {statistics.median(ratios[i]):.3f} | {lower} |")
+    if args.rounds % n:
+        print(f"({args.rounds} rounds for {n} checkouts: the order rotated unevenly)")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,10 @@ def latency_table(rows):
     )
 
 
+def _percent(share):
+    return "-" if share is None else f"{round(share * 100)} %"
+
+
 def throughput_table(runs):
     rows = []
     for run in runs:
@@ -55,7 +59,7 @@ def throughput_table(runs):
                 [run["variant"] if who == "daemon" else "floor", run["devices"], r["pushes"], r["api_rate"],
                  r["delivered_rate"], r["gaps"], r["reorders"],
                  f"{r['updates']}/{r['expected_updates']}", errors, closes,
-                 r["server_cpu_per_push_ms"], r.get("server_kernel_share"), r["server_cpu_share"],
+                 r["server_cpu_per_push_ms"], _percent(r.get("server_kernel_share")), r["server_cpu_share"],
                  r["generator_cpu_share"], r["api_p50_ms"]]
             )
     return table(

@@ -110,7 +110,7 @@ def _checks(fields):
     out = []
     for name, kinds, required in fields:
         kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-        # bool is an int subclass: a number field must refuse true/false itself
+        # bool is an int subclass: a field not typed bool refuses true/false itself
         out.append((name, kinds, required, bool not in kinds))
     return tuple(out)
 

@@ -87,7 +87,11 @@ def test_payload_fields_absent_null_and_of_the_wrong_type():
     assert messages.parse_envelope(ack({"sequenceNumber": 3, "success": True}))[2]["sequenceNumber"] == 3
     assert messages.parse_envelope(ack({"sequenceNumber": 3.0, "success": False, "error": None,
                                         "applyTime": None}))[2]["sequenceNumber"] == 3
+    assert type(messages.parse_envelope(ack({"sequenceNumber": 3.0, "success": True}))[2]["sequenceNumber"]) is int
     assert refused({"success": True}) == ("INVALID_MESSAGE", "'sequenceNumber' is required in 'ack' payload")
+    # fields are checked in their documented order: the first wrong one is named
+    assert refused({"success": 1})[1] == "'sequenceNumber' is required in 'ack' payload"
+    assert refused({"sequenceNumber": "1", "success": 1})[1] == "'sequenceNumber' in 'ack' payload has the wrong type"
     for payload in ({"sequenceNumber": None, "success": True}, {"sequenceNumber": True, "success": True},
                     {"sequenceNumber": "3", "success": True}):
         assert refused(payload) == ("INVALID_MESSAGE", "'sequenceNumber' in 'ack' payload has the wrong type")
