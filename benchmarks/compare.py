@@ -1,14 +1,22 @@
 """Two or more checkouts of the daemon, measured against each other in one
-run: the throughput loop (100 acking devices, one-leaf pushes back to
-back) of each in turn, round after round, the order rotating.
+run: each in turn, round after round, the order rotating.
 
 This machine's speed drifts by tens of percent within minutes (see
-benchmarks/probe.py), so figures from separate runs do not compare; loops
-a few seconds apart do. Each round prints every checkout's daemon CPU per
-push; the summary gives the median over rounds of each checkout's ratio to
-the first one's, and in how many rounds it was lower.
+benchmarks/probe.py), so figures from separate runs do not compare;
+measurements a minute apart do. What is measured:
+
+- by default, the throughput loop (100 acking devices, one-leaf pushes
+  back to back): the daemon's CPU per push;
+- with ``--fanout SIZE:DEVICES`` (e.g. ``large:1000``), the fan-out
+  benchmark for that schema and device count instead: the p50 latency of
+  each update type.
+
+Each round prints every checkout's figures; the summary gives, per
+figure, the median over rounds of each checkout's ratio to the first
+checkout's (lower is better), and in how many rounds it was lower.
 
     python -m benchmarks.compare BASE_CHECKOUT OTHER_CHECKOUT [...] [--rounds 16] [--seconds 3]
+    python -m benchmarks.compare BASE_CHECKOUT OTHER_CHECKOUT --fanout large:1000 --rounds 8
 
 A checkout is a directory holding ``lumora_reload/`` (``git worktree add``
 makes one); each daemon runs with it first on PYTHONPATH, ahead of what
@@ -22,7 +30,8 @@ import os
 import statistics
 import sys
 
-from benchmarks import harness, throughput
+from benchmarks import fanout, harness, throughput
+from benchmarks.workload import SIZES
 
 
 def parse_args(argv):
@@ -30,13 +39,21 @@ def parse_args(argv):
     p.add_argument("checkouts", nargs="+", help="directories holding lumora_reload/; the first is the base")
     p.add_argument("--rounds", type=int, default=16)
     p.add_argument("--seconds", type=float, default=3.0, help="length of each throughput loop [3]")
-    p.add_argument("--devices", type=int, default=100)
+    p.add_argument("--devices", type=int, default=100, help="throughput: acking devices [100]")
+    p.add_argument("--fanout", metavar="SIZE:DEVICES",
+                   help="compare fan-out latency instead (schema " + " or ".join(SIZES) + ", e.g. large:1000)")
+    p.add_argument("--pushes", type=int, default=10, help="fan-out: pushes of each update type per round [10]")
     p.add_argument("--generators", type=int, default=2)
     p.add_argument("--daemon-arg", action="append", default=[], help="extra daemon option, repeatable")
     p.add_argument("--workdir", default=None, help="keep daemon logs here")
     args = p.parse_args(argv)
-    if args.rounds < 1 or args.seconds <= 0 or args.devices < 1 or args.generators < 1:
-        p.error("--rounds, --seconds, --devices and --generators must be positive")
+    if min(args.rounds, args.devices, args.generators, args.pushes) < 1 or args.seconds <= 0:
+        p.error("--rounds, --seconds, --devices, --pushes and --generators must be positive")
+    if args.fanout is not None:
+        size, _, count = args.fanout.partition(":")
+        if size not in SIZES or not count.isdigit() or int(count) < 1:
+            p.error(f"--fanout takes SIZE:DEVICES with SIZE one of {', '.join(SIZES)}, e.g. large:1000")
+        args.fanout = (size, int(count))
     args.checkouts = [os.path.abspath(c) for c in args.checkouts]
     for c in args.checkouts:
         if not os.path.isdir(os.path.join(c, "lumora_reload")):
@@ -57,12 +74,29 @@ def _names(checkouts):
     return [f"{n} ({i + 1})" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
+def _throughput(args, gens, workdir, checkout):
+    d = throughput.run(args.devices, args.seconds, gens, workdir, args.daemon_arg, floor=False)["daemon"]
+    if not d["all_devices_have_last"] or d["gaps"] or d["missed"] or d["reorders"] or d["http_errors"]:
+        raise RuntimeError(f"{checkout}: not every update reached every device in order: {d}")
+    return {"daemon CPU ms/push": d["server_cpu_per_push_ms"]}
+
+
+def _fanout(args, gens, workdir, checkout):
+    size, devices = args.fanout
+    rows, _ = fanout.run(size, devices, args.pushes, gens, workdir, args.daemon_arg, floor=False)
+    for row in rows:
+        if row["gaps"] or row["reorders"]:
+            raise RuntimeError(f"{checkout}: devices saw gaps or reorders: {row}")
+    return {f"{row['update']} p50 ms": row["p50_ms"] for row in rows}
+
+
 def compare(args, workdir):
+    measure = _fanout if args.fanout else _throughput
     n = len(args.checkouts)
     names = _names(args.checkouts)
     # by position: the same checkout may be measured twice
-    cpu = [[] for _ in range(n)]
-    ratios = [[] for _ in range(n)]
+    figures = [{} for _ in range(n)]  # figure -> values, one per round
+    ratios = [{} for _ in range(n)]  # figure -> ratios to the first checkout
     gens = harness.Generators(args.generators)
     saved = os.environ.get("PYTHONPATH")
     try:
@@ -72,16 +106,17 @@ def compare(args, workdir):
             for i in list(range(k, n)) + list(range(k)):
                 checkout = args.checkouts[i]
                 os.environ["PYTHONPATH"] = os.pathsep.join([checkout] + ([saved] if saved else []))
-                out = throughput.run(args.devices, args.seconds, gens, workdir, args.daemon_arg, floor=False)
-                d = out["daemon"]
-                if not d["all_devices_have_last"] or d["gaps"] or d["missed"] or d["reorders"] or d["http_errors"]:
-                    raise RuntimeError(f"{checkout}: not every update reached every device in order: {d}")
-                row[i] = d["server_cpu_per_push_ms"]
-                cpu[i].append(row[i])
+                row[i] = measure(args, gens, workdir, checkout)
+                for name, value in row[i].items():
+                    figures[i].setdefault(name, []).append(value)
             for i in range(n):
-                ratios[i].append(row[i] / row[0])
-            print(f"round {r + 1}: daemon CPU ms/push " + ", ".join(
-                f"{names[i]} {row[i]}" for i in range(n)), flush=True)
+                for name, value in row[i].items():
+                    base = row[0].get(name)
+                    if base:
+                        ratios[i].setdefault(name, []).append(value / base)
+            print(f"round {r + 1}: " + "; ".join(
+                f"{names[i]} " + ", ".join(f"{name} {value}" for name, value in row[i].items()) for i in range(n)),
+                flush=True)
     finally:
         gens.stop()
         if saved is None:
@@ -89,11 +124,16 @@ def compare(args, workdir):
         else:
             os.environ["PYTHONPATH"] = saved
     print()
-    print("| checkout | daemon CPU ms/push, median | median ratio to the first | rounds lower than the first |")
-    print("|---|---|---|---|")
-    for i in range(n):
-        lower = "-" if i == 0 else f"{sum(x < 1 for x in ratios[i])} of {args.rounds}"
-        print(f"| {names[i]} | {statistics.median(cpu[i]):.2f} | {statistics.median(ratios[i]):.3f} | {lower} |")
+    print("| checkout | figure | median | median ratio to the first | rounds lower than the first |")
+    print("|---|---|---|---|---|")
+    for name in figures[0]:
+        for i in range(n):
+            values, rel = figures[i].get(name, []), ratios[i].get(name, [])
+            if not values:
+                continue
+            lower = "-" if i == 0 else f"{sum(x < 1 for x in rel)} of {len(rel)}"
+            ratio = f"{statistics.median(rel):.3f}" if rel else "-"
+            print(f"| {names[i]} | {name} | {statistics.median(values):.2f} | {ratio} | {lower} |")
     if args.rounds % n:
         print(f"({args.rounds} rounds for {n} checkouts: the order rotated unevenly)")
 
