@@ -131,11 +131,14 @@ class TokenBucket:
 
     def take(self):
         now = self.clock.seconds()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        tokens = self.tokens + (now - self.stamp) * self.rate
         self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if tokens > self.burst:
+            tokens = self.burst
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
             return True
+        self.tokens = tokens
         return False
 
 
@@ -353,7 +356,11 @@ class Connection:
         self.send(Outgoing(messages.pong_frame(self.session_id, self.hub.now_ms(), session.sequence)))
 
     def handle_ack(self, payload):
-        session = self.hub.get_session(self.session_id)
+        # the session this device joined, not looked up again: acks come
+        # one per update per device. While the device is attached the
+        # session cannot expire (the device keeps it alive), and dropping
+        # the session closes this connection before any later message.
+        session = self._session
         sequence = payload["sequenceNumber"]
         if not 0 <= sequence <= session.sequence:
             # an ack ahead of the session would show the device healthy

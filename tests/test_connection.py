@@ -285,3 +285,25 @@ def test_a_pong_counts_as_liveness(clock):
     clock.advance(30)
     connection.ponged()
     assert connection.device.last_seen == 30
+
+
+def test_an_ack_is_checked_against_the_session_the_device_joined(clock):
+    """An ack is measured against the device's own session, which it keeps
+    alive; once the session is dropped (deleted, expired) the connection
+    is closed and nothing it sends later is handled."""
+    hub = Hub(clock)
+    session = hub.create_session(make_schema(), timeout_seconds=10)
+    push(hub, session.id, with_text(make_schema(), "one"))
+    connection, wire = attached(hub, session.id, clock)
+    clock.advance(60)  # far past the timeout: the attached device keeps the session in use
+    connection.received(frame("ack", session.id, {"sequenceNumber": 2, "success": True}))
+    assert connection.device.last_ack_sequence == 2 and wire.errors() == []
+    connection.received(frame("ack", session.id, {"sequenceNumber": 3, "success": True}))
+    assert wire.errors() == ["INVALID_MESSAGE"] and connection.device.last_ack_sequence == 2
+    for drop in (lambda: hub.delete_session(session.id), lambda: hub.expire(session)):
+        session = hub.create_session(make_schema())
+        connection, wire = attached(hub, session.id, clock)
+        drop()
+        assert connection.phase is Phase.CLOSING and wire.closes
+        connection.received(frame("ack", session.id, {"sequenceNumber": 1, "success": True}))
+        assert wire.errors() == [] and connection.device.last_ack_sequence == 0
