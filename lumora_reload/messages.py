@@ -119,6 +119,7 @@ def _checks(fields):
 # once: every device message (an ack per update) is checked against them
 _CHECKS = {kind: _checks(fields) for kind, fields in _PAYLOAD_FIELDS.items()}
 _ABSENT = object()
+
 # envelope versions already accepted (the check parses the string)
 _GOOD_VERSIONS: set = set()
 
