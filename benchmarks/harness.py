@@ -42,12 +42,7 @@ def cpu_seconds(pid):
             pass
     if found:
         return total / 1e9
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
-    except OSError:
-        return 0.0
+    return sum(user_system_seconds(pid))
 
 
 def user_system_seconds(pid):
