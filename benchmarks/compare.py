@@ -6,14 +6,17 @@ benchmarks/probe.py), so figures from separate runs do not compare;
 measurements a minute apart do. What is measured:
 
 - by default, the throughput loop (100 acking devices, one-leaf pushes
-  back to back): the daemon's CPU per push;
+  back to back): the daemon's CPU per push, the load generators' CPU per
+  push (what the devices' side costs: a change in how the daemon writes
+  can move it) and the updates delivered per second;
 - with ``--fanout SIZE:DEVICES`` (e.g. ``large:1000``), the fan-out
   benchmark for that schema and device count instead: the p50 latency of
   each update type.
 
 Each round prints every checkout's figures; the summary gives, per
 figure, the median over rounds of each checkout's ratio to the first
-checkout's (lower is better), and in how many rounds it was lower.
+checkout's (lower is better, but for updates/s), and in how many rounds
+it was lower.
 
     python -m benchmarks.compare BASE_CHECKOUT OTHER_CHECKOUT [...] [--rounds 16] [--seconds 3]
     python -m benchmarks.compare BASE_CHECKOUT OTHER_CHECKOUT --fanout large:1000 --rounds 8
@@ -78,7 +81,11 @@ def _throughput(args, gens, workdir, checkout):
     d = throughput.run(args.devices, args.seconds, gens, workdir, args.daemon_arg, floor=False)["daemon"]
     if not d["all_devices_have_last"] or d["gaps"] or d["missed"] or d["reorders"] or d["http_errors"]:
         raise RuntimeError(f"{checkout}: not every update reached every device in order: {d}")
-    return {"daemon CPU ms/push": d["server_cpu_per_push_ms"]}
+    return {
+        "daemon CPU ms/push": d["server_cpu_per_push_ms"],
+        "generators' CPU ms/push": d["generator_cpu_per_push_ms"],
+        "updates/s": d["delivered_rate"],
+    }
 
 
 def _fanout(args, gens, workdir, checkout):
