@@ -317,19 +317,21 @@ class Hub:
     def deliver(self, session, update):
         """Hand one applied update to every device of the session."""
         full = None
-        count = 0
         state = update.state
-        for device in list(session.devices.values()):
-            if device.legacy and not update.legacy_ok:
+        # read once, not per device: a thousand devices take this loop
+        outgoing, legacy_ok = update.outgoing, update.legacy_ok
+        sequence, checksum = state.sequence, state.checksum
+        devices = list(session.devices.values())
+        for device in devices:
+            if device.legacy and not legacy_ok:
                 if full is None:
                     full = self._full_update(session.id, state)
                 device.link.send(full)
             else:
-                device.link.send(update.outgoing)
-            device.sent_sequence = state.sequence
-            device.sent_checksum = state.checksum
-            count += 1
-        return count
+                device.link.send(outgoing)
+            device.sent_sequence = sequence
+            device.sent_checksum = checksum
+        return len(devices)
 
     def resync_device(self, session, device):
         """Send one device the full current schema (does not advance)."""
