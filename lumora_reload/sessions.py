@@ -316,14 +316,11 @@ class Hub:
 
     def deliver(self, session, update):
         """Hand one applied update to every device of the session."""
-        full = None
-        state = update.state
-        # read once, not per device: a thousand devices take this loop
-        outgoing, legacy_ok = update.outgoing, update.legacy_ok
-        sequence, checksum = state.sequence, state.checksum
+        full, state, outgoing = None, update.state, update.outgoing
+        sequence, checksum = state.sequence, state.checksum  # read once: a thousand devices take this loop
         devices = list(session.devices.values())
         for device in devices:
-            if device.legacy and not legacy_ok:
+            if device.legacy and not update.legacy_ok:
                 if full is None:
                     full = self._full_update(session.id, state)
                 device.link.send(full)
