@@ -279,6 +279,12 @@ class Api:
         self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def call(self, method, path, body=None):
+        """(status, the JSON answer parsed)."""
+        status, raw = self.raw(method, path, body)
+        return status, (orjson.loads(raw) if raw else None)
+
+    def raw(self, method, path, body=None):
+        """(status, the answer's bytes)."""
         if self.conn is None:
             self._connect()
         headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -289,7 +295,21 @@ class Api:
         except (http.client.HTTPException, OSError):
             self.close()
             raise
-        return response.status, (orjson.loads(raw) if raw else None)
+        return response.status, raw
+
+    def push_seconds(self):
+        """The daemon's own total of time spent in pushes, from /metrics
+        (`lumora_reload_push_seconds_sum`). Read before and after one push,
+        the difference is that push inside the daemon: from its parsed
+        body to the last device's send and the release of the state it
+        replaced (not the body's arrival and parse, nor the answer)."""
+        status, raw = self.raw("GET", "/metrics")
+        if status != 200:
+            raise RuntimeError(f"GET /metrics answered {status}")
+        for line in raw.decode().splitlines():
+            if line.startswith("lumora_reload_push_seconds_sum "):
+                return float(line.split()[1])
+        raise RuntimeError("/metrics has no lumora_reload_push_seconds_sum")
 
     def close(self):
         if self.conn is not None:

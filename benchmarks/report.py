@@ -20,10 +20,12 @@ def table(headers, rows):
 def fanout_table(rows):
     return table(
         ["schema", "devices", "update", "msg KB", "pushes", "p50 ms", "p95 ms", "max ms",
-         "floor p50", "floor p95", "× floor", "daemon CPU ms/push", "gen CPU ms/push", "POST answer p50"],
+         "floor p50", "floor p95", "× floor", "first device p50", "push in the daemon p50",
+         "daemon CPU ms/push", "gen CPU ms/push", "POST answer p50"],
         [
             [r["schema"], r["devices"], r["update"], r["bytes"] / 1000, r["pushes"], r["p50_ms"], r["p95_ms"],
-             r["max_ms"], r.get("floor_p50_ms"), r.get("floor_p95_ms"), r.get("x_floor"), r["daemon_cpu_ms"],
+             r["max_ms"], r.get("floor_p50_ms"), r.get("floor_p95_ms"), r.get("x_floor"),
+             r.get("first_device_p50_ms"), r.get("daemon_push_p50_ms"), r["daemon_cpu_ms"],
              r["generator_cpu_ms"], r["api_p50_ms"]]
             for r in rows
         ],
