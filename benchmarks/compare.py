@@ -12,7 +12,8 @@ measurements a minute apart do. What is measured:
 - with ``--fanout SIZE:DEVICES`` (e.g. ``large:1000``), the fan-out
   benchmark for that schema and device count instead: the p50 latency of
   each update type, and the p50 of the same pushes timed inside the
-  daemon (its ``/metrics``), which leaves out the body's arrival and the
+  daemon (its ``/metrics``): from the parsed body to the last device's
+  send, without the body's arrival and parse, the answer, or the
   devices' reading.
 
 Each round prints every checkout's figures; the summary gives, per
