@@ -94,11 +94,10 @@ def _throughput(args, gens, workdir, checkout):
 def _fanout(args, gens, workdir, checkout):
     size, devices = args.fanout
     rows, _ = fanout.run(size, devices, args.pushes, gens, workdir, args.daemon_arg, floor=False)
+    figures = {}
     for row in rows:
         if row["gaps"] or row["reorders"]:
             raise RuntimeError(f"{checkout}: devices saw gaps or reorders: {row}")
-    figures = {}
-    for row in rows:
         figures[f"{row['update']} p50 ms"] = row["p50_ms"]
         figures[f"{row['update']} push in the daemon p50 ms"] = row["daemon_push_p50_ms"]
     return figures

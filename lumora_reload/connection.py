@@ -311,7 +311,7 @@ class Connection:
         if self.flow is _PAUSED:
             self._queued += size
             if self._queued > self.max_buffer:
-                self.flow = Flow.CONGESTED
+                self.flow = _CONGESTED
                 self.events.congested()
 
     def close(self, code, reason):
