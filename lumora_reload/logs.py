@@ -32,10 +32,21 @@ def _ours(event):
     return (event.get("log_namespace") or "").startswith("lumora_reload")
 
 
+def _message(event):
+    # A line written to a file-like logger (the access log, a print): its
+    # text as it is, what formatEvent gives, without parsing "{log_io}" for
+    # it on every request.
+    if event.get("log_format") == "{log_io}":
+        text = event.get("log_io")
+        if type(text) is str:
+            return text
+    return formatEvent(event)
+
+
 def text_line(event):
     """`2026-11-30T20:21:03.512Z info  lumora_reload.server: session 3f0c8e created`."""
     level = event.get("log_level", LogLevel.info).name
-    line = f"{_stamp(event)} {level:<5} {event.get('log_namespace', '-')}: {formatEvent(event)}\n"
+    line = f"{_stamp(event)} {level:<5} {event.get('log_namespace', '-')}: {_message(event)}\n"
     failure = event.get("log_failure")
     if failure is not None:
         line += failure.getTraceback()
@@ -49,7 +60,7 @@ def json_line(event):
         "time": _stamp(event),
         "level": event.get("log_level", LogLevel.info).name,
         "namespace": event.get("log_namespace", "-"),
-        "message": formatEvent(event),
+        "message": _message(event),
     }
     if _ours(event):
         record.update((name, event[name]) for name in FIELDS if event.get(name) is not None)

@@ -10,10 +10,11 @@ parse errors included (`Channel`).
 """
 
 import io
+import time
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IProtocolNegotiationFactory
-from twisted.logger import Logger
+from twisted.logger import Logger, LoggingFile
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import http, resource, server
 from twisted.web.http import _escape
@@ -363,19 +364,31 @@ def access_log_line(timestamp, request):
     peer = request.getClientAddress()
     ip = getattr(peer, "host", "-")
     line = '"%s" - - %s "%s %s %s" %d %s "-" "%s"' % (
-        _escape(ip),
+        log_text(ip),
         timestamp,
-        _escape(request.method),
-        _escape(redact_uri(request.uri).encode("latin-1")),
-        _escape(request.clientproto),
+        log_text(request.method),
+        log_text(redact_uri(request.uri).encode("latin-1")),
+        log_text(request.clientproto),
         request.code,
         request.sentLength or "-",
-        _escape((request.getHeader(b"user-agent") or b"-")[:_AGENT_CHARS]),
+        log_text((request.getHeader(b"user-agent") or b"-")[:_AGENT_CHARS]),
     )
     return line
 
 
 _AGENT_CHARS = 200
+# printable ASCII but the two characters the log's quoting escapes
+_PLAIN = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\')
+
+
+def log_text(value):
+    """Twisted's `_escape` of `value` (bytes or ASCII text): what it gives
+    for printable ASCII without quotes or backslashes, the usual case, is
+    the text itself, found without its repr() round trip."""
+    raw = value if type(value) is bytes else value.encode("ascii")
+    if not raw.translate(None, _PLAIN):
+        return raw.decode("ascii")
+    return _escape(raw)
 
 
 def redact_uri(uri):
@@ -418,6 +431,23 @@ class Site(server.Site):
         self.hot_reload = hot_reload
         self.displayTracebacks = False
         self.noisy = False
+
+    def log(self, request):
+        logfile = self._logFile
+        if type(logfile) is not LoggingFile:  # a file of its own (--logfile of an embedder, a test)
+            super().log(request)
+            return
+        # Twisted's default access log is a file whose every line becomes
+        # one event of its logger. Every request writes one, so the same
+        # event is handed to the logger's observer here, without the file's
+        # line buffer and the logger's level check (a line holds no newline:
+        # access_log_line escapes control characters).
+        logger = logfile.log
+        logger.observer({
+            "log_io": access_log_line(self._logDateTime, request),
+            "log_logger": logger, "log_level": logfile.level, "log_namespace": logger.namespace,
+            "log_source": logger.source, "log_format": "{log_io}", "log_time": time.time(),
+        })
 
 
 @implementer(IProtocolNegotiationFactory)

@@ -7,7 +7,9 @@ import re
 
 import pytest
 import pytest_twisted
-from twisted.logger import Logger, LogLevel, LogPublisher
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.logger import Logger, LoggingFile, LogLevel, LogPublisher
 
 from lumora_reload import logs
 from tests.helpers import make_schema, with_text
@@ -111,3 +113,86 @@ def test_level_threshold_and_foreign_fields():
     (record,) = json_records(stream.getvalue().encode())
     assert record["message"] == "theirs" and "event" not in record
 
+
+
+class _Peer:
+    host = "192.0.2.7"
+
+
+class _Request:
+    """What an access-log line reads from a request."""
+
+    method = b"POST"
+    uri = b"/send/c3aea446a76e2c18a9e40c315dc94f7b?preserveState=false"
+    clientproto = b"HTTP/1.1"
+    code = 200
+    sentLength = 98
+
+    def __init__(self, agent):
+        self.agent = agent
+
+    def getClientAddress(self):
+        return _Peer()
+
+    def getHeader(self, name):
+        return self.agent if name == b"user-agent" else None
+
+
+def test_an_access_line_is_the_event_its_file_would_write():
+    """The Site hands each access-log line to the log file's logger as the very event the file would
+    make of it, and both line formats show it as the file's line would be shown."""
+    from lumora_reload import web
+
+    events = []
+    publisher = LogPublisher(events.append)
+    logfile = LoggingFile(Logger(namespace="twisted.python.log", observer=publisher), level=LogLevel.info)
+    site = web.Site(_Hub(), reactor=None)
+    site._logFile, site._logDateTime = logfile, "[01/Dec/2026:19:25:31 +0000]"
+    for agent in (b"curl/8.5", b'odd "agent" \\ \x00\xe9', None):
+        request = _Request(agent)
+        site.log(request)
+        logfile.write(web.access_log_line(site._logDateTime, request) + "\n")
+        ours, files = events[-2:]
+        assert ours.pop("log_time") <= files.pop("log_time")
+        assert ours == files
+        assert "c3aea446a76e" not in ours["log_io"]
+        for log_format in logs.FORMATS:
+            stream = io.StringIO()
+            observer = logs.LineObserver(stream, log_format)
+            observer(dict(ours, log_time=0))
+            with_formatter = stream.getvalue()
+            stream.seek(0)
+            stream.truncate()
+            observer(dict(files, log_time=0, log_format="{text}", text=files["log_io"]))
+            assert with_formatter == stream.getvalue()
+
+
+def test_an_access_log_file_of_its_own_still_gets_each_line():
+    """A Site whose access log is a file (an embedder's, a test's) writes the lines to it."""
+    from lumora_reload import web
+
+    site = web.Site(_Hub(), reactor=None)
+    site._logFile, site._logDateTime = io.StringIO(), "[01/Dec/2026:19:25:31 +0000]"
+    site.log(_Request(b"curl/8.5"))
+    assert site._logFile.getvalue() == (
+        '"192.0.2.7" - - [01/Dec/2026:19:25:31 +0000] "POST /send/c3aea4...?preserveState=false HTTP/1.1" '
+        '200 98 "-" "curl/8.5"\n'
+    )
+
+
+class _Hub:
+    def resource(self):
+        from twisted.web.resource import Resource
+
+        return Resource()
+
+
+@given(st.one_of(st.binary(max_size=40), st.text(alphabet=st.characters(max_codepoint=127), max_size=40)))
+@settings(max_examples=500)
+def test_log_text_escapes_as_twisted_does(value):
+    """An access-log field reads exactly as Twisted's own escaping writes it, for any bytes or ASCII text."""
+    from twisted.web.http import _escape
+
+    from lumora_reload.web import log_text
+
+    assert log_text(value) == _escape(value)
