@@ -147,6 +147,38 @@ def parse_envelope(data):
             except UnicodeDecodeError:
                 raise invalid("Message is not valid UTF-8")
         raise invalid("Message is not valid JSON")
+    plain = _plain_ack(message)
+    if plain is not None:
+        return plain
+    return _checked(message)
+
+
+def _plain_ack(message):
+    """``("ack", session id, payload)`` when `message` is an ack that every
+    check of `_checked` passes as it is, else None (then `_checked` decides,
+    with its error). A device sends one per update: the usual ack is told
+    in a few exact type tests (orjson makes exact types)."""
+    if type(message) is not dict or message.get("type") != "ack":
+        return None
+    payload = message.get("payload")
+    session_id = message.get("sessionId")
+    timestamp = message.get("timestamp")
+    version = message.get("version")
+    if (type(payload) is not dict or type(session_id) is not str
+            or not (timestamp is None or type(timestamp) is int or type(timestamp) is float)
+            or not (version is None or (type(version) is str and version in _GOOD_VERSIONS))
+            or type(payload.get("sequenceNumber")) is not int or type(payload.get("success")) is not bool):
+        return None
+    error = payload.get("error")
+    apply_time = payload.get("applyTime")
+    if (error is None or type(error) is str or type(error) is dict) and (
+            apply_time is None or type(apply_time) is int or type(apply_time) is float):
+        return "ack", session_id, payload
+    return None
+
+
+def _checked(message):
+    """`parse_envelope` of a decoded message: every check, in order."""
     if not isinstance(message, dict):
         raise invalid("Message must be a JSON object")
     kind = message.get("type")

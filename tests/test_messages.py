@@ -2,6 +2,9 @@
 included (devices and tests compare frames)."""
 
 import orjson
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from lumora_reload import messages
 from lumora_reload.errors import LumoraError
@@ -107,3 +110,104 @@ def test_payload_fields_absent_null_and_of_the_wrong_type():
     assert _refusal(orjson.dumps(report))[1] == "'details' in 'error' payload has the wrong type"
     report["payload"]["details"] = [1]
     assert messages.parse_envelope(orjson.dumps(report))[2]["details"] == [1]
+
+
+_ABSENT = object()
+# any JSON value, the borderline ones for these fields among them
+_VALUES = st.sampled_from([_ABSENT, None, True, False, 0, -3, 2**53, 1.5, 3.0, "", "1.0", "1.1.0", "2.0", "x",
+                           {}, {"k": 1}, [], [1]])
+
+
+_OPTIONAL_NUMBER = st.sampled_from([_ABSENT, None, 0, 7, 7.5, -1e300])
+_PAYLOAD = {
+    "sequenceNumber": st.one_of(st.integers(0, 2**53), st.floats(0, 1e6)),
+    "success": st.booleans(),
+    "error": st.sampled_from([_ABSENT, None, "", "boom", {"code": "X"}]),
+    "applyTime": _OPTIONAL_NUMBER,
+    "other": _VALUES,  # not a field of an ack: anything goes
+}
+_ENVELOPE = {
+    "type": st.just("ack"),
+    "sessionId": st.text(max_size=4),
+    "timestamp": _OPTIONAL_NUMBER,
+    "version": st.sampled_from([_ABSENT, None, "1.1.0", "1.0"]),
+}
+
+
+@st.composite
+def _ack_like(draw):
+    """Acks as devices send them, and their near misses: one field (or
+    none) absent or of another JSON type; and whether the envelope's
+    version was seen before."""
+    wrong = draw(st.sampled_from([None, "payload", *_PAYLOAD, *_ENVELOPE]))
+
+    def fill(fields):
+        out = {}
+        for name, valid in fields.items():
+            value = draw(_VALUES if name == wrong else valid)
+            if value is not _ABSENT:
+                out[name] = value
+        return out
+
+    message = fill(_ENVELOPE)
+    message["payload"] = draw(_VALUES) if wrong == "payload" else fill(_PAYLOAD)
+    if message["payload"] is _ABSENT:
+        del message["payload"]
+    return draw(st.permutations(list(message.items()))), draw(st.booleans())
+
+
+def _outcome(parse, data):
+    try:
+        return parse(data)
+    except LumoraError as e:
+        return e.code, e.message
+
+
+@given(_ack_like())
+@settings(max_examples=1000, deadline=None)
+@example(([("type", "ack"), ("sessionId", "s"), ("version", "1.1.0"), ("timestamp", 7),
+           ("payload", {"sequenceNumber": 4, "success": True, "applyTime": 2.5})], True))
+def test_the_quick_ack_check_agrees_with_every_check(case):
+    """Every ack and near miss gets what every check, in order, gives it (the payload, or the same
+    error), whether or not its version was seen before; the quick check never accepts another."""
+    items, seen = case
+    data = orjson.dumps(dict(items))
+    saved = set(messages._GOOD_VERSIONS)
+    try:
+        messages._GOOD_VERSIONS.clear()
+        expected = _outcome(lambda d: messages._checked(orjson.loads(d)), data)
+        messages._GOOD_VERSIONS.clear()
+        if seen:
+            messages._GOOD_VERSIONS.update(("1.0", "1.1.0"))
+        assert _outcome(messages.parse_envelope, data) == expected
+        quick = messages._plain_ack(orjson.loads(data))
+        assert quick is None or quick == expected
+    finally:
+        messages._GOOD_VERSIONS.clear()
+        messages._GOOD_VERSIONS.update(saved)
+
+
+_USUAL_ACK = {"type": "ack", "sessionId": "s", "timestamp": 7, "version": "1.1.0",
+              "payload": {"sequenceNumber": 4, "success": True, "applyTime": 2}}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("sessionId", 5), ("timestamp", True), ("version", "2.0"), ("version", 1), ("payload", [1]),
+    ("sequenceNumber", True), ("sequenceNumber", 4.5), ("success", 1), ("error", [1]), ("applyTime", False),
+])
+def test_an_ack_wrong_in_one_place_gets_its_error(field, value):
+    """An ack whose version was seen before, wrong in one field, gets the error every check gives it."""
+    message = orjson.loads(orjson.dumps(_USUAL_ACK))
+    (message["payload"] if field in message["payload"] or field == "error" else message)[field] = value
+    data = orjson.dumps(message)
+    expected = _outcome(lambda d: messages._checked(orjson.loads(d)), data)
+    assert len(expected) == 2  # an error
+    messages.parse_envelope(orjson.dumps(_USUAL_ACK))  # its version seen
+    assert _outcome(messages.parse_envelope, data) == expected
+    assert messages._plain_ack(orjson.loads(data)) is None
+
+
+def test_the_usual_ack_takes_the_quick_check():
+    """An ack as devices send it, its version seen, passes the quick check."""
+    messages.parse_envelope(orjson.dumps(_USUAL_ACK))
+    assert messages._plain_ack(_USUAL_ACK) == ("ack", "s", _USUAL_ACK["payload"])
