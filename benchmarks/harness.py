@@ -246,8 +246,10 @@ class Daemon(Server):
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         if not os.path.exists(twistd):
             twistd = shutil.which("twistd") or "twistd"
+        # logging as the README runs it (twistd -n: the daemon's own line
+        # format on standard output, captured in the .out file)
         argv = [
-            twistd, "-n", "--pidfile=", "--logfile", os.path.join(workdir, f"daemon-{port}.log"),
+            twistd, "-n", "--pidfile=",
             "lumora-reload", "--in-memory", "--port", f"tcp:{port}:interface={HOST}",
             # every simulated device connects from loopback
             "--max-connections-per-address", "1000000", *extra,
