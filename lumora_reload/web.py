@@ -385,7 +385,7 @@ def log_text(value):
     """Twisted's `_escape` of `value` (bytes or ASCII text): what it gives
     for printable ASCII without quotes or backslashes, the usual case, is
     the text itself, found without its repr() round trip."""
-    raw = value if type(value) is bytes else value.encode("ascii")
+    raw = value if isinstance(value, bytes) else value.encode("ascii")
     if not raw.translate(None, _PLAIN):
         return raw.decode("ascii")
     return _escape(raw)
@@ -434,14 +434,18 @@ class Site(server.Site):
 
     def log(self, request):
         logfile = self._logFile
-        if type(logfile) is not LoggingFile:  # a file of its own (--logfile of an embedder, a test)
+        if (type(logfile) is not LoggingFile or logfile.closed or logfile._buffer
+                or self._logFormatter is not access_log_line):
+            # a file or line format of its own (an embedder's, a test's), or
+            # a default file in a state its own write handles
             super().log(request)
             return
         # Twisted's default access log is a file whose every line becomes
         # one event of its logger. Every request writes one, so the same
         # event is handed to the logger's observer here, without the file's
-        # line buffer and the logger's level check (a line holds no newline:
-        # access_log_line escapes control characters).
+        # line splitting and the logger's check that the level is a
+        # LogLevel (access_log_line escapes control characters: a line
+        # holds no newline).
         logger = logfile.log
         logger.observer({
             "log_io": access_log_line(self._logDateTime, request),

@@ -9,7 +9,7 @@ import pytest
 import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.logger import Logger, LoggingFile, LogLevel, LogPublisher
+from twisted.logger import Logger, LoggingFile, LogLevel, LogPublisher, formatEvent
 
 from lumora_reload import logs
 from tests.helpers import make_schema, with_text
@@ -114,7 +114,6 @@ def test_level_threshold_and_foreign_fields():
     assert record["message"] == "theirs" and "event" not in record
 
 
-
 class _Peer:
     host = "192.0.2.7"
 
@@ -138,24 +137,33 @@ class _Request:
         return self.agent if name == b"user-agent" else None
 
 
+def _access_site(logfile):
+    from lumora_reload import web
+
+    site = web.Site(_Hub(), reactor=None)
+    site._logFile, site._logDateTime = logfile, "[01/Dec/2026:19:25:31 +0000]"
+    return site
+
+
 def test_an_access_line_is_the_event_its_file_would_write():
     """The Site hands each access-log line to the log file's logger as the very event the file would
-    make of it, and both line formats show it as the file's line would be shown."""
+    make of it, without the file's write; both line formats show it as the formatter would."""
     from lumora_reload import web
 
     events = []
-    publisher = LogPublisher(events.append)
-    logfile = LoggingFile(Logger(namespace="twisted.python.log", observer=publisher), level=LogLevel.info)
-    site = web.Site(_Hub(), reactor=None)
-    site._logFile, site._logDateTime = logfile, "[01/Dec/2026:19:25:31 +0000]"
+    logger = Logger(namespace="twisted.python.log", observer=LogPublisher(events.append))
+    logfile, reference = (LoggingFile(logger, level=LogLevel.info) for _ in range(2))
+    logfile.write = lambda data: pytest.fail("the Site wrote through the file")
+    site = _access_site(logfile)
     for agent in (b"curl/8.5", b'odd "agent" \\ \x00\xe9', None):
         request = _Request(agent)
         site.log(request)
-        logfile.write(web.access_log_line(site._logDateTime, request) + "\n")
+        reference.write(web.access_log_line(site._logDateTime, request) + "\n")
         ours, files = events[-2:]
         assert ours.pop("log_time") <= files.pop("log_time")
         assert ours == files
         assert "c3aea446a76e" not in ours["log_io"]
+        assert logs._message(ours) == formatEvent(ours) == ours["log_io"]
         for log_format in logs.FORMATS:
             stream = io.StringIO()
             observer = logs.LineObserver(stream, log_format)
@@ -165,14 +173,27 @@ def test_an_access_line_is_the_event_its_file_would_write():
             stream.truncate()
             observer(dict(files, log_time=0, log_format="{text}", text=files["log_io"]))
             assert with_formatter == stream.getvalue()
+    assert len(events) == 6
+
+
+def test_an_access_line_after_a_partial_line_joins_it_as_before():
+    """Text written to the default log file without a newline still leads the next access line, and
+    a closed file still refuses it."""
+    events = []
+    logfile = LoggingFile(Logger(observer=LogPublisher(events.append)), level=LogLevel.info)
+    site = _access_site(logfile)
+    logfile.write("partial ")
+    site.log(_Request(b"curl/8.5"))
+    (event,) = events
+    assert event["log_io"].startswith('partial "192.0.2.7" - - ') and event["log_io"].endswith('"curl/8.5"')
+    logfile.close()
+    with pytest.raises(ValueError):
+        site.log(_Request(b"curl/8.5"))
 
 
 def test_an_access_log_file_of_its_own_still_gets_each_line():
     """A Site whose access log is a file (an embedder's, a test's) writes the lines to it."""
-    from lumora_reload import web
-
-    site = web.Site(_Hub(), reactor=None)
-    site._logFile, site._logDateTime = io.StringIO(), "[01/Dec/2026:19:25:31 +0000]"
+    site = _access_site(io.StringIO())
     site.log(_Request(b"curl/8.5"))
     assert site._logFile.getvalue() == (
         '"192.0.2.7" - - [01/Dec/2026:19:25:31 +0000] "POST /send/c3aea4...?preserveState=false HTTP/1.1" '

@@ -187,6 +187,15 @@ def test_the_quick_ack_check_agrees_with_every_check(case):
         messages._GOOD_VERSIONS.update(saved)
 
 
+@pytest.fixture
+def version_cache():
+    """The versions seen so far, put back as they were after the test."""
+    saved = set(messages._GOOD_VERSIONS)
+    yield messages._GOOD_VERSIONS
+    messages._GOOD_VERSIONS.clear()
+    messages._GOOD_VERSIONS.update(saved)
+
+
 _USUAL_ACK = {"type": "ack", "sessionId": "s", "timestamp": 7, "version": "1.1.0",
               "payload": {"sequenceNumber": 4, "success": True, "applyTime": 2}}
 
@@ -195,7 +204,7 @@ _USUAL_ACK = {"type": "ack", "sessionId": "s", "timestamp": 7, "version": "1.1.0
     ("sessionId", 5), ("timestamp", True), ("version", "2.0"), ("version", 1), ("payload", [1]),
     ("sequenceNumber", True), ("sequenceNumber", 4.5), ("success", 1), ("error", [1]), ("applyTime", False),
 ])
-def test_an_ack_wrong_in_one_place_gets_its_error(field, value):
+def test_an_ack_wrong_in_one_place_gets_its_error(field, value, version_cache):
     """An ack whose version was seen before, wrong in one field, gets the error every check gives it."""
     message = orjson.loads(orjson.dumps(_USUAL_ACK))
     (message["payload"] if field in message["payload"] or field == "error" else message)[field] = value
@@ -207,7 +216,12 @@ def test_an_ack_wrong_in_one_place_gets_its_error(field, value):
     assert messages._plain_ack(orjson.loads(data)) is None
 
 
-def test_the_usual_ack_takes_the_quick_check():
-    """An ack as devices send it, its version seen, passes the quick check."""
+def test_the_usual_ack_takes_the_quick_check(version_cache, monkeypatch):
+    """An ack as devices send it, its version seen, passes the quick check, and parse_envelope takes
+    its answer without running every check."""
+    version_cache.clear()
     messages.parse_envelope(orjson.dumps(_USUAL_ACK))
+    assert "1.1.0" in version_cache
     assert messages._plain_ack(_USUAL_ACK) == ("ack", "s", _USUAL_ACK["payload"])
+    monkeypatch.setattr(messages, "_checked", lambda message: pytest.fail("every check ran"))
+    assert messages.parse_envelope(orjson.dumps(_USUAL_ACK)) == ("ack", "s", _USUAL_ACK["payload"])
