@@ -250,7 +250,10 @@ class Connection:
                 )
             if self.device is None and kind != "connect":
                 raise LumoraError(errors.AUTHENTICATION_FAILED, "Send 'connect' first", close_code=messages.CLOSE_AUTH)
-            getattr(self, "handle_" + kind)(body)
+            if kind == "ack":  # one per update per device
+                self.handle_ack(body)
+            else:
+                getattr(self, "handle_" + kind)(body)
         except LumoraError as e:
             self._send_error(e)
             if e.close_code is not None:

@@ -101,8 +101,25 @@ def unmask(payload, mask):
 _FAST_MAX = 0xFFFF
 
 
+def fast_limit(options):
+    """The largest payload `_whole_frames` reads itself under these
+    protocol options; 0 when it reads none (unmasked frames expected)."""
+    if not options.applyMask:
+        return 0
+    limit = _FAST_MAX
+    if options.maxFramePayloadSize:
+        limit = min(limit, options.maxFramePayloadSize)
+    if options.maxMessagePayloadSize:
+        limit = min(limit, options.maxMessagePayloadSize)
+    return limit
+
+
 class LeanServerProtocol(WebSocketServerProtocol):
     __slots__ = AUTOBAHN_SLOTS + ("_ping_slot",)
+
+    # `fast_limit` of the options, worked out once by `options_class`
+    # (None: from the connection's options on every read)
+    _fast_limit: int | None = None
 
     @classmethod
     def options_class(cls, factory):
@@ -117,8 +134,10 @@ class LeanServerProtocol(WebSocketServerProtocol):
         # an empty CONFIG_ATTRS: nothing to copy, and Autobahn's connect
         # skips pretty-printing every option for a debug line (an eighth
         # of the CPU of a connect storm)
-        return type(cls.__name__, (cls,), {"__slots__": (), "__module__": cls.__module__,
-                                           "CONFIG_ATTRS": (), **options})
+        options_class = type(cls.__name__, (cls,), {"__slots__": (), "__module__": cls.__module__,
+                                                    "CONFIG_ATTRS": (), **options})
+        options_class._fast_limit = fast_limit(options_class)
+        return options_class
 
     def _connectionMade(self):
         super()._connectionMade()
@@ -143,12 +162,10 @@ class LeanServerProtocol(WebSocketServerProtocol):
     def _whole_frames(self, data):
         """Deliver the complete data frames at the start of `data` that
         need none of Autobahn's general handling; return the rest."""
-        limit = _FAST_MAX
-        if self.maxFramePayloadSize:
-            limit = min(limit, self.maxFramePayloadSize)
-        if self.maxMessagePayloadSize:
-            limit = min(limit, self.maxMessagePayloadSize)
-        if not self.applyMask:
+        limit = self._fast_limit
+        if limit is None:
+            limit = fast_limit(self)
+        if not limit:
             return data
         n = len(data)
         pos = 0  # walk by index: no copy of the rest per frame
