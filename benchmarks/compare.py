@@ -18,8 +18,9 @@ measurements a minute apart do. What is measured:
 
 Each round prints every checkout's figures; the summary gives, per
 figure, the median over rounds of each checkout's ratio to the first
-checkout's (lower is better, but for updates/s), and in how many rounds
-it was lower.
+checkout's (lower is better, but for updates/s), in how many rounds it
+was lower, and how likely a split at least that uneven would be if the
+two did not differ (a two-sided sign test: each round a coin toss).
 
     python -m benchmarks.compare BASE_CHECKOUT OTHER_CHECKOUT [...] [--rounds 16] [--seconds 3]
     python -m benchmarks.compare BASE_CHECKOUT OTHER_CHECKOUT --fanout large:1000 --rounds 8
@@ -32,6 +33,7 @@ be given twice: the two should then come out alike.
 """
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -137,18 +139,32 @@ def compare(args, workdir):
         else:
             os.environ["PYTHONPATH"] = saved
     print()
-    print("| checkout | figure | median | median ratio to the first | rounds lower than the first |")
-    print("|---|---|---|---|---|")
+    print("| checkout | figure | median | median ratio to the first | rounds lower than the first | by chance |")
+    print("|---|---|---|---|---|---|")
     for name in figures[0]:
         for i in range(n):
             values, rel = figures[i].get(name, []), ratios[i].get(name, [])
             if not values:
                 continue
-            lower = "-" if i == 0 else f"{sum(x < 1 for x in rel)} of {len(rel)}"
+            lowered = sum(x < 1 for x in rel)
+            lower = "-" if i == 0 else f"{lowered} of {len(rel)}"
+            chance = "-" if i == 0 or not rel else f"{sign_test(lowered, len(rel)):.3f}"
             ratio = f"{statistics.median(rel):.3f}" if rel else "-"
-            print(f"| {names[i]} | {name} | {statistics.median(values):.2f} | {ratio} | {lower} |")
+            print(f"| {names[i]} | {name} | {statistics.median(values):.2f} | {ratio} | {lower} | {chance} |")
     if args.rounds % n:
         print(f"({args.rounds} rounds for {n} checkouts: the order rotated unevenly)")
+
+
+def sign_test(lower, rounds):
+    """The chance of `lower` of `rounds` or a split more uneven (either
+    way) if each round were a coin toss: a two-sided sign test.
+
+    >>> round(sign_test(13, 16), 4), round(sign_test(8, 16), 4), sign_test(0, 3)
+    (0.0213, 1.0, 0.25)
+    """
+    far = max(lower, rounds - lower)
+    tail = sum(math.comb(rounds, k) for k in range(far, rounds + 1)) / 2 ** rounds
+    return min(1.0, 2 * tail)
 
 
 if __name__ == "__main__":
