@@ -20,7 +20,9 @@ Each round prints every checkout's figures; the summary gives, per
 figure, the median over rounds of each checkout's ratio to the first
 checkout's (lower is better, but for updates/s), in how many rounds it
 was lower, and how likely a split at least that uneven would be if the
-two did not differ (a two-sided sign test: each round a coin toss).
+two did not differ (a two-sided sign test: each round a coin toss; a
+round where the two are equal counts for neither side). With several
+figures, one of them may come out unlikely by luck alone.
 
     python -m benchmarks.compare BASE_CHECKOUT OTHER_CHECKOUT [...] [--rounds 16] [--seconds 3]
     python -m benchmarks.compare BASE_CHECKOUT OTHER_CHECKOUT --fanout large:1000 --rounds 8
@@ -146,9 +148,11 @@ def compare(args, workdir):
             values, rel = figures[i].get(name, []), ratios[i].get(name, [])
             if not values:
                 continue
-            lowered = sum(x < 1 for x in rel)
-            lower = "-" if i == 0 else f"{lowered} of {len(rel)}"
-            chance = "-" if i == 0 or not rel else f"{sign_test(lowered, len(rel)):.3f}"
+            lowered, higher = sum(x < 1 for x in rel), sum(x > 1 for x in rel)
+            tied = len(rel) - lowered - higher
+            lower = "-" if i == 0 else f"{lowered} of {len(rel)}" + (f" ({tied} tied)" if tied else "")
+            # a tied round says neither: the sign test leaves it out
+            chance = "-" if i == 0 or not rel else f"{sign_test(lowered, lowered + higher):.3f}"
             ratio = f"{statistics.median(rel):.3f}" if rel else "-"
             print(f"| {names[i]} | {name} | {statistics.median(values):.2f} | {ratio} | {lower} | {chance} |")
     if args.rounds % n:

@@ -33,6 +33,8 @@ each pinged once per interval, a slice of them per tick so that ten
 thousand pings do not land in one reactor turn.
 """
 
+from typing import ClassVar
+
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import task
 from twisted.logger import Logger
@@ -117,9 +119,11 @@ def fast_limit(options):
 class LeanServerProtocol(WebSocketServerProtocol):
     __slots__ = AUTOBAHN_SLOTS + ("_ping_slot",)
 
-    # `fast_limit` of the options, worked out once by `options_class`
-    # (None: from the connection's options on every read)
-    _fast_limit: int | None = None
+    # `fast_limit` of the options, worked out once by `options_class`:
+    # options are fixed once that class is built (the factory's
+    # setProtocolOptions builds a new one). None: worked out from the
+    # connection's options on every read.
+    _fast_limit: ClassVar[int | None] = None
 
     @classmethod
     def options_class(cls, factory):

@@ -297,6 +297,8 @@ async def test_a_message_of_exactly_the_size_limit_is_read_and_one_byte_more_is_
     """--max-message-size holds at its boundary on the one-step path: at the limit answered, over it 1009."""
     limit = 300
     daemon = await daemon_factory(max_message_size=limit)
+    # worked out once, with the options, for every connection of the factory
+    assert daemon.server.ws_factory.protocol._fast_limit == limit
     sid = await daemon.new_session()
     port = daemon.port.getHost().port
     base = _envelope("ping", sid, {"pad": ""})
