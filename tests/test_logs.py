@@ -191,6 +191,16 @@ def test_an_access_line_after_a_partial_line_joins_it_as_before():
         site.log(_Request(b"curl/8.5"))
 
 
+def test_an_access_line_format_of_its_own_is_kept():
+    """A Site given its own line format writes that format's lines to the default log file, one event each."""
+    events = []
+    logfile = LoggingFile(Logger(observer=LogPublisher(events.append)), level=LogLevel.info)
+    site = _access_site(logfile)
+    site._logFormatter = lambda timestamp, request: f"custom {request.method.decode()}\nsecond"
+    site.log(_Request(b"curl/8.5"))
+    assert [event["log_io"] for event in events] == ["custom POST", "second"]
+
+
 def test_an_access_log_file_of_its_own_still_gets_each_line():
     """A Site whose access log is a file (an embedder's, a test's) writes the lines to it."""
     site = _access_site(io.StringIO())
