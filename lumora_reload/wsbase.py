@@ -26,7 +26,10 @@ that per-connection state trimmed:
   of the daemon's CPU when 100 devices acked every push. Anything else
   (control frames, fragments, partial frames, large or over-limit frames,
   compression, RSV bits, an unmasked frame) goes through Autobahn as
-  before, in order.
+  before, in order. So does every frame when an option or an observer
+  asks Autobahn to do more per frame (UTF-8 checks of incoming text,
+  Autobahn's own auto-ping, frame logging, `on("message", ...)`); the
+  daemon's devices use none of them.
 
 `PingSweep` sends the WebSocket pings: one timer for every connection,
 each pinged once per interval, a slice of them per tick so that ten
@@ -105,8 +108,11 @@ _FAST_MAX = 0xFFFF
 
 def fast_limit(options):
     """The largest payload `_whole_frames` reads itself under these
-    protocol options; 0 when it reads none (unmasked frames expected)."""
-    if not options.applyMask:
+    protocol options; 0 when it reads none: unmasked frames expected, or
+    an option that makes Autobahn do more for each data frame (check the
+    UTF-8 of text, cancel a pending auto-ping timeout, log the frame)."""
+    if (not options.applyMask or options.utf8validateIncoming or options.autoPingInterval
+            or options.logFrames):
         return 0
     limit = _FAST_MAX
     if options.maxFramePayloadSize:
@@ -156,8 +162,10 @@ class LeanServerProtocol(WebSocketServerProtocol):
         super()._onOpen()
 
     def dataReceived(self, data):
+        # observers of "message" (`on("message", ...)`) are fired by
+        # Autobahn's own path only
         if (self.state == self.STATE_OPEN and not self.data and self.current_frame is None
-                and not self.inside_message and self._perMessageCompress is None):
+                and not self.inside_message and self._perMessageCompress is None and self._listeners is None):
             data = self._whole_frames(data)
             if not data:
                 return

@@ -7,14 +7,17 @@ import struct
 import sys
 import time
 
+import pytest
 import pytest_twisted
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.xormasker import create_xor_masker
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import task, threads
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from lumora_reload.sessions import Outgoing
-from lumora_reload.wsbase import PingSweep, unmask
+from lumora_reload.wsbase import LeanServerProtocol, PingSweep, unmask
 from tests import rawhttp
 from tests.helpers import WAIT, Daemon, connected_device
 
@@ -308,3 +311,59 @@ async def test_a_message_of_exactly_the_size_limit_is_read_and_one_byte_more_is_
     replies = await threads.deferToThread(
         _replies_to_one_burst, port, sid, [_masked(exact), _masked(over)], 2)
     assert replies == ["pong", "close:1009"], replies
+
+
+class _Recording(LeanServerProtocol):
+    __slots__ = ()
+
+    def onMessage(self, payload, isBinary):
+        self.factory.got.append(payload)
+
+
+def _open_lean_protocol(log_frames=False, **options):
+    """A `LeanServerProtocol` built as the daemon builds its own (options
+    on a per-factory class), handshaken over a memory transport."""
+    factory = WebSocketServerFactory("ws://localhost:9000", reactor=MemoryReactorClock())
+    factory.setProtocolOptions(failByDrop=False, **options)
+    factory.logFrames = log_frames
+    factory.got = []
+    factory.protocol = _Recording.options_class(factory)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    transport.unregisterProducer = lambda: None  # Autobahn unregisters on a drop
+    protocol.makeConnection(transport)
+    protocol.dataReceived(rawhttp.ws_handshake("/ws", host="localhost:9000"))
+    transport.clear()
+    return factory, protocol, transport
+
+
+@pytest.mark.parametrize("option", [{"utf8validateIncoming": True}, {"autoPingInterval": 20},
+                                    {"log_frames": True}, {"applyMask": False}])
+def test_the_one_step_reader_leaves_frames_to_autobahn_when_an_option_asks_more_of_each(option):
+    """Checking incoming UTF-8, Autobahn's auto-ping (a data frame cancels
+    its pending timeout), frame logging: Autobahn does them per frame."""
+    base = {"utf8validateIncoming": False}
+    factory, _, _ = _open_lean_protocol(**base)
+    assert factory.protocol._fast_limit > 0
+    factory, _, _ = _open_lean_protocol(**{**base, **option})
+    assert factory.protocol._fast_limit == 0
+
+
+def test_invalid_utf8_text_is_refused_when_incoming_utf8_is_checked():
+    """With Autobahn's default (the daemon's devices turn it off: orjson
+    checks the UTF-8) a text frame of invalid UTF-8 is closed with 1007,
+    never delivered, as Autobahn's own protocol does."""
+    factory, protocol, transport = _open_lean_protocol()  # utf8validateIncoming: Autobahn's default, on
+    protocol.dataReceived(rawhttp.frame(b"\xff\xfe"))
+    assert factory.got == []
+    sent = transport.value()
+    assert sent[0] == 0x88 and sent[2:4] == (1007).to_bytes(2, "big")
+
+
+def test_observers_of_messages_hear_frames_the_one_step_reader_could_read():
+    factory, protocol, _ = _open_lean_protocol(utf8validateIncoming=False)
+    heard = []
+    protocol.on("message", lambda payload, is_binary: heard.append(payload))
+    protocol.dataReceived(rawhttp.frame(b'{"a":1}') + rawhttp.frame(b'{"b":2}'))
+    assert factory.got == [b'{"a":1}', b'{"b":2}']
+    assert heard == [b'{"a":1}', b'{"b":2}']
