@@ -135,7 +135,8 @@ class State:
             return self.schema_bytes
         made = self._cache.get("wire")
         if made is None:
-            made = self._cache["wire"] = schemas.encode_schema(self.schema)
+            # its values are JSON's: parsed from JSON text, or checked when planned
+            made = self._cache["wire"] = schemas.encode_schema(self.schema, json_values=True)
         return made
 
     def schema_json(self):
@@ -298,11 +299,11 @@ def _invalid_schema(error):
     )
 
 
-def schema_checked(check, schema):
-    """`check(schema)`, its `schemas.SchemaError` raised as the 400 every
-    refused schema gets."""
+def schema_checked(check, schema, *args):
+    """`check(schema, *args)`, its `schemas.SchemaError` raised as the 400
+    every refused schema gets."""
     try:
-        return check(schema)
+        return check(schema, *args)
     except schemas.SchemaError as e:
         raise _invalid_schema(e)
 

@@ -189,10 +189,11 @@ class Hub:
         return schema_checked(schemas.node_index, schema)
 
     @staticmethod
-    def encode(schema):
+    def encode(schema, json_values=False):
         """The compact JSON of a valid `schema`; refuses what JSON cannot
-        carry to a device (nesting, numbers, Unicode) as an invalid schema."""
-        return schema_checked(schemas.encode_schema, schema)
+        carry to a device (nesting, numbers, Unicode, values JSON does not
+        have) as an invalid schema. `json_values`: see `schemas.encode_schema`."""
+        return schema_checked(schemas.encode_schema, schema, json_values)
 
     def plan_push(self, session_id, schema, preserve_state=True, fresh=False):
         """Plan a push from the session's committed state; change nothing.
@@ -217,6 +218,9 @@ class Hub:
             nodes = index.nodes
         elif not fresh:
             nodes = self.validate(schema)
+            # made in Python, not parsed from JSON text: a NaN or a datetime
+            # would otherwise reach devices as something else, or fail later
+            schema_checked(schemas.check_json_values, schema)
         if force_full:
             choice = schemas.Choice(messages.UPDATE_FULL, None, True)
         else:
@@ -245,7 +249,8 @@ class Hub:
         )
         schema_bytes = choice.new_json
         if schema_bytes is None and not serializes:
-            schema_bytes = self.encode(schema)  # refuses what JSON cannot carry, naming the path
+            # refuses what JSON cannot carry (nesting, numbers, Unicode), naming the path
+            schema_bytes = self.encode(schema, json_values=True)
         if choice.update_type == messages.UPDATE_NONE:
             return None
         sequence = base.sequence + 1

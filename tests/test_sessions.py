@@ -1,6 +1,11 @@
 """The hub and the sweeps, driven by a Clock and fake device links."""
 
+import collections
+import dataclasses
+import datetime
+import enum
 import json
+import uuid
 
 import orjson
 import pytest
@@ -353,7 +358,7 @@ def count_serializations(monkeypatch):
     schema.choose)."""
     calls = []
     encode, size_check = schemas.encode_schema, schemas.choose._orjson_bytes
-    monkeypatch.setattr(schemas, "encode_schema", lambda s: calls.append("encode") or encode(s))
+    monkeypatch.setattr(schemas, "encode_schema", lambda s, *args, **kw: calls.append("encode") or encode(s, *args, **kw))
     monkeypatch.setattr(schemas.choose, "_orjson_bytes", lambda s: calls.append("size") or size_check(s))
     return calls
 
@@ -441,6 +446,74 @@ def test_a_schema_json_cannot_carry_is_refused_with_its_path_whatever_the_update
         hub.plan_push(sid, bad)
     assert e.value.code == errors.SCHEMA_VALIDATION_FAILED
     assert e.value.details["path"] == path
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class Size(enum.IntEnum):
+    LARGE = 3
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+
+
+# values orjson writes without refusing them, so that a device would get
+# something else than the session holds: NaN and the infinities become
+# null, the rest is turned into strings or objects
+NOT_JSON = [
+    (float("nan"), "number nan is not finite"),
+    (float("inf"), "number inf is not finite"),
+    (float("-inf"), "number -inf is not finite"),
+    (datetime.datetime(2024, 1, 1), "datetime is not a JSON value"),
+    (uuid.UUID(int=7), "UUID is not a JSON value"),
+    (Colour.RED, "Colour is not a JSON value"),
+    (Point(1), "Point is not a JSON value"),
+]
+
+
+@pytest.mark.parametrize("value, message", NOT_JSON)
+@pytest.mark.parametrize("edit", [True, False])
+def test_a_value_orjson_would_change_is_refused_with_its_path(clock, value, message, edit):
+    hub = Hub(clock)
+    base = many_leaves(40)
+    sid = hub.create_session(base).id
+    bad = with_text(base, "changed", "n7") if edit else json.loads(json.dumps(base))
+    set_prop(value)(bad)
+    with pytest.raises(LumoraError) as e:
+        hub.plan_push(sid, bad)
+    assert e.value.code == errors.SCHEMA_VALIDATION_FAILED and e.value.status == 400
+    assert e.value.details == {"path": "nodes[0].children[7].props.bad", "message": message}
+    assert hub.get_session(sid).sequence == 1
+    # a session cannot start with one either
+    with pytest.raises(LumoraError) as e:
+        hub.create_session(bad)
+    assert e.value.details["path"] == "nodes[0].children[7].props.bad"
+
+
+def test_subclasses_of_json_types_are_taken_as_their_values(clock):
+    hub = Hub(clock)
+    base = many_leaves(40)
+    sid = hub.create_session(base).id
+    schema = json.loads(json.dumps(base))
+    set_prop([Size.LARGE, collections.OrderedDict(a=1)])(schema)
+    update = hub.plan_push(sid, schema)
+    assert orjson.loads(update.state.wire_bytes())["nodes"][0]["children"][7]["props"]["bad"] == [3, {"a": 1}]
+
+
+@pytest.mark.parametrize("value, message", NOT_JSON)
+def test_encode_schema_refuses_what_json_does_not_have_unless_told_the_values_are_jsons(value, message):
+    schema = many_leaves(3)
+    set_prop_of = schema["nodes"][0]["children"][1]["props"]
+    set_prop_of["bad"] = value
+    with pytest.raises(schemas.SchemaError) as e:
+        schemas.encode_schema(schema)
+    assert (e.value.path, e.value.message) == ("nodes[0].children[1].props.bad", message)
+    # parsed from JSON text, a schema cannot hold such a value: no second look
+    assert schemas.encode_schema(schema, json_values=True) == orjson.dumps(schema)
 
 
 def test_the_leak_check_sees_our_timers_and_not_others(reactor, clock):

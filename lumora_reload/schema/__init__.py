@@ -26,8 +26,8 @@ The parts, one module each:
     `canonical_json` / `checksum` / `checksum_update`, byte-identical to the TypeScript
     ``calculateChecksum``, and `parse_json_strict`.
 `lumora_reload.schema.encode`
-    `encode_schema`, `find_unencodable`, `MAX_DEPTH`: what a schema must be
-    to travel as JSON, and its wire bytes.
+    `encode_schema`, `check_json_values`, `find_unencodable`, `MAX_DEPTH`:
+    what a schema must be to travel as JSON, and its wire bytes.
 `lumora_reload.schema._common`
     What several parts share: `SchemaError`, the optional orjson module and
     small helpers.
@@ -68,7 +68,13 @@ from lumora_reload.schema.delta import (
     delta_size,
     is_empty_delta,
 )
-from lumora_reload.schema.encode import MAX_DEPTH, encode_schema, find_unencodable, orjson_encodes
+from lumora_reload.schema.encode import (
+    MAX_DEPTH,
+    check_json_values,
+    encode_schema,
+    find_unencodable,
+    orjson_encodes,
+)
 from lumora_reload.schema.validation import NodeIndex, node_index, validate
 
 # internals the tests and benchmarks reach through the package
@@ -97,6 +103,7 @@ __all__ = [
     "checksum_update",
     "parse_json_strict",
     "MAX_DEPTH",
+    "check_json_values",
     "encode_schema",
     "find_unencodable",
     "orjson_encodes",

@@ -15,7 +15,7 @@ import math
 
 from lumora_reload.schema._common import _SURROGATE, SchemaError, _join, _orjson
 
-__all__ = ["MAX_DEPTH", "encode_schema", "find_unencodable", "orjson_encodes"]
+__all__ = ["MAX_DEPTH", "check_json_values", "encode_schema", "find_unencodable", "orjson_encodes"]
 
 
 # Nesting of JSON objects and arrays a schema may have, the schema object
@@ -26,15 +26,18 @@ MAX_DEPTH = 254
 _MAX_DOUBLE_INT = 1 << 1024  # from here on a double cannot hold the integer
 
 
-def encode_schema(schema):
+def encode_schema(schema, json_values=False):
     """The compact JSON of `schema` (bytes), as the wire carries it.
 
     Raises `SchemaError` with the path of the first value JSON cannot carry
     to a device: nesting deeper than `MAX_DEPTH`, a number that is not
     finite or that no double can hold, a string or key with an unpaired
     surrogate, a value that is not JSON at all. Integers beyond 64 bits that
-    a double can hold are encoded by the standard library.
+    a double can hold are encoded by the standard library. `json_values`:
+    `check_json_values` need not run (see there).
     """
+    if not json_values:
+        check_json_values(schema)
     if _orjson is not None:
         try:
             return _orjson.dumps(schema)
@@ -44,6 +47,38 @@ def encode_schema(schema):
     if problem is not None:
         raise SchemaError(*problem)
     return json.dumps(schema, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def check_json_values(schema):
+    """Raise `SchemaError` with the path of the first value that is not one
+    of JSON's: orjson does not refuse them all, it writes NaN and ±Infinity
+    as ``null`` and serializes a datetime, a UUID, an Enum or a dataclass.
+    A subclass of ``int``, ``float``, ``str``, ``dict`` or ``list`` (an
+    ``IntEnum``) counts as its value. A schema parsed from JSON text holds
+    nothing else; one made in Python may."""
+    if not _only_json_types(schema):
+        problem = find_unencodable(schema)
+        if problem is not None:
+            raise SchemaError(*problem)
+
+
+def _only_json_types(value):
+    """Whether `value` and all it holds are of JSON's exact types, with
+    finite numbers: one quick pass, no paths kept."""
+    stack = [(value,)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        for v in pop():
+            t = type(v)
+            if t is str or t is int or t is bool or v is None:
+                continue
+            if t is dict:
+                push(v.values())
+            elif t is list:
+                push(v)
+            elif t is not float or v - v != 0.0:  # inf - inf and NaN - NaN are NaN
+                return False
+    return True
 
 
 def orjson_encodes(value):
@@ -63,11 +98,10 @@ def find_unencodable(value):
     stack = [(value, "", 1)]
     while stack:
         v, path, depth = stack.pop()
-        t = type(v)
-        if t is dict or t is list:
+        if isinstance(v, (dict, list)):
             if depth > MAX_DEPTH:
                 return path, f"nested deeper than {MAX_DEPTH} levels of objects and arrays"
-            if t is dict:
+            if isinstance(v, dict):
                 items = list(v.items())
                 for key, _ in items:
                     if type(key) is not str:
@@ -82,17 +116,18 @@ def find_unencodable(value):
                 stack.extend((x, _join(path, k), depth + 1) for k, x in reversed(items))
             else:
                 stack.extend((x, f"{path}[{i}]", depth + 1) for i, x in reversed(list(enumerate(v))))
-        elif t is str:
+        # a subclass of a JSON type (an IntEnum) is taken as its value
+        elif isinstance(v, str):
             if _SURROGATE.search(v):
                 return path, "string has an unpaired surrogate (not valid Unicode)"
-        elif t is float:
+        elif isinstance(v, float):
             if not math.isfinite(v):
                 return path, f"number {v} is not finite"
-        elif t is int:
+        elif isinstance(v, int):
             if abs(v) >= _MAX_DOUBLE_INT:
                 return path, "integer is too large for a double"
-        elif v is not None and t is not bool and not isinstance(v, (int, float, str)):
-            return path, f"{t.__name__} is not a JSON value"
+        elif v is not None:
+            return path, f"{type(v).__name__} is not a JSON value"
     return None
 
 
