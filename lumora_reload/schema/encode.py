@@ -82,7 +82,8 @@ def _only_json_types(value):
 
 
 def orjson_encodes(value):
-    """Whether orjson serializes `value`: `encode_schema` then cannot fail."""
+    """Whether orjson serializes `value`: for a JSON value (see
+    `check_json_values`), `encode_schema` then cannot fail on it."""
     if _orjson is None:
         return False
     try:
