@@ -190,9 +190,8 @@ class Hub:
 
     @staticmethod
     def encode(schema, json_values=False):
-        """The compact JSON of a valid `schema`; refuses what JSON cannot
-        carry to a device (nesting, numbers, Unicode, values JSON does not
-        have) as an invalid schema. `json_values`: see `schemas.encode_schema`."""
+        """`schemas.encode_schema`, refusing what JSON cannot carry to a
+        device as an invalid schema."""
         return schema_checked(schemas.encode_schema, schema, json_values)
 
     def plan_push(self, session_id, schema, preserve_state=True, fresh=False):
@@ -218,9 +217,7 @@ class Hub:
             nodes = index.nodes
         elif not fresh:
             nodes = self.validate(schema)
-            # made in Python, not parsed from JSON text: a NaN or a datetime
-            # would otherwise reach devices as something else, or fail later
-            schema_checked(schemas.check_json_values, schema)
+            schema_checked(schemas.check_json_values, schema)  # made in Python: may hold NaN, a datetime
         if force_full:
             choice = schemas.Choice(messages.UPDATE_FULL, None, True)
         else:
@@ -248,8 +245,7 @@ class Hub:
             and schemas.orjson_encodes(schema["metadata"].get("generatedAt"))
         )
         schema_bytes = choice.new_json
-        if schema_bytes is None and not serializes:
-            # refuses what JSON cannot carry (nesting, numbers, Unicode), naming the path
+        if schema_bytes is None and not serializes:  # refuses what JSON cannot carry, naming the path
             schema_bytes = self.encode(schema, json_values=True)
         if choice.update_type == messages.UPDATE_NONE:
             return None
