@@ -65,16 +65,17 @@ def check_json_values(schema):
 def _only_json_types(value):
     """Whether `value` and all it holds are of JSON's exact types, with
     finite numbers: one quick pass, no paths kept."""
-    stack = [(value,)]
+    # the stack holds the containers themselves, no new objects: a
+    # thousand pending views would wake the garbage collector
+    stack = [[value]]
     pop, push = stack.pop, stack.append
     while stack:
-        for v in pop():
+        container = pop()
+        for v in container.values() if type(container) is dict else container:
             t = type(v)
             if t is str or t is int or t is bool or v is None:
                 continue
-            if t is dict:
-                push(v.values())
-            elif t is list:
+            if t is dict or t is list:
                 push(v)
             elif t is not float or v - v != 0.0:  # inf - inf and NaN - NaN are NaN
                 return False
