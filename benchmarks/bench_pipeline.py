@@ -67,7 +67,7 @@ def main(argv=None):
     where = os.path.dirname(sys.modules["lumora_reload"].__file__)
     print(f"lumora_reload from {where}")
     print("| schema | devices | pushes | p50 ms | p95 ms |\n|---|---|---|---|---|")
-    for label, pads in (("small (~3 KB)", 50), ("large (~500 KB)", 8000)):
+    for label, pads in (("small (~7 KB)", 50), ("large (~1 MB)", 8000)):
         for devices in [int(x) for x in args.devices.split(",")]:
             times = sorted(measure(pads, devices, args.pushes if pads < 1000 else max(20, args.pushes // 10)))
             p95 = times[int(len(times) * 0.95) - 1]
