@@ -28,7 +28,7 @@ that per-connection state trimmed:
   compression, RSV bits, an unmasked frame) goes through Autobahn as
   before, in order. So does every frame when an option or an observer
   asks Autobahn to do more per frame (UTF-8 checks of incoming text,
-  Autobahn's own auto-ping, frame logging, `on("message", ...)`); the
+  Autobahn's own auto-ping, frame or octet logging, `on("message", ...)`); the
   daemon's devices use none of them.
 
 `PingSweep` sends the WebSocket pings: one timer for every connection,
@@ -110,9 +110,10 @@ def fast_limit(options):
     """The largest payload `_whole_frames` reads itself under these
     protocol options; 0 when it reads none: unmasked frames expected, or
     an option that makes Autobahn do more for each data frame (check the
-    UTF-8 of text, cancel a pending auto-ping timeout, log the frame)."""
+    UTF-8 of text, cancel a pending auto-ping timeout, log the frame or
+    its bytes)."""
     if (not options.applyMask or options.utf8validateIncoming or options.autoPingInterval
-            or options.logFrames):
+            or options.logFrames or options.logOctets):
         return 0
     limit = _FAST_MAX
     if options.maxFramePayloadSize:
@@ -164,8 +165,10 @@ class LeanServerProtocol(WebSocketServerProtocol):
     def dataReceived(self, data):
         # observers of "message" (`on("message", ...)`) are fired by
         # Autobahn's own path only
+        listeners = self._listeners
         if (self.state == self.STATE_OPEN and not self.data and self.current_frame is None
-                and not self.inside_message and self._perMessageCompress is None and self._listeners is None):
+                and not self.inside_message and self._perMessageCompress is None
+                and (not listeners or not listeners.get("message"))):
             data = self._whole_frames(data)
             if not data:
                 return

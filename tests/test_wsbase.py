@@ -320,12 +320,12 @@ class _Recording(LeanServerProtocol):
         self.factory.got.append(payload)
 
 
-def _open_lean_protocol(log_frames=False, **options):
+def _open_lean_protocol(log_frames=False, log_octets=False, **options):
     """A `LeanServerProtocol` built as the daemon builds its own (options
     on a per-factory class), handshaken over a memory transport."""
     factory = WebSocketServerFactory("ws://localhost:9000", reactor=MemoryReactorClock())
     factory.setProtocolOptions(failByDrop=False, **options)
-    factory.logFrames = log_frames
+    factory.logFrames, factory.logOctets = log_frames, log_octets
     factory.got = []
     factory.protocol = _Recording.options_class(factory)
     protocol = factory.buildProtocol(None)
@@ -338,10 +338,11 @@ def _open_lean_protocol(log_frames=False, **options):
 
 
 @pytest.mark.parametrize("option", [{"utf8validateIncoming": True}, {"autoPingInterval": 20},
-                                    {"log_frames": True}, {"applyMask": False}])
+                                    {"log_frames": True}, {"log_octets": True}, {"applyMask": False}])
 def test_the_one_step_reader_leaves_frames_to_autobahn_when_an_option_asks_more_of_each(option):
     """Checking incoming UTF-8, Autobahn's auto-ping (a data frame cancels
-    its pending timeout), frame logging: Autobahn does them per frame."""
+    its pending timeout), frame and octet logging: Autobahn does them per
+    frame."""
     base = {"utf8validateIncoming": False}
     factory, _, _ = _open_lean_protocol(**base)
     assert factory.protocol._fast_limit > 0
@@ -363,7 +364,17 @@ def test_invalid_utf8_text_is_refused_when_incoming_utf8_is_checked():
 def test_observers_of_messages_hear_frames_the_one_step_reader_could_read():
     factory, protocol, _ = _open_lean_protocol(utf8validateIncoming=False)
     heard = []
-    protocol.on("message", lambda payload, is_binary: heard.append(payload))
+
+    def hear(payload, is_binary):
+        heard.append(payload)
+
+    protocol.on("message", hear)
     protocol.dataReceived(rawhttp.frame(b'{"a":1}') + rawhttp.frame(b'{"b":2}'))
     assert factory.got == [b'{"a":1}', b'{"b":2}']
     assert heard == [b'{"a":1}', b'{"b":2}']
+    # with the observer gone, frames are read in one step again
+    protocol.off("message", hear)
+    begun = []
+    protocol.onFrameBegin = lambda: begun.append(1)  # Autobahn's frame machine
+    protocol.dataReceived(rawhttp.frame(b'{"c":3}'))
+    assert factory.got[-1] == b'{"c":3}' and heard == [b'{"a":1}', b'{"b":2}'] and begun == []
