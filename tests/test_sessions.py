@@ -494,14 +494,65 @@ def test_a_value_orjson_would_change_is_refused_with_its_path(clock, value, mess
     assert e.value.details["path"] == "nodes[0].children[7].props.bad"
 
 
-def test_subclasses_of_json_types_are_taken_as_their_values(clock):
+class Level(int, enum.Enum):  # its str() is "Level.HIGH", not "5"
+    HIGH = 5
+
+
+def test_subclasses_of_json_types_and_tuples_are_taken_as_their_values(clock):
     hub = Hub(clock)
     base = many_leaves(40)
     sid = hub.create_session(base).id
     schema = json.loads(json.dumps(base))
-    set_prop([Size.LARGE, collections.OrderedDict(a=1)])(schema)
+    # 1e-7 makes the checksum take its exact serializer, which must write
+    # the subclass's value as the wire does
+    set_prop([Size.LARGE, Level.HIGH, collections.OrderedDict(a=1), (1, 2), 1e-7])(schema)
     update = hub.plan_push(sid, schema)
-    assert orjson.loads(update.state.wire_bytes())["nodes"][0]["children"][7]["props"]["bad"] == [3, {"a": 1}]
+    wire = orjson.loads(update.state.wire_bytes())
+    assert wire["nodes"][0]["children"][7]["props"]["bad"] == [3, 5, {"a": 1}, [1, 2], 1e-7]
+    assert not update.state.checksum_plain
+    assert schemas.checksum(wire) == update.state.checksum  # what a device computes
+
+
+def test_a_schema_that_holds_itself_is_refused_not_walked_forever(clock):
+    hub = Hub(clock)
+    sid = hub.create_session(many_leaves(3)).id
+    schema = many_leaves(3)
+    loop = {}
+    loop["again"] = loop
+    schema["nodes"][0]["children"][1]["props"]["loop"] = loop
+    with pytest.raises(LumoraError) as e:
+        hub.plan_push(sid, schema)
+    assert e.value.details["message"] == "nested deeper than 254 levels of objects and arrays"
+    assert e.value.details["path"].startswith("nodes[0].children[1].props.loop.again.again")
+
+
+def test_a_proxy_claiming_a_json_type_is_refused_by_its_real_type(clock):
+    class Pretender:
+        @property
+        def __class__(self):
+            return str
+
+    hub = Hub(clock)
+    sid = hub.create_session(many_leaves(3)).id
+    schema = many_leaves(3)
+    schema["nodes"][0]["children"][1]["props"]["bad"] = Pretender()
+    with pytest.raises(LumoraError) as e:
+        hub.plan_push(sid, schema)
+    assert e.value.details == {"path": "nodes[0].children[1].props.bad", "message": "Pretender is not a JSON value"}
+
+
+def test_the_values_pass_is_one_quick_pass_and_left_out_for_parsed_schemas(clock, monkeypatch):
+    hub = Hub(clock)
+    base = many_leaves(40)
+    sid = hub.create_session(base).id
+    walked, checked = [], []
+    walk, check = schemas.encode.find_unencodable, schemas.check_json_values
+    monkeypatch.setattr(schemas.encode, "find_unencodable", lambda s: walked.append(1) or walk(s))
+    monkeypatch.setattr(schemas, "check_json_values", lambda s: checked.append(1) or check(s))
+    hub.apply_update(hub.plan_push(sid, with_text(base, "made in Python", "n7")))
+    assert checked == [1] and walked == []  # plain JSON types: no path kept
+    hub.apply_update(hub.plan_push(sid, json.loads(json.dumps(with_text(base, "parsed", "n7"))), fresh=True))
+    assert checked == [1] and walked == []
 
 
 @pytest.mark.parametrize("value, message", NOT_JSON)

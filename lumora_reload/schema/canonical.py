@@ -134,10 +134,12 @@ def _reference_serialize(value):
             out.append("false")
         elif isinstance(v, str):
             out.append(_js_string(v))
+        # a subclass (an IntEnum) is its value, as the wire carries it: its
+        # own str() may say something else
         elif isinstance(v, int):
-            out.append(_js_int(v))
+            out.append(_js_int(v if type(v) is int else int.__index__(v)))
         elif isinstance(v, float):
-            out.append(_js_float(v))
+            out.append(_js_float(v if type(v) is float else float(v)))
         elif isinstance(v, dict):
             keys = _key_order(v)
             if not keys:

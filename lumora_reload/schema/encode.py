@@ -63,20 +63,25 @@ def check_json_values(schema):
 
 
 def _only_json_types(value):
-    """Whether `value` and all it holds are of JSON's exact types, with
-    finite numbers: one quick pass, no paths kept."""
-    # the stack holds the containers themselves, no new objects: a
-    # thousand pending views would wake the garbage collector
-    stack = [[value]]
-    pop, push = stack.pop, stack.append
+    """Whether `value` and all it holds are of JSON's exact types (a tuple
+    counting as an array), with finite numbers and at most `MAX_DEPTH`
+    levels: one quick pass, no paths kept."""
+    # the stacks hold the containers themselves and small ints, no new
+    # objects: a thousand pending views would wake the garbage collector
+    stack, depths = [[value]], [-1]  # the wrapper is level 0, `value` 1
+    pop, push, pop_depth, push_depth = stack.pop, stack.append, depths.pop, depths.append
     while stack:
         container = pop()
+        depth = pop_depth() + 1
+        if depth > MAX_DEPTH:  # too deep, or a cycle: find_unencodable names it
+            return False
         for v in container.values() if type(container) is dict else container:
             t = type(v)
             if t is str or t is int or t is bool or v is None:
                 continue
-            if t is dict or t is list:
+            if t is dict or t is list or t is tuple:
                 push(v)
+                push_depth(depth)
             elif t is not float or v - v != 0.0:  # inf - inf and NaN - NaN are NaN
                 return False
     return True
@@ -100,10 +105,12 @@ def find_unencodable(value):
     stack = [(value, "", 1)]
     while stack:
         v, path, depth = stack.pop()
-        if isinstance(v, (dict, list)):
+        # the real type, not isinstance: a proxy can claim any __class__
+        t = type(v)
+        if issubclass(t, (dict, list, tuple)):
             if depth > MAX_DEPTH:
                 return path, f"nested deeper than {MAX_DEPTH} levels of objects and arrays"
-            if isinstance(v, dict):
+            if issubclass(t, dict):
                 items = list(v.items())
                 for key, _ in items:
                     if type(key) is not str:
@@ -119,17 +126,17 @@ def find_unencodable(value):
             else:
                 stack.extend((x, f"{path}[{i}]", depth + 1) for i, x in reversed(list(enumerate(v))))
         # a subclass of a JSON type (an IntEnum) is taken as its value
-        elif isinstance(v, str):
+        elif issubclass(t, str):
             if _SURROGATE.search(v):
                 return path, "string has an unpaired surrogate (not valid Unicode)"
-        elif isinstance(v, float):
+        elif issubclass(t, float):
             if not math.isfinite(v):
                 return path, f"number {v} is not finite"
-        elif isinstance(v, int):
+        elif issubclass(t, int):
             if abs(v) >= _MAX_DOUBLE_INT:
                 return path, "integer is too large for a double"
         elif v is not None:
-            return path, f"{type(v).__name__} is not a JSON value"
+            return path, f"{t.__name__} is not a JSON value"
     return None
 
 
