@@ -66,24 +66,25 @@ def _only_json_types(value):
     """Whether `value` and all it holds are of JSON's exact types (a tuple
     counting as an array), with finite numbers and at most `MAX_DEPTH`
     levels: one quick pass, no paths kept."""
-    # the stacks hold the containers themselves and small ints, no new
-    # objects: a thousand pending views would wake the garbage collector
-    stack, depths = [[value]], [-1]  # the wrapper is level 0, `value` 1
-    pop, push, pop_depth, push_depth = stack.pop, stack.append, depths.pop, depths.append
-    while stack:
-        container = pop()
-        depth = pop_depth() + 1
-        if depth > MAX_DEPTH:  # too deep, or a cycle: find_unencodable names it
+    # level by level, holding the containers themselves: no new objects (a
+    # thousand pending views would wake the garbage collector), and the
+    # depth is the number of levels (a tree that holds itself never ends)
+    level, depth = [[value]], 0
+    while level:
+        if depth > MAX_DEPTH:
             return False
-        for v in container.values() if type(container) is dict else container:
-            t = type(v)
-            if t is str or t is int or t is bool or v is None:
-                continue
-            if t is dict or t is list or t is tuple:
-                push(v)
-                push_depth(depth)
-            elif t is not float or v - v != 0.0:  # inf - inf and NaN - NaN are NaN
-                return False
+        below = []
+        push = below.append
+        for container in level:
+            for v in container.values() if type(container) is dict else container:
+                t = type(v)
+                if t is str or t is int or t is bool or v is None:
+                    continue
+                if t is dict or t is list or t is tuple:
+                    push(v)
+                elif t is not float or v - v != 0.0:  # inf - inf and NaN - NaN are NaN
+                    return False
+        level, depth = below, depth + 1
     return True
 
 
