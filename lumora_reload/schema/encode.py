@@ -54,8 +54,9 @@ def check_json_values(schema):
     of JSON's: orjson does not refuse them all, it writes NaN and ±Infinity
     as ``null`` and serializes a datetime, a UUID, an Enum or a dataclass.
     A subclass of ``int``, ``float``, ``str``, ``dict`` or ``list`` (an
-    ``IntEnum``) counts as its value. A schema parsed from JSON text holds
-    nothing else; one made in Python may."""
+    ``IntEnum``) counts as its value, a tuple as an array; a tree that
+    holds itself is too deep. A schema parsed from JSON text holds nothing
+    else; one made in Python may."""
     if not _only_json_types(schema):
         problem = find_unencodable(schema)
         if problem is not None:
