@@ -10,7 +10,9 @@ parse errors included (`Channel`).
 """
 
 import io
+import re
 import time
+from urllib.parse import unquote
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IProtocolNegotiationFactory
@@ -394,23 +396,29 @@ def log_text(value):
 def redact_uri(uri):
     """The request URI with every session id shortened (the path segment
     after /session/, /send/ or /preview/, and a `session` query parameter)
-    and a `token` query parameter hidden."""
+    and a `token` query parameter hidden. Names are read as twisted.web
+    reads them when it serves the request: path segments and query names
+    percent-decoded, query fields split on ``&`` and ``;``, ``+`` a space."""
     text = uri.decode("latin-1") if isinstance(uri, bytes) else uri
     path, mark, query = text.partition("?")
     parts = path.split("/")
     for i in range(1, len(parts) - 1):
-        if parts[i] in ("session", "send", "preview") and parts[i + 1] not in ("", "new"):
+        if unquote(parts[i]) in ("session", "send", "preview") and unquote(parts[i + 1]) not in ("", "new"):
             parts[i + 1] = _cut(parts[i + 1])
     if query:
-        fields = query.split("&")
-        for i, field in enumerate(fields):
-            name, eq, value = field.partition("=")
-            if name == "session" and value:
+        fields = _QUERY_FIELDS.split(query)  # fields at even places, separators between
+        for i in range(0, len(fields), 2):
+            name, eq, value = fields[i].partition("=")
+            name_read = unquote(name.replace("+", " "))
+            if name_read == "session" and value:
                 fields[i] = name + eq + _cut(value)
-            elif name == "token" and value:  # the dashboard page's token
+            elif name_read == "token" and value:  # the dashboard page's token
                 fields[i] = name + eq + "..."
-        query = "&".join(fields)
+        query = "".join(fields)
     return "/".join(parts) + mark + query
+
+
+_QUERY_FIELDS = re.compile("([&;])")
 
 
 def _cut(session_id):

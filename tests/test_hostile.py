@@ -514,9 +514,43 @@ def test_access_log_redacts_every_place_an_id_goes():
     from lumora_reload.web import redact_uri
 
     sid = "c3aea446a76e2c18a9e40c315dc94f7b"
-    for uri in [f"/send/{sid}", f"/session/{sid}/schema", f"/ws?session={sid}&x=1", f"/session/{sid}"]:
-        assert sid not in redact_uri(uri.encode())
+    for uri in [f"/send/{sid}", f"/session/{sid}/schema", f"/ws?session={sid}&x=1", f"/session/{sid}",
+                # spelled as twisted.web still reads them
+                f"/%73ession/{sid}", f"/s%65nd/{sid}", f"/ws?x=1;session={sid}", f"/ws?%73ession={sid}",
+                f"/ws?x=1&%73ess%69on={sid};y=2"]:
+        assert sid not in redact_uri(uri.encode()), uri
+    for uri in ["/?a=1;token=s3cret", "/?%74oken=s3cret", "/?tok%65n=s3cret&x=1"]:
+        assert "s3cret" not in redact_uri(uri.encode()), uri
     assert redact_uri(b"/session/new") == "/session/new"
+    assert redact_uri(b"/ws?a=1;b=2&c=3") == "/ws?a=1;b=2&c=3"  # the rest as it came
+
+
+async def _code_of_get(daemon, path, headers=None):
+    response = await treq.get(daemon.url + path, headers=headers or {}, persistent=False)
+    await treq.content(response)
+    return response.code
+
+
+@pytest.mark.parametrize("query", ["?a=1;token=", "?%74oken="])
+@ensure
+async def test_a_token_the_daemon_accepts_however_spelled_is_not_logged(daemon_factory, query):
+    token = "tok-" + "z" * 24
+    daemon = await daemon_factory(api_token=token)
+    access = io.StringIO()
+    daemon.port.factory.wrappedFactory.logFile = access
+    # from a foreign Host only the token lets the page through: it was read
+    assert await _code_of_get(daemon, "/" + query + token, {"Host": "evil.example"}) == 200
+    assert await _code_of_get(daemon, "/", {"Host": "evil.example"}) == 403
+    assert token not in access.getvalue() and "..." in access.getvalue()
+
+
+@ensure
+async def test_a_session_id_in_a_path_spelled_with_escapes_is_not_logged(daemon):
+    sid = await daemon.new_session(make_schema())
+    access = io.StringIO()
+    daemon.port.factory.wrappedFactory.logFile = access
+    assert await _code_of_get(daemon, f"/%73ession/{sid}") == 200  # served as /session/:id
+    assert sid not in access.getvalue() and sid[:6] in access.getvalue()
 
 
 # -- memory bounds --------------------------------------------------------------------------
