@@ -202,12 +202,16 @@ _BAD_REQUEST = _json_response(
 
 
 class Channel(http.HTTPChannel):
-    """HTTP/1.1 whose own refusals (bad request line, headers, chunking)
-    are JSON like every other answer."""
+    """HTTP/1.1 whose own refusals (bad request line, headers, chunking, a
+    line over its 16 KiB limit) are JSON like every other answer."""
 
     def _respondToBadRequestAndDisconnect(self):
         self.transport.write(_BAD_REQUEST)
         self.loseConnection()
+
+    def lineLengthExceeded(self, line):
+        # Twisted's LineReceiver would drop the connection without a word
+        self._respondToBadRequestAndDisconnect()
 
 
 class Request(server.Request):
@@ -221,7 +225,11 @@ class Request(server.Request):
         self.content = io.BytesIO()
         if length == 0:
             return  # nothing to read: process() decides, from the same rules
-        answer = self._head_answer(length)
+        try:
+            answer = self._head_answer(length)
+        except Exception:  # as process() answers a failure while routing
+            _log.failure("request failed")
+            answer = api.Refused(500, errors.INTERNAL_ERROR, api.internal_error().message)
         if answer is not None:
             self._answer_now(answer)
 

@@ -334,6 +334,23 @@ async def test_exceptions_while_routing_are_500_json(daemon, logged_failures, mo
     monkeypatch.setattr(api.Sessions, "getChild", lambda self, path, request: 1 / 0)
     status, body = await daemon.call("GET", "/session/abc")
     assert (status, body["code"]) == (500, "INTERNAL_ERROR")
+    # a request with a body is routed from its head, before the body is read
+    head = request_head("POST", "/session/abc/extend", [("Content-Type", "application/json"),
+                                                         ("Content-Length", "2"), ("Connection", "close")])
+    response, _, _ = await exchange(daemon.port.getHost().port, head + b"{}")
+    assert response.status == 500 and response.json() == {
+        "error": body["error"], "code": "INTERNAL_ERROR"}
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /health?" + b"q" * 20000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: " + b"c" * 17000 + b"\r\n\r\n",
+], ids=["long-request-line", "long-header-line"])
+@ensure
+async def test_a_line_over_the_16_kib_limit_gets_a_json_400(daemon, head):
+    response, _, _ = await exchange(daemon.port.getHost().port, head)
+    assert response.status == 400 and response.json()["code"] == "BAD_REQUEST"
+    assert (await daemon.call("GET", "/health"))[0] == 200  # and the daemon keeps answering
 
 
 # -- Origin and Host refusals ---------------------------------------------------
