@@ -118,6 +118,8 @@ class JsonResource(resource.Resource):
         if self.isLeaf and extra_path(request):
             return NotFound().render(request)
         allowed = allowed_methods(self)
+        if not allowed:  # a parent of routes (/session, /send): no route itself
+            return NotFound().render(request)
         method = request.method.decode("latin-1")
         if method not in allowed:
             return method_not_allowed(request, allowed)

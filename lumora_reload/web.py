@@ -294,6 +294,8 @@ class Request(server.Request):
         self.args = http.parse_qs(query, 1) if query else {}
         self.prepath = []
         self.postpath = [http.unquote(p) for p in self.path[1:].split(b"/")]
+        if self.path == b"*":  # as process() answers it
+            return api.NotFound()
         target = site.getResourceFor(self)
         if isinstance(target, (api.Refused, api.NotFound)):
             return target
@@ -301,11 +303,19 @@ class Request(server.Request):
             if target.isLeaf and api.extra_path(self):
                 return api.NotFound()
             allowed = api.allowed_methods(target)
+            if not allowed:  # a parent of routes (/session, /send): no route itself
+                return api.NotFound()
             if self.method.decode("latin-1") not in allowed:
                 return _MethodNotAllowed(allowed)
         elif isinstance(target, DeviceSocket):
+            if self.method != b"GET":
+                return _MethodNotAllowed(["GET"])
             # an upgrade carries no body; one that declares a body is not one
             return _NoBody()
+        else:
+            # the pages (the dashboard, the preview, its assets) and folders
+            # read no body: their answer is the one they give without it
+            return target
         limit = _max_body(self)
         if limit is not None and length is not None and length > limit:
             return _too_large(limit)

@@ -353,6 +353,49 @@ async def test_a_line_over_the_16_kib_limit_gets_a_json_400(daemon, head):
     assert (await daemon.call("GET", "/health"))[0] == 200  # and the daemon keeps answering
 
 
+def _raw_request(method, path, headers, body):
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *[f"{k}: {v}" for k, v in headers], "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+_JSON_BODY = [("Content-Type", "application/json"), ("Content-Length", "2")]
+
+
+@pytest.mark.parametrize("method, path, headers, body", [
+    ("POST", "/ws", _JSON_BODY, b"{}"),
+    ("OPTIONS", "*", _JSON_BODY, b"{}"),
+    ("POST", "/preview", [("Content-Type", "text/plain"), ("Content-Length", "2")], b"hi"),
+    ("POST", "/", [("Content-Type", "text/plain"), ("Content-Length", "2")], b"hi"),
+    ("POST", "/session", _JSON_BODY, b"{}"),
+    ("DELETE", "/send", _JSON_BODY, b"{}"),
+    ("PUT", "/health", _JSON_BODY, b"{}"),
+    ("POST", "/session/new", [("Content-Type", "text/plain"), ("Content-Length", "2")], b"{}"),
+])
+@ensure
+async def test_an_answer_from_the_head_is_the_answer_after_the_body(daemon, monkeypatch, method, path, headers,
+                                                                    body):
+    """A request with a body is answered from its head when the head
+    settles it; the same request answered after its body is read (the
+    early path switched off) gets the same status, code and Allow."""
+    from lumora_reload import web
+
+    port = daemon.port.getHost().port
+    request = _raw_request(method, path, headers, body)
+    early, _, _ = await exchange(port, request)
+    monkeypatch.setattr(web.Request, "_head_answer", lambda self, length: None)
+    normal, _, _ = await exchange(port, request)
+    assert early.status == normal.status and early.headers.get("allow") == normal.headers.get("allow")
+    if normal.headers.get("content-type", "").startswith("application/json"):
+        assert early.json()["code"] == normal.json()["code"]
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/session"), ("POST", "/send"), ("DELETE", "/session")])
+@ensure
+async def test_a_parent_of_routes_is_no_route(daemon, method, path):
+    status, body = await daemon.call(method, path)
+    assert (status, body["code"]) == (404, "NOT_FOUND")
+
+
 # -- Origin and Host refusals ---------------------------------------------------
 
 
