@@ -15,6 +15,7 @@ import time
 from urllib.parse import unquote
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet import protocol
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger, LoggingFile
 from twisted.protocols.policies import WrappingFactory
@@ -510,7 +511,9 @@ class PerAddressLimit(WrappingFactory):
                 "refused a connection from {host}: {limit} already open",
                 host=host, limit=self.limit, event="connection.refused",
             )
-            return None
+            # not None: a TLS port wraps whatever this returns, and None
+            # there meant a finished handshake and three tracebacks
+            return _Refused()
         protocol = super().buildProtocol(addr)
         if host is not None:
             self.per_address[host] = self.per_address.get(host, 0) + 1
@@ -526,6 +529,13 @@ class PerAddressLimit(WrappingFactory):
                 self.per_address[host] = left
             else:
                 del self.per_address[host]
+
+
+class _Refused(protocol.Protocol):
+    """A connection over the per-address limit: dropped as it opens."""
+
+    def connectionMade(self):
+        self.transport.abortConnection()
 
 
 def site(hot_reload, reactor):

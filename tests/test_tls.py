@@ -2,10 +2,13 @@
 test CA; REST over https, `wsUrl` with `wss`, a device over `wss://` that
 trusts only that CA, and a client that does not trust it is refused."""
 
+import socket
+import ssl as stdssl
+
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import endpoints, ssl
+from twisted.internet import endpoints, ssl, task, threads
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from lumora_reload.client import DeviceClient
@@ -122,6 +125,55 @@ async def test_tls_devices_count_against_the_per_address_limit_until_they_leave(
     await hot.stopService()
     await port.stopListening()
     assert site.per_address == {}
+
+
+def _tls_get_health(port, ca_pem):
+    """What a TLS client sees: the handshake's failure, or the answer."""
+    context = stdssl.create_default_context(cadata=ca_pem)
+    try:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    except OSError:  # the reset can come before connect() returns
+        return "refused"
+    try:
+        tls = context.wrap_socket(raw, server_hostname="localhost")
+    except (stdssl.SSLError, OSError):
+        raw.close()
+        return "refused"
+    try:
+        tls.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        return tls.recv(4096) or "closed"
+    except OSError:
+        return "closed"
+    finally:
+        tls.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_the_per_address_limit_a_tls_connection_is_dropped_quietly(reactor, ca, key_file,
+                                                                            logged_failures):
+    from lumora_reload import web
+    from lumora_reload.server import HotReloadServer
+
+    hot = HotReloadServer(reactor=reactor, max_connections_per_address=1, secure=True)
+    hot.startService()
+    site = web.site(hot, reactor)
+    port = await endpoints.serverFromString(reactor, f"ssl:0:interface=127.0.0.1:privateKey={key_file}").listen(site)
+    number = port.getHost().port
+    holder = socket.create_connection(("127.0.0.1", number), timeout=5)  # takes the one place
+    try:
+        for _ in range(200):
+            if site.per_address:
+                break
+            await task.deferLater(reactor, 0.01, lambda: None)
+        assert site.per_address == {"127.0.0.1": 1}
+        seen = await threads.deferToThread(_tls_get_health, number, ca.cert_pem.bytes().decode())
+        await task.deferLater(reactor, 0.2, lambda: None)
+        assert seen in ("refused", "closed")  # no answer, and nothing logged as a failure
+    finally:
+        holder.close()
+        await task.deferLater(reactor, 0.1, lambda: None)
+        await hot.stopService()
+        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
