@@ -151,21 +151,27 @@ def _unix(request):
     return not hasattr(request.getClientAddress(), "host")
 
 
+_WS_METHODS = (b"GET", b"HEAD")  # HEAD answers as a plain GET does
+
+
 class DeviceSocket(WebSocketResource):
     """The WebSocket resource, answering plain HTTP in JSON: Autobahn's own
     refusal of a request that is not an upgrade is an HTML page."""
 
     def render(self, request):
-        if request.method != b"GET":
-            return api.method_not_allowed(request, ["GET"])
+        if request.method not in _WS_METHODS:
+            return api.method_not_allowed(request, ["GET", "HEAD"])
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         key = request.getHeader(b"sec-websocket-key")
-        if upgrade != b"websocket" or not key or request.getHeader(b"sec-websocket-version") != b"13":
+        if (request.method != b"GET" or upgrade != b"websocket" or not key
+                or request.getHeader(b"sec-websocket-version") != b"13"):
             request.setHeader(b"upgrade", b"websocket")
-            return api.write_json(request, 426, {
+            body = api.write_json(request, 426, {
                 "error": "This path is the device WebSocket; connect with a WebSocket client (version 13)",
                 "code": errors.BAD_REQUEST,
             })
+            request.setResponseCode(426, b"Upgrade Required")  # twisted.web knows no phrase for it
+            return body
         channel = request.channel
         transport = channel.transport
         result = super().render(request)
@@ -309,8 +315,8 @@ class Request(server.Request):
             if self.method.decode("latin-1") not in allowed:
                 return _MethodNotAllowed(allowed)
         elif isinstance(target, DeviceSocket):
-            if self.method != b"GET":
-                return _MethodNotAllowed(["GET"])
+            if self.method not in _WS_METHODS:
+                return _MethodNotAllowed(["GET", "HEAD"])
             # an upgrade carries no body; one that declares a body is not one
             return _NoBody()
         else:

@@ -103,6 +103,13 @@ async def test_the_websocket_path_answers_plain_http_in_json(daemon_factory):
     assert (status, body["code"]) == (404, "NOT_FOUND")
     status, body = await daemon.call("POST", "/lumora/ws")
     assert status == 405
+    # HEAD wherever GET: the plain GET's answer without its body, with its status line
+    head = request_head("HEAD", "/lumora/ws", [("Connection", "close")])
+    response, _, _ = await exchange(daemon.port.getHost().port, head)
+    assert response.raw.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
+    assert response.headers["upgrade"] == "websocket"
+    response, _, _ = await exchange(daemon.port.getHost().port, request_head("DELETE", "/lumora/ws"))
+    assert response.status == 405 and response.headers["allow"] == "GET, HEAD"
 
 
 # -- the tunnel --------------------------------------------------------------
