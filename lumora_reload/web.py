@@ -271,6 +271,7 @@ class Request(server.Request):
     def process(self):
         if self.path == b"*":  # OPTIONS * and the like: no resource answers it
             self.site = self.channel.site
+            self._default_headers()
             body = api.NotFound().render(self)
             self.setHeader(b"content-length", b"%d" % len(body))
             self.write(body)
@@ -334,6 +335,11 @@ class Request(server.Request):
                                "Send the body as JSON with 'Content-Type: application/json'")
         return None
 
+    def _default_headers(self):
+        # what twisted.web's process() sets on every answer it makes
+        self.setHeader(b"server", server.version)
+        self.setHeader(b"date", http.datetimeToString())
+
     def _answer_now(self, answer):
         """Answer before the body, then close: the rest is never read."""
         self._answered = True
@@ -342,6 +348,7 @@ class Request(server.Request):
         channel.persistent = False
         _ignore_rest(channel)
         self.site = channel.site
+        self._default_headers()
         body = answer.render(self)
         self.setHeader(b"connection", b"close")
         self.setHeader(b"content-length", b"%d" % len(body))

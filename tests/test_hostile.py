@@ -108,7 +108,8 @@ async def test_the_websocket_path_answers_plain_http_in_json(daemon_factory):
     response, _, _ = await exchange(daemon.port.getHost().port, head)
     assert response.raw.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
     assert response.headers["upgrade"] == "websocket"
-    response, _, _ = await exchange(daemon.port.getHost().port, request_head("DELETE", "/lumora/ws"))
+    head = request_head("DELETE", "/lumora/ws", [("Connection", "close")])
+    response, _, _ = await exchange(daemon.port.getHost().port, head)
     assert response.status == 405 and response.headers["allow"] == "GET, HEAD"
 
 
@@ -392,6 +393,7 @@ async def test_an_answer_from_the_head_is_the_answer_after_the_body(daemon, monk
     monkeypatch.setattr(web.Request, "_head_answer", lambda self, length: None)
     normal, _, _ = await exchange(port, request)
     assert early.status == normal.status and early.headers.get("allow") == normal.headers.get("allow")
+    assert early.headers["server"] == normal.headers["server"] and "date" in early.headers
     if normal.headers.get("content-type", "").startswith("application/json"):
         assert early.json()["code"] == normal.json()["code"]
 
