@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import protocol
-from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.internet.interfaces import IProtocolNegotiationFactory, ISSLTransport
 from twisted.logger import Logger, LoggingFile
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import http, resource, server
@@ -268,6 +268,11 @@ class Request(server.Request):
         finally:
             transport.uncork()
 
+    def render(self, resrc):
+        if self.method == b"HEAD":
+            resrc = _Headless(resrc)
+        super().render(resrc)
+
     def process(self):
         if self.path == b"*":  # OPTIONS * and the like: no resource answers it
             self.site = self.channel.site
@@ -321,7 +326,7 @@ class Request(server.Request):
             # an upgrade carries no body; one that declares a body is not one
             return _NoBody()
         else:
-            # the pages (the dashboard, the preview, its assets) and folders
+            # folders (/preview, /assets, the parents of a nested --ws-path)
             # read no body: their answer is the one they give without it
             return target
         limit = _max_body(self)
@@ -362,6 +367,23 @@ def _ignore_rest(channel):
     channel.allContentReceived = lambda: None
     channel._respondToBadRequestAndDisconnect = lambda: None
     channel.rawDataReceived = lambda data: None
+
+
+class _Headless:
+    """A resource answering HEAD: its body measured, not handed back.
+    twisted.web drops a HEAD answer's body itself, but logs a warning line
+    that shows the request's URI (a session id, a token) for each one, and
+    every answer here has a body."""
+
+    def __init__(self, wrapped):
+        self.wrapped = wrapped
+
+    def render(self, request):
+        body = self.wrapped.render(request)
+        if isinstance(body, bytes) and body:
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return b""
+        return body
 
 
 class _MethodNotAllowed(resource.Resource):
@@ -434,9 +456,10 @@ def redact_uri(uri):
     text = uri.decode("latin-1") if isinstance(uri, bytes) else uri
     path, mark, query = text.partition("?")
     parts = path.split("/")
-    for i in range(1, len(parts) - 1):
-        if unquote(parts[i]) in ("session", "send", "preview") and unquote(parts[i + 1]) not in ("", "new"):
-            parts[i + 1] = _cut(parts[i + 1])
+    # /session/:id, /send/:id, /preview/:id: the first segment (a nested
+    # --ws-path such as /dev/session/ws stays as it is)
+    if len(parts) > 2 and unquote(parts[1]) in ("session", "send", "preview") and unquote(parts[2]) not in ("", "new"):
+        parts[2] = _cut(parts[2])
     if query:
         fields = _QUERY_FIELDS.split(query)  # fields at even places, separators between
         for i in range(0, len(fields), 2):
@@ -545,10 +568,14 @@ class PerAddressLimit(WrappingFactory):
 
 
 class _Refused(protocol.Protocol):
-    """A connection over the per-address limit: dropped as it opens."""
+    """A connection over the per-address limit: closed as it opens. On a
+    TLS port, cut (no handshake is finished for it)."""
 
     def connectionMade(self):
-        self.transport.abortConnection()
+        if ISSLTransport.providedBy(self.transport):
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
 
 
 def site(hot_reload, reactor):

@@ -5,6 +5,7 @@ and the memory bounds."""
 
 import io
 import json
+import socket
 import time
 
 import orjson
@@ -12,7 +13,7 @@ import pytest
 import pytest_twisted
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory
-from twisted.internet import defer, endpoints, task
+from twisted.internet import endpoints, task, threads
 from twisted.logger import formatEvent, globalLogPublisher
 
 from lumora_reload import errors
@@ -579,6 +580,33 @@ async def test_full_session_ids_and_tokens_never_reach_a_log(daemon_factory):
     assert token not in everything
 
 
+@pytest.mark.parametrize("path", ["/session/{sid}", "/?token={token}", "/ws?session={sid}", "/preview/{sid}"])
+@ensure
+async def test_a_head_request_logs_no_id_or_token(daemon_factory, path):
+    """twisted.web's own warning for a HEAD answer with a body shows the
+    request's URI; every answer here has a body."""
+    token = "tok-" + "z" * 20
+    daemon = await daemon_factory(api_token=token)
+    sid = await daemon.new_session(make_schema())
+    daemon.port.factory.wrappedFactory.logFile = io.StringIO()
+    lines = []
+
+    def observe(event):
+        lines.append(formatEvent(event) or "")
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        uri = path.format(sid=sid, token=token)
+        head, _, _ = await exchange(daemon.port.getHost().port, request_head("HEAD", uri, [("Connection", "close")]))
+        get, _, _ = await exchange(daemon.port.getHost().port, request_head("GET", uri, [("Connection", "close")]))
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert head.status == get.status and head.status in (200, 426)
+    assert head.body == b"" and head.headers["content-length"] == get.headers["content-length"] == str(len(get.body))
+    everything = "\n".join(lines)
+    assert sid not in everything and token not in everything
+
+
 def test_access_log_redacts_every_place_an_id_goes():
     from lumora_reload.web import redact_uri
 
@@ -592,6 +620,8 @@ def test_access_log_redacts_every_place_an_id_goes():
         assert "s3cret" not in redact_uri(uri.encode()), uri
     assert redact_uri(b"/session/new") == "/session/new"
     assert redact_uri(b"/ws?a=1;b=2&c=3") == "/ws?a=1;b=2&c=3"  # the rest as it came
+    # the routes are at the top: a nested --ws-path keeps its name
+    assert redact_uri(f"/dev/session/ws?session={sid}".encode()) == f"/dev/session/ws?session={sid[:6]}..."
 
 
 async def _code_of_get(daemon, path, headers=None):
@@ -634,6 +664,11 @@ async def test_connections_per_address_are_bounded(daemon_factory):
     held = [await daemon.device(await daemon.new_session()) for _ in range(3)]
     response, _, _ = await exchange(port, request_head("GET", "/health"))
     assert response.raw == b""  # closed at once, unanswered
+    refused = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        assert await threads.deferToThread(refused.recv, 100) == b""  # a clean close, not a reset
+    finally:
+        refused.close()
     held[0].sendClose()
     await held[0].wait_closed()
     response = None
