@@ -15,8 +15,8 @@ import time
 from urllib.parse import unquote
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.internet import protocol
 from twisted.internet.interfaces import IProtocolNegotiationFactory, ISSLTransport
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LoggingFile
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import http, resource, server
@@ -567,7 +567,7 @@ class PerAddressLimit(WrappingFactory):
                 del self.per_address[host]
 
 
-class _Refused(protocol.Protocol):
+class _Refused(Protocol):
     """A connection over the per-address limit: closed as it opens. On a
     TLS port, cut (no handshake is finished for it)."""
 
