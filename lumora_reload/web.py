@@ -10,9 +10,7 @@ parse errors included (`Channel`).
 """
 
 import io
-import re
 import time
-from urllib.parse import unquote
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IProtocolNegotiationFactory, ISSLTransport
@@ -20,11 +18,11 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LoggingFile
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import http, resource, server
-from twisted.web.http import _escape
 from zope.interface import implementer
 
 from lumora_reload import api, dashboard, errors, preview
 from lumora_reload.access import is_loopback
+from lumora_reload.accesslog import access_log_line
 from lumora_reload.directwrite import DirectWriteWrapper
 
 _log = Logger()
@@ -411,74 +409,6 @@ def _too_large(limit):
 def _max_body(request):
     server = getattr(request.channel.site, "hot_reload", None) if request.channel else None
     return server.max_body_size if server is not None else None
-
-
-def access_log_line(timestamp, request):
-    """One access-log line in the combined format, with session ids cut
-    to their first characters (an id is what lets a device join) and no
-    referrer (it can hold the same)."""
-    peer = request.getClientAddress()
-    ip = getattr(peer, "host", "-")
-    line = '"%s" - - %s "%s %s %s" %d %s "-" "%s"' % (
-        log_text(ip),
-        timestamp,
-        log_text(request.method),
-        log_text(redact_uri(request.uri).encode("latin-1")),
-        log_text(request.clientproto),
-        request.code,
-        request.sentLength or "-",
-        log_text((request.getHeader(b"user-agent") or b"-")[:_AGENT_CHARS]),
-    )
-    return line
-
-
-_AGENT_CHARS = 200
-# printable ASCII but the two characters the log's quoting escapes
-_PLAIN = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\')
-
-
-def log_text(value):
-    """Twisted's `_escape` of `value` (bytes or ASCII text): what it gives
-    for printable ASCII without quotes or backslashes, the usual case, is
-    the text itself, found without its repr() round trip."""
-    raw = value if isinstance(value, bytes) else value.encode("ascii")
-    if not raw.translate(None, _PLAIN):
-        return raw.decode("ascii")
-    return _escape(raw)
-
-
-def redact_uri(uri):
-    """The request URI with every session id shortened (the path segment
-    after /session/, /send/ or /preview/, and a `session` query parameter)
-    and a `token` query parameter hidden. Names are read as twisted.web
-    reads them when it serves the request: path segments and query names
-    percent-decoded, query fields split on ``&`` and ``;``, ``+`` a space."""
-    text = uri.decode("latin-1") if isinstance(uri, bytes) else uri
-    path, mark, query = text.partition("?")
-    parts = path.split("/")
-    # /session/:id, /send/:id, /preview/:id: the first segment (a nested
-    # --ws-path such as /dev/session/ws stays as it is)
-    if len(parts) > 2 and unquote(parts[1]) in ("session", "send", "preview") and unquote(parts[2]) not in ("", "new"):
-        parts[2] = _cut(parts[2])
-    if query:
-        fields = _QUERY_FIELDS.split(query)  # fields at even places, separators between
-        for i in range(0, len(fields), 2):
-            name, eq, value = fields[i].partition("=")
-            name_read = unquote(name.replace("+", " "))
-            if name_read == "session" and value:
-                fields[i] = name + eq + _cut(value)
-            elif name_read == "token" and value:  # the dashboard page's token
-                fields[i] = name + eq + "..."
-        query = "".join(fields)
-    return "/".join(parts) + mark + query
-
-
-_QUERY_FIELDS = re.compile("([&;])")
-
-
-def _cut(session_id):
-    # like short_id, in ASCII: the access log is an ASCII format
-    return session_id[:6] + "..."
 
 
 class Site(server.Site):

@@ -608,7 +608,7 @@ async def test_a_head_request_logs_no_id_or_token(daemon_factory, path):
 
 
 def test_access_log_redacts_every_place_an_id_goes():
-    from lumora_reload.web import redact_uri
+    from lumora_reload.accesslog import redact_uri
 
     sid = "c3aea446a76e2c18a9e40c315dc94f7b"
     for uri in [f"/send/{sid}", f"/session/{sid}/schema", f"/ws?session={sid}&x=1", f"/session/{sid}",

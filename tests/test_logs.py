@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.logger import Logger, LoggingFile, LogLevel, LogPublisher, formatEvent
 
-from lumora_reload import logs
+from lumora_reload import accesslog, logs
 from tests.helpers import make_schema, with_text
 from tests.processes import spawn_child, start_daemon  # noqa: F401 (fixtures)
 
@@ -148,8 +148,6 @@ def _access_site(logfile):
 def test_an_access_line_is_the_event_its_file_would_write():
     """The Site hands each access-log line to the log file's logger as the very event the file would
     make of it, without the file's write; both line formats show it as the formatter would."""
-    from lumora_reload import web
-
     events = []
     logger = Logger(namespace="twisted.python.log", observer=LogPublisher(events.append))
     logfile, reference = (LoggingFile(logger, level=LogLevel.info) for _ in range(2))
@@ -158,7 +156,7 @@ def test_an_access_line_is_the_event_its_file_would_write():
     for agent in (b"curl/8.5", b'odd "agent" \\ \x00\xe9', None):
         request = _Request(agent)
         site.log(request)
-        reference.write(web.access_log_line(site._logDateTime, request) + "\n")
+        reference.write(accesslog.access_log_line(site._logDateTime, request) + "\n")
         ours, files = events[-2:]
         assert ours.pop("log_time") <= files.pop("log_time")
         assert ours == files
@@ -224,6 +222,6 @@ def test_log_text_escapes_as_twisted_does(value):
     """An access-log field reads exactly as Twisted's own escaping writes it, for any bytes or ASCII text."""
     from twisted.web.http import _escape
 
-    from lumora_reload.web import log_text
+    from lumora_reload.accesslog import log_text
 
     assert log_text(value) == _escape(value)

@@ -13,7 +13,7 @@ import treq
 from twisted.internet.address import IPv4Address
 from twisted.web.test.requesthelper import DummyRequest
 
-from lumora_reload import preview, web
+from lumora_reload import accesslog, preview
 from lumora_reload.server import HotReloadServer
 from tests.helpers import connected_device, make_schema
 
@@ -176,8 +176,8 @@ def test_preview_is_served_to_lan_devices_that_name_an_allowed_host(clock):
 
 def test_access_log_hides_the_token_and_shortens_preview_ids():
     """The access log never holds the dashboard token or a whole session id from a preview URL."""
-    assert web.redact_uri(b"/?token=s3cret&x=1") == "/?token=...&x=1"
-    assert web.redact_uri(b"/preview/0123456789abcdef") == "/preview/012345..."
+    assert accesslog.redact_uri(b"/?token=s3cret&x=1") == "/?token=...&x=1"
+    assert accesslog.redact_uri(b"/preview/0123456789abcdef") == "/preview/012345..."
 
 
 def test_pip_install_ships_the_page_files(tmp_path):
