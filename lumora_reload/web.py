@@ -158,7 +158,7 @@ class DeviceSocket(WebSocketResource):
 
     def render(self, request):
         if request.method not in _WS_METHODS:
-            return api.method_not_allowed(request, ["GET", "HEAD"])
+            return api.method_not_allowed(request, [m.decode() for m in _WS_METHODS])
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         key = request.getHeader(b"sec-websocket-key")
         if (request.method != b"GET" or upgrade != b"websocket" or not key
@@ -320,7 +320,7 @@ class Request(server.Request):
                 return _MethodNotAllowed(allowed)
         elif isinstance(target, DeviceSocket):
             if self.method not in _WS_METHODS:
-                return _MethodNotAllowed(["GET", "HEAD"])
+                return target  # its own 405
             # an upgrade carries no body; one that declares a body is not one
             return _NoBody()
         else:
