@@ -224,6 +224,7 @@ class Request(server.Request):
 
     _answered = False
     _received = 0
+    _unless_empty = None  # the answer, should a chunked body hold any byte
 
     def gotLength(self, length):
         # bodies are bounded by --max-body-size: memory, never temp files
@@ -240,6 +241,9 @@ class Request(server.Request):
 
     def handleContentChunk(self, data):
         if self._answered:
+            return
+        if self._unless_empty is not None and data:
+            self._answer_now(self._unless_empty)
             return
         self._received += len(data)
         limit = _max_body(self)
@@ -331,11 +335,13 @@ class Request(server.Request):
         if limit is not None and length is not None and length > limit:
             return _too_large(limit)
         content_type = (self.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-        if content_type != b"application/json":
-            # a body must be JSON; form bodies would otherwise be parsed
-            # (and refused in HTML) by twisted.web itself
-            return api.Refused(415, errors.BAD_REQUEST,
-                               "Send the body as JSON with 'Content-Type: application/json'")
+        if content_type != b"application/json":  # a body must be JSON
+            refusal = api.Refused(415, errors.BAD_REQUEST,
+                                  "Send the body as JSON with 'Content-Type: application/json'")
+            if length is None:  # chunked: empty is no body, as Content-Length: 0 is
+                self._unless_empty = refusal
+                return None
+            return refusal
         return None
 
     def _default_headers(self):

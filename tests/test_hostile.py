@@ -201,6 +201,24 @@ async def test_chunked_body_is_cut_at_the_limit(daemon_factory):
 
 
 @ensure
+async def test_an_empty_chunked_body_is_no_body_whatever_its_content_type(daemon):
+    """The head of a chunked request cannot tell whether its body is empty:
+    an empty one is taken as `Content-Length: 0` is, a body without the JSON
+    type is refused at its first byte."""
+    port = daemon.port.getHost().port
+    answers = {}
+    for framing, chunks in (("length", []), ("chunked", [b"0\r\n\r\n"])):
+        headers = [("Content-Length", "0")] if framing == "length" else [("Transfer-Encoding", "chunked")]
+        response, _, _ = await exchange(port, request_head("POST", "/session/new", headers), chunks)
+        answers[framing] = response.status
+    assert answers == {"length": 200, "chunked": 200}
+    head = request_head("POST", "/session/new", [("Transfer-Encoding", "chunked")])
+    response, _, _ = await exchange(port, head, [b"2\r\n{}\r\n", b"0\r\n\r\n"])
+    assert response.status == 415 and response.json()["code"] == "BAD_REQUEST"
+    assert len(daemon.server.hub.sessions) == 2
+
+
+@ensure
 async def test_form_bodies_are_refused_in_json(daemon):
     body = b"--xx\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--broken"
     for content_type in ["multipart/form-data; boundary=xx", "application/x-www-form-urlencoded", "text/plain"]:
