@@ -289,6 +289,11 @@ class Request(server.Request):
     def processingFailed(self, reason):
         _log.failure("request failed", reason)
         if self.startedWriting or self.finished:
+            # too late for a 500: the answer is cut. Never finished, it
+            # would never be logged, so it is logged here, as it went out
+            factory = getattr(self.channel, "factory", None)
+            if not self.finished and factory is not None:
+                factory.log(self)
             self.loseConnection()
             return reason
         body = api.write_json(self, 500, api.error_body(api.internal_error()))

@@ -369,6 +369,28 @@ async def test_exceptions_while_routing_are_500_json(daemon, logged_failures, mo
         "error": body["error"], "code": "INTERNAL_ERROR"}
 
 
+@ensure
+async def test_an_answer_cut_by_a_failure_still_gets_its_access_log_line(daemon, logged_failures, monkeypatch):
+    """A handler that fails after it started writing cannot be answered with a 500: its connection
+    is closed, the answer left incomplete, and the access log still shows the request."""
+    from lumora_reload import api, web
+
+    logged_failures.expect(ZeroDivisionError)
+    logged = []
+    monkeypatch.setattr(web.Site, "log", lambda site, request: logged.append((request.uri, request.code)))
+
+    def write_then_fail(self, request):
+        request.write(b'{"status":')
+        return 1 / 0
+
+    monkeypatch.setattr(api.Health, "render", write_then_fail)
+    response, _, _ = await exchange(daemon.port.getHost().port, request_head("GET", "/health"))
+    assert response.status == 200 and response.body == b'{"status":'
+    assert logged == [(b"/health", 200)]
+    status, _ = await daemon.call("GET", "/stats")  # the daemon serves on
+    assert status == 200 and logged[-1] == (b"/stats", 200)
+
+
 @pytest.mark.parametrize("head", [
     b"GET /health?" + b"q" * 20000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: " + b"c" * 17000 + b"\r\n\r\n",
