@@ -9,6 +9,9 @@ import uuid
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import task
 from zope.interface import implementer
 
 from lumora_reload import errors
@@ -18,6 +21,7 @@ from lumora_reload.liveness import Sweeps
 from lumora_reload.replica import Replica, UpdateError
 from lumora_reload.sessions import Hub, IDeviceLink, Limits
 from tests.helpers import make_schema, node, with_text
+from tests.test_schema import SETTINGS, edits, walk
 from tests.test_checksum import scanned_lengths
 
 
@@ -546,13 +550,109 @@ def test_the_values_pass_is_one_quick_pass_and_left_out_for_parsed_schemas(clock
     base = many_leaves(40)
     sid = hub.create_session(base).id
     walked, checked = [], []
-    walk, check = schemas.encode.find_unencodable, schemas.check_json_values
+    walk, check = schemas.encode.find_unencodable, schemas.encode._only_json_types
     monkeypatch.setattr(schemas.encode, "find_unencodable", lambda s: walked.append(1) or walk(s))
-    monkeypatch.setattr(schemas, "check_json_values", lambda s: checked.append(1) or check(s))
+    monkeypatch.setattr(schemas.encode, "_only_json_types", lambda s: checked.append(1) or check(s))
     hub.apply_update(hub.plan_push(sid, with_text(base, "made in Python", "n7")))
     assert checked == [1] and walked == []  # plain JSON types: no path kept
     hub.apply_update(hub.plan_push(sid, json.loads(json.dumps(with_text(base, "parsed", "n7"))), fresh=True))
     assert checked == [1] and walked == []
+
+
+def test_after_a_checked_state_the_values_pass_walks_only_what_the_delta_brings(clock, monkeypatch):
+    """A value equal to the committed state's is one of JSON's: only the delta's nodes and fields are
+    walked for NaN, datetimes and the like; the rest is vouched for by one orjson pass."""
+    hub = Hub(clock)
+    base = many_leaves(40)
+    sid = hub.create_session(base).id
+    walked = []
+    quick = schemas.encode._only_json_types
+    monkeypatch.setattr(schemas.encode, "_only_json_types", lambda v: walked.append(v) or quick(v))
+    new = with_text(base, "made in Python", "n7")
+    update = hub.plan_push(sid, new)
+    assert update.update_type == "incremental"
+    root, edited = new["nodes"][0], new["nodes"][0]["children"][7]
+    assert walked and not any(_holds(v, new) or _holds(v, root) for v in walked)
+    assert any(_holds(v, edited) for v in walked)
+
+
+def _holds(value, container):
+    """Whether `container` (the object itself) is `value` or inside it."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if v is container:
+            return True
+        if isinstance(v, (dict, list)):
+            stack.extend(v.values() if isinstance(v, dict) else v)
+    return False
+
+
+@pytest.mark.parametrize("value, message", NOT_JSON)
+@pytest.mark.parametrize("where, path", [
+    ("added", "nodes[0].children[40].props.bad"),
+    ("top-level", "extra.bad"),
+    ("metadata", "metadata.bad"),
+])
+def test_a_delta_bringing_a_value_json_does_not_have_is_refused_with_its_path(clock, value, message, where, path):
+    hub = Hub(clock)
+    base = many_leaves(40)
+    sid = hub.create_session(base).id
+    bad = json.loads(json.dumps(base))
+    if where == "added":
+        bad["nodes"][0]["children"].append(node("n40", text="new"))
+        bad["nodes"][0]["children"][40]["props"]["bad"] = value
+    elif where == "top-level":
+        bad["extra"] = {"bad": value}
+    else:
+        bad["metadata"]["bad"] = value
+    with pytest.raises(LumoraError) as e:
+        hub.plan_push(sid, bad)
+    assert e.value.details == {"path": path, "message": message}
+    assert hub.get_session(sid).sequence == 1
+
+
+ODD_VALUES = [v for v, _ in NOT_JSON] + [Size.LARGE, Level.HIGH, (1, "a"), collections.OrderedDict(a=1), 1e300]
+
+
+@SETTINGS
+@given(edits(), st.data())
+def test_a_push_made_in_python_is_refused_exactly_when_a_value_is_not_jsons(pair, data):
+    """Whatever the edit and wherever an odd value lands, a push made in Python is refused when and
+    only when the walk of the whole tree finds a value JSON lacks, at the same path; one accepted
+    becomes the state its wire JSON and checksum say."""
+    old, new = pair
+    if data.draw(st.booleans()):
+        places = [new, new["metadata"]] + [n.setdefault("props", {}) for n in walk(new["nodes"])]
+        place = places[data.draw(st.integers(0, len(places) - 1))]
+        place[data.draw(st.sampled_from(["odd", "text", "extra"]))] = data.draw(st.sampled_from(ODD_VALUES))
+    hub = Hub(task.Clock())
+    sid = hub.create_session(old).id
+    problem = schemas.find_unencodable(new)
+    try:
+        update = hub.plan_push(sid, new)
+    except LumoraError as e:
+        assert problem is not None and e.details == {"path": problem[0], "message": problem[1]}
+        return
+    assert problem is None
+    if update is not None:
+        wire = orjson.loads(update.state.wire_bytes())
+        assert schemas.checksum(wire) == update.state.checksum
+
+
+def test_a_modified_node_nested_too_deep_is_refused_after_a_checked_state(clock):
+    hub = Hub(clock)
+    base = many_leaves(3)
+    sid = hub.create_session(base).id
+    deep = json.loads(json.dumps(base))
+    value = 1
+    for _ in range(260):
+        value = [value]
+    deep["nodes"][0]["children"][1]["props"]["deep"] = value
+    with pytest.raises(LumoraError) as e:
+        hub.plan_push(sid, deep)
+    assert e.value.details["message"] == "nested deeper than 254 levels of objects and arrays"
+    assert hub.get_session(sid).sequence == 1
 
 
 @pytest.mark.parametrize("value, message", NOT_JSON)
