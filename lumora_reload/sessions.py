@@ -114,6 +114,7 @@ class Hub:
         self.sessions[session.id] = session
         self.tombstones.pop(session.id, None)
 
+
     def get_session(self, session_id):
         session = self.sessions.get(session_id)
         if session is not None:
@@ -211,15 +212,12 @@ class Hub:
         # both trees the daemon's alone, the old one indexed: the delta's walk vouches
         vouch = fresh and not force_full and base.index is not None
         nodes = index = summed = None
-        # made in Python: may hold NaN, a datetime; after a checked state only what the delta brings is walked
-        vouched = not fresh and base.schema is not None and not force_full and schemas.json_shaped(schema)
         if fresh and not vouch:
             index = self.index_of(schema)
             nodes = index.nodes
         elif not fresh:
             nodes = self.validate(schema)
-            if not vouched:
-                schema_checked(schemas.check_json_values, schema)
+            schema_checked(schemas.check_json_values, schema)  # made in Python: may hold NaN, a datetime
         if force_full:
             choice = schemas.Choice(messages.UPDATE_FULL, None, True)
         else:
@@ -228,8 +226,6 @@ class Hub:
                     base.schema, schema, self.limits.incremental_threshold, nodes=nodes,
                     old_checksum=base.checksum, old_index=base.index if vouch else None,
                 )
-                if vouched and choice.update_type != messages.UPDATE_NONE:
-                    schema_checked(schemas.check_delta_values, schema, choice.delta)
                 if vouch:  # what the walk could not vouch for is validated whole
                     index = choice.new_index or self.index_of(schema)
                 if choice.update_type == messages.UPDATE_INCREMENTAL:  # no JSON of the schema yet: State.wire_bytes
@@ -386,7 +382,9 @@ class Hub:
             legacy=version is not None and version[:2] == (1, 0),
         )
         self.touch(session)
-        outgoing = self._catch_up(session, device, payload.get("lastSequence"), payload.get("lastChecksum"))
+        outgoing = self._catch_up(
+            session, device, payload.get("lastSequence"), payload.get("lastChecksum")
+        )
         session.add_device(device)
         if self.on_devices_changed is not None and len(session.devices) == 1:
             self.on_devices_changed(session)
@@ -403,9 +401,13 @@ class Hub:
         device.last_ack_sequence = int(last_sequence) if resumed else 0
         device.sent_sequence = session.sequence
         device.sent_checksum = session.checksum
-        connected = messages.connected_frame(
-            session.id, self.now_ms(), device.connection_id, session.sequence, resumed, initial)
-        return [Outgoing(connected, session.sequence)] + (replay or [])
+        first = Outgoing(
+            messages.connected_frame(
+                session.id, self.now_ms(), device.connection_id, session.sequence, resumed, initial
+            ),
+            session.sequence,
+        )
+        return [first] + (replay or [])
 
     def _replay(self, session, device, last_sequence, last_checksum=None):
         """The updates that bring a device from state `last_sequence` to

@@ -5,6 +5,10 @@ import dataclasses
 import datetime
 import enum
 import json
+import os
+import pathlib
+import subprocess
+import sys
 import uuid
 
 import orjson
@@ -21,8 +25,8 @@ from lumora_reload.liveness import Sweeps
 from lumora_reload.replica import Replica, UpdateError
 from lumora_reload.sessions import Hub, IDeviceLink, Limits
 from tests.helpers import make_schema, node, with_text
-from tests.test_schema import SETTINGS, edits, walk
 from tests.test_checksum import scanned_lengths
+from tests.test_schema import SETTINGS, edits, walk
 
 
 @implementer(IDeviceLink)
@@ -550,42 +554,13 @@ def test_the_values_pass_is_one_quick_pass_and_left_out_for_parsed_schemas(clock
     base = many_leaves(40)
     sid = hub.create_session(base).id
     walked, checked = [], []
-    walk, check = schemas.encode.find_unencodable, schemas.encode._only_json_types
+    walk, check = schemas.encode.find_unencodable, schemas.check_json_values
     monkeypatch.setattr(schemas.encode, "find_unencodable", lambda s: walked.append(1) or walk(s))
-    monkeypatch.setattr(schemas.encode, "_only_json_types", lambda s: checked.append(1) or check(s))
+    monkeypatch.setattr(schemas, "check_json_values", lambda s: checked.append(1) or check(s))
     hub.apply_update(hub.plan_push(sid, with_text(base, "made in Python", "n7")))
     assert checked == [1] and walked == []  # plain JSON types: no path kept
     hub.apply_update(hub.plan_push(sid, json.loads(json.dumps(with_text(base, "parsed", "n7"))), fresh=True))
     assert checked == [1] and walked == []
-
-
-def test_after_a_checked_state_the_values_pass_walks_only_what_the_delta_brings(clock, monkeypatch):
-    """A value equal to the committed state's is one of JSON's: only the delta's nodes and fields are
-    walked for NaN, datetimes and the like; the rest is vouched for by one orjson pass."""
-    hub = Hub(clock)
-    base = many_leaves(40)
-    sid = hub.create_session(base).id
-    walked = []
-    quick = schemas.encode._only_json_types
-    monkeypatch.setattr(schemas.encode, "_only_json_types", lambda v: walked.append(v) or quick(v))
-    new = with_text(base, "made in Python", "n7")
-    update = hub.plan_push(sid, new)
-    assert update.update_type == "incremental"
-    root, edited = new["nodes"][0], new["nodes"][0]["children"][7]
-    assert walked and not any(_holds(v, new) or _holds(v, root) for v in walked)
-    assert any(_holds(v, edited) for v in walked)
-
-
-def _holds(value, container):
-    """Whether `container` (the object itself) is `value` or inside it."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if v is container:
-            return True
-        if isinstance(v, (dict, list)):
-            stack.extend(v.values() if isinstance(v, dict) else v)
-    return False
 
 
 @pytest.mark.parametrize("value, message", NOT_JSON)
@@ -638,6 +613,49 @@ def test_a_push_made_in_python_is_refused_exactly_when_a_value_is_not_jsons(pair
     if update is not None:
         wire = orjson.loads(update.state.wire_bytes())
         assert schemas.checksum(wire) == update.state.checksum
+
+
+def test_a_non_finite_generated_at_is_refused_though_the_delta_leaves_it_out(clock):
+    """The delta (and the checksum) read generatedAt as if it were 0: its value is checked anyway."""
+    hub = Hub(clock)
+    base = many_leaves(3)
+    sid = hub.create_session(base).id
+    for edit in (True, False):
+        new = with_text(base, "changed", "n1") if edit else json.loads(json.dumps(base))
+        new["metadata"]["generatedAt"] = float("nan")
+        with pytest.raises(LumoraError) as e:
+            hub.plan_push(sid, new)
+        assert e.value.details == {"path": "metadata.generatedAt", "message": "number nan is not finite"}
+
+
+def test_tuples_nested_past_any_limit_are_refused_before_a_serializer_sees_them():
+    """orjson bounds the nesting of lists and objects but not of tuples: thousands of nested tuples
+    crash the process inside it. A push made in Python is walked for depth before any serializer
+    runs (in a child process: a crash must fail this test, not end the run)."""
+    code = (
+        "from twisted.internet import task\n"
+        "from lumora_reload.errors import LumoraError\n"
+        "from lumora_reload.sessions import Hub\n"
+        "from tests.helpers import make_schema, node, with_text\n"
+        "hub = Hub(task.Clock())\n"
+        "base = make_schema([node('root', 'View', [node('a', text='x')])])\n"
+        "sid = hub.create_session(base).id\n"
+        "value = 1\n"
+        "for _ in range(10000):\n"
+        "    value = (value,)\n"
+        "for made in (lambda s: hub.plan_push(sid, s), hub.create_session):\n"
+        "    new = with_text(base, 'y', 'a')\n"
+        "    new['nodes'][0]['children'][0]['props']['deep'] = value\n"
+        "    try:\n"
+        "        made(new)\n"
+        "    except LumoraError as e:\n"
+        "        print(e.details['message'])\n"
+    )
+    root = pathlib.Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(root)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["nested deeper than 254 levels of objects and arrays"] * 2
 
 
 def test_a_modified_node_nested_too_deep_is_refused_after_a_checked_state(clock):

@@ -26,9 +26,8 @@ The parts, one module each:
     `canonical_json` / `checksum` / `checksum_update`, byte-identical to the TypeScript
     ``calculateChecksum``, and `parse_json_strict`.
 `lumora_reload.schema.encode`
-    `encode_schema`, `check_json_values`, `json_shaped`,
-    `check_delta_values`, `find_unencodable`, `MAX_DEPTH`: what a schema
-    must be to travel as JSON, and its wire bytes.
+    `encode_schema`, `check_json_values`, `find_unencodable`, `MAX_DEPTH`:
+    what a schema must be to travel as JSON, and its wire bytes.
 `lumora_reload.schema._common`
     What several parts share: `SchemaError`, the optional orjson module and
     small helpers.
@@ -71,11 +70,9 @@ from lumora_reload.schema.delta import (
 )
 from lumora_reload.schema.encode import (
     MAX_DEPTH,
-    check_delta_values,
     check_json_values,
     encode_schema,
     find_unencodable,
-    json_shaped,
     orjson_encodes,
 )
 from lumora_reload.schema.validation import NodeIndex, node_index, validate
@@ -107,8 +104,6 @@ __all__ = [
     "parse_json_strict",
     "MAX_DEPTH",
     "check_json_values",
-    "json_shaped",
-    "check_delta_values",
     "encode_schema",
     "find_unencodable",
     "orjson_encodes",

@@ -15,10 +15,7 @@ import math
 
 from lumora_reload.schema._common import _SURROGATE, SchemaError, _join, _orjson
 
-__all__ = [
-    "MAX_DEPTH", "check_delta_values", "check_json_values", "encode_schema", "find_unencodable", "json_shaped",
-    "orjson_encodes",
-]
+__all__ = ["MAX_DEPTH", "check_json_values", "encode_schema", "find_unencodable", "orjson_encodes"]
 
 
 # Nesting of JSON objects and arrays a schema may have, the schema object
@@ -63,44 +60,6 @@ def check_json_values(schema):
     if not _only_json_types(schema):
         problem = find_unencodable(schema)
         if problem is not None:
-            raise SchemaError(*problem)
-
-
-if _orjson is not None:
-    # what is not JSON's among the types orjson writes is passed to the
-    # default it is not given: it raises instead
-    _SHAPE_OPTS = (
-        _orjson.OPT_PASSTHROUGH_DATETIME | _orjson.OPT_PASSTHROUGH_DATACLASS | _orjson.OPT_PASSTHROUGH_SUBCLASS
-    )
-
-
-def json_shaped(schema):
-    """Whether `schema` holds only JSON's exact types (a tuple counting as
-    an array), UUIDs, Enums and non-finite floats, at most `MAX_DEPTH`
-    levels, keys strings: one pass in C (orjson), where
-    `check_json_values` walks in Python. None of the four that JSON lacks
-    is equal (``==``) to a JSON value: see `check_delta_values`."""
-    if _orjson is None:
-        return False
-    try:
-        _orjson.dumps(schema, option=_SHAPE_OPTS)
-    except _orjson.JSONEncodeError:
-        return False
-    return True
-
-
-def check_delta_values(schema, delta):
-    """`check_json_values` for a `json_shaped` schema that `delta` (None:
-    the full schema goes) turns a checked state into: values the delta
-    found equal to the state's are JSON's, so only the nodes and fields it
-    brings are walked. The error names the path in `schema`."""
-    if delta is None:
-        check_json_values(schema)
-        return
-    brought = [delta.get("added") or [], delta.get("modified") or [], delta.get("metadataChanges") or {}]
-    if not _only_json_types(brought):
-        problem = find_unencodable(schema)
-        if problem is not None:  # else only one level deeper than in the schema
             raise SchemaError(*problem)
 
 
