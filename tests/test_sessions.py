@@ -658,6 +658,30 @@ def test_tuples_nested_past_any_limit_are_refused_before_a_serializer_sees_them(
     assert done.stdout.splitlines() == ["nested deeper than 254 levels of objects and arrays"] * 2
 
 
+def test_depth_counts_from_the_schema_root_through_nodes_and_tuples(clock):
+    """A leaf 100 nodes down (about 200 levels) holding 60 nested tuples is past 254 levels, though
+    the leaf alone is not."""
+    def chain(text):
+        current = node("leaf", text=text)
+        for i in range(100):
+            current = node(f"c{i}", "View", [current])
+        return make_schema([current])
+
+    hub = Hub(clock)
+    sid = hub.create_session(chain("x")).id
+    new = chain("y")
+    leaf = new["nodes"][0]
+    while leaf["children"]:
+        leaf = leaf["children"][0]
+    value = 1
+    for _ in range(60):
+        value = (value,)
+    leaf["props"]["deep"] = value
+    with pytest.raises(LumoraError) as e:
+        hub.plan_push(sid, new)
+    assert e.value.details["message"] == "nested deeper than 254 levels of objects and arrays"
+
+
 def test_a_modified_node_nested_too_deep_is_refused_after_a_checked_state(clock):
     hub = Hub(clock)
     base = many_leaves(3)
