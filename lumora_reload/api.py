@@ -342,7 +342,8 @@ class NewSession(JsonResource):
         if not isinstance(body, dict):
             raise LumoraError(errors.BAD_REQUEST, "Body must be a JSON object", status=400, details={"path": ""})
         timeout = _seconds(body.get("timeoutSeconds"), "timeoutSeconds")
-        d = self.server.create_session_stored(schema=body.get("schema"), timeout_seconds=timeout)
+        # parsed from the body's JSON text: nothing in it but JSON values
+        d = self.server.create_session_stored(schema=body.get("schema"), timeout_seconds=timeout, fresh=True)
         d.addCallback(
             lambda session: {
                 "sessionId": session.id,

@@ -158,17 +158,17 @@ class HotReloadServer(service.Service):
         _raise_if_failed(d)
         return session
 
-    def create_session_stored(self, schema=None, timeout_seconds=None):
+    def create_session_stored(self, schema=None, timeout_seconds=None, fresh=False):
         """`create_session`, as a Deferred that fires with the session once
         the store holds it (the REST API answers only then, so another
-        daemon already knows it)."""
+        daemon already knows it); `fresh` as for `push_update`."""
         try:
-            return self._create_session(schema, timeout_seconds)[1]
+            return self._create_session(schema, timeout_seconds, fresh)[1]
         except LumoraError as e:
             return defer.fail(e)
 
-    def _create_session(self, schema, timeout_seconds):
-        session, update = self.hub.new_session(schema=schema, timeout_seconds=timeout_seconds)
+    def _create_session(self, schema, timeout_seconds, fresh=False):
+        session, update = self.hub.new_session(schema=schema, timeout_seconds=timeout_seconds, fresh=fresh)
         d = self.metrics.store_write("create_session", self.store.create_session, session)
         if update is not None:
 

@@ -75,12 +75,12 @@ class Hub:
     def new_session_id(self):
         return secrets.token_hex(16)  # 128 bits
 
-    def new_session(self, schema=None, timeout_seconds=None, session_id=None):
+    def new_session(self, schema=None, timeout_seconds=None, session_id=None, fresh=False):
         """A session not yet registered, with its first state planned.
 
         Returns ``(session, update)``; `update` (a `PreparedUpdate` from the
         empty state, or None without a schema) is what the store commits
-        before `add_session` makes the session visible.
+        before `add_session` makes the session visible (`fresh`: see `plan_push`).
         """
         if len(self.sessions) >= self.limits.max_sessions:
             raise LumoraError(
@@ -98,7 +98,7 @@ class Hub:
         )
         update = None
         if schema is not None:
-            update = self._plan(session, schema, True, force_full=True)
+            update = self._plan(session, schema, True, force_full=True, fresh=fresh)
         return session, update
 
     def create_session(self, schema=None, timeout_seconds=None, session_id=None):

@@ -391,3 +391,18 @@ async def test_create_answers_503_when_the_store_fails(daemon_factory, reactor, 
     status, body = await answer
     assert status == 503 and body["code"] == "INTERNAL_ERROR"
     assert "could not be stored" in body["error"]
+
+
+@ensure
+async def test_a_session_created_over_http_skips_the_python_values_walk(daemon, monkeypatch):
+    """A schema parsed from the request's JSON holds only JSON values: creating a session with it
+    is not walked for NaN or datetimes, as a push over HTTP is not; one made in Python is."""
+    walked = []
+    check = schemas.check_json_values
+    monkeypatch.setattr(schemas, "check_json_values", lambda s: walked.append(s) or check(s))
+    sid = await daemon.new_session(make_schema())
+    assert walked == [] and daemon.server.get_schema(sid) == make_schema()
+    await daemon.push(sid, with_text(make_schema(), "next"))
+    assert walked == []
+    daemon.server.create_session(make_schema())
+    assert len(walked) == 1
