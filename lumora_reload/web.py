@@ -343,7 +343,9 @@ class Request(server.Request):
         if content_type != b"application/json":  # a body must be JSON
             refusal = api.Refused(415, errors.BAD_REQUEST,
                                   "Send the body as JSON with 'Content-Type: application/json'")
-            if length is None:  # chunked: empty is no body, as Content-Length: 0 is
+            if length is None and not self.requestHeaders.hasHeader(b"expect"):
+                # chunked: empty is no body, as Content-Length: 0 is (unless
+                # the client asked whether to send one: then it means to)
                 self._unless_empty = refusal
                 return None
             return refusal

@@ -215,6 +215,10 @@ async def test_an_empty_chunked_body_is_no_body_whatever_its_content_type(daemon
     head = request_head("POST", "/session/new", [("Transfer-Encoding", "chunked")])
     response, _, _ = await exchange(port, head, [b"2\r\n{}\r\n", b"0\r\n\r\n"])
     assert response.status == 415 and response.json()["code"] == "BAD_REQUEST"
+    # a client that asks before sending means to send a body: refused at once, not asked for it
+    head = request_head("POST", "/session/new", [("Transfer-Encoding", "chunked"), ("Expect", "100-continue")])
+    response, _, _ = await exchange(port, head)
+    assert response.status == 415 and not response.raw.startswith(b"HTTP/1.1 100")
     assert len(daemon.server.hub.sessions) == 2
 
 

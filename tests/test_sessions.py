@@ -437,6 +437,8 @@ def set_generated_at(value):
         # what only the reference serializer takes: the checksum is not plain
         (True, set_prop("\ud800"), "nodes[0].children[7].props.bad"),
         (True, set_prop(2**1100), "nodes[0].children[7].props.bad"),
+        # below 2**1024, yet it rounds past the largest double (a device reads Infinity)
+        (True, set_prop(-(2**1024 - 2**970)), "nodes[0].children[7].props.bad"),
         (True, set_prop(nest(300)), "nodes[0].children[7].props.bad" + "[0]" * 248),
         # the one value the checksum (and the delta) leaves out
         (True, set_generated_at("\ud800"), "metadata.generatedAt"),

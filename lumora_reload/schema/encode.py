@@ -23,7 +23,9 @@ __all__ = ["MAX_DEPTH", "check_json_values", "encode_schema", "find_unencodable"
 # step of a push handles this depth without recursion (validation, delta,
 # apply, checksum) and the encoder serializes it natively.
 MAX_DEPTH = 254
-_MAX_DOUBLE_INT = 1 << 1024  # from here on a double cannot hold the integer
+# from here on an integer rounds past the largest double, 2**1024 - 2**971
+# (half way to the next power of two, 2**1024, rounds up): no double holds it
+_MAX_DOUBLE_INT = (1 << 1024) - (1 << 970)
 
 
 def encode_schema(schema, json_values=False):
