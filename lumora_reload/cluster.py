@@ -202,11 +202,12 @@ class _Listener(txredisapi.SubscriberProtocol):
 
 
 def _entry_to_json(entry):
+    payload = entry.stored_payload
     return orjson.dumps({
         "sequence": entry.sequence,
         "updateType": entry.update_type,
         "legacyOk": entry.legacy_ok,
-        "payload": entry.payload.decode() if entry.payload is not None else None,
+        "payload": payload.decode() if payload is not None else None,
         "checksum": entry.checksum,
     })
 

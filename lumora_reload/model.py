@@ -13,7 +13,7 @@ import attrs
 import orjson
 from zope.interface import Interface
 
-from lumora_reload import errors
+from lumora_reload import errors, messages
 from lumora_reload import schema as schemas
 from lumora_reload.errors import LumoraError
 
@@ -79,12 +79,14 @@ class Limits:
 
 @attrs.frozen
 class HistoryEntry:
-    """One past update, kept so a reconnecting device can catch up.
+    """One past update, kept so a reconnecting device can catch up: its
+    encoded frame (`payload`) is replayed as it was sent.
 
-    Only incremental updates are replayable; a full update is recorded as a
-    marker (no payload), because replaying across it is never smaller than
-    sending the current schema. `checksum` is the checksum of the state the
-    update leads to, so a device's claim "I hold state k" can be checked.
+    A store keeps a full update as a marker without its frame (the stored
+    state holds the schema; see `stored_payload`), so a history read back
+    from a store replays no further back than its last full update.
+    `checksum` is the checksum of the state the update leads to, so a
+    device's claim "I hold state k" can be checked.
     """
 
     sequence: int
@@ -92,6 +94,11 @@ class HistoryEntry:
     legacy_ok: bool = False
     payload: bytes | None = None
     checksum: str | None = None
+
+    @property
+    def stored_payload(self):
+        """What a store keeps of `payload`."""
+        return self.payload if self.update_type == messages.UPDATE_INCREMENTAL else None
 
 
 @attrs.frozen(eq=False)

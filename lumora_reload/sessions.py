@@ -14,6 +14,8 @@ carries the current number and never advances it.
 import collections
 import secrets
 
+import orjson
+
 from lumora_reload import errors, messages
 from lumora_reload import schema as schemas
 from lumora_reload.errors import LumoraError
@@ -257,7 +259,7 @@ class Hub:
             entry = HistoryEntry(sequence, messages.UPDATE_INCREMENTAL, choice.legacy_ok, frame, summed.hex)
         else:
             summed = schemas.checksum_update(schema)
-            entry = HistoryEntry(sequence, messages.UPDATE_FULL, checksum=summed.hex)
+            entry = HistoryEntry(sequence, messages.UPDATE_FULL, True, checksum=summed.hex)
         return self._prepared(session.id, base, entry, schema, schema_bytes, preserve_state, summed.plain, index)
 
     def plan_received(self, session_id, entry, schema, schema_bytes, preserve_state):
@@ -268,16 +270,19 @@ class Hub:
 
     def _prepared(self, session_id, base, entry, schema, schema_bytes, preserve_state, checksum_plain=False,
                   index=None):
+        full = entry.update_type != messages.UPDATE_INCREMENTAL
+        if full and entry.payload is None and schema_bytes is not None:
+            # its frame is kept in the history (in memory) too: a device that missed it can be replayed it
+            frame = messages.full_update_frame(session_id, self.now_ms(), orjson.Fragment(schema_bytes),
+                                               preserve_state, entry.sequence, entry.checksum)
+            entry = HistoryEntry(entry.sequence, entry.update_type, True, frame, entry.checksum)
         history = self.limits.history_after(base.history, entry)
         state = State(entry.sequence, schema, entry.checksum, preserve_state, schema_bytes, history, checksum_plain,
                       index)
-        if entry.update_type == messages.UPDATE_INCREMENTAL:
-            outgoing = Outgoing(entry.payload, entry.sequence)
-            legacy_ok = entry.legacy_ok
-        else:
-            outgoing = self._full_update(session_id, state)
-            legacy_ok = True
-        return PreparedUpdate(session_id, base, state, entry.update_type, outgoing, entry, legacy_ok)
+        if full and entry.payload is not None:
+            state._cache[messages.UPDATE_FULL] = Outgoing(entry.payload, entry.sequence)
+        outgoing = self._full_update(session_id, state) if full else Outgoing(entry.payload, entry.sequence)
+        return PreparedUpdate(session_id, base, state, entry.update_type, outgoing, entry, full or entry.legacy_ok)
 
     def apply_update(self, update):
         """Make a committed update the session's state and send it to the
@@ -427,18 +432,13 @@ class Hub:
         if last_sequence == session.sequence:
             return []
         wanted = [e for e in session.history if e.sequence > last_sequence]
-        size = 0
         expected = last_sequence + 1
         for entry in wanted:
-            if entry.sequence != expected:
+            # a full update read back from a store is a marker without its frame
+            if entry.sequence != expected or entry.payload is None or (device.legacy and not entry.legacy_ok):
                 return None
             expected += 1
-            if entry.update_type != messages.UPDATE_INCREMENTAL or (device.legacy and not entry.legacy_ok):
-                return None
-            size += len(entry.payload)
         if expected != session.sequence + 1:
-            return None
-        if size > len(self.full_update(session)):
             return None
         return [Outgoing(e.payload, e.sequence) for e in wanted]
 

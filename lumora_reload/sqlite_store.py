@@ -334,7 +334,7 @@ class SQLiteStore:
                 "(session_id, sequence, update_type, legacy_ok, payload, checksum) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (update.session_id, entry.sequence, entry.update_type, int(entry.legacy_ok),
-                 entry.payload, entry.checksum),
+                 entry.stored_payload, entry.checksum),
             )
             # keep exactly the history the new state keeps
             db.execute(

@@ -5,6 +5,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import task
 
+from lumora_reload import schema as schemas
 from tests.helpers import connected_device, make_schema, node, with_text
 
 ensure = pytest_twisted.ensureDeferred
@@ -378,6 +379,36 @@ async def test_resume_replays_missed_updates(daemon):
     assert info["resumed"] is True and "initialSchema" not in info
     seqs = [(await again.next())["payload"]["sequenceNumber"] for _ in range(3)]
     assert seqs == [2, 3, 4]
+
+
+@ensure
+async def test_resume_replays_every_missed_update_full_ones_and_all(daemon):
+    """Whatever the missed updates weigh and whichever kind they are, a device whose gap the
+    history covers is resumed and gets each of them, in order, and ends on the pushed schema."""
+    def leaves(text, edited=()):
+        return make_schema([node("root", "View", [
+            node(f"n{i}", text=text if i in edited else "x") for i in range(12)])])
+
+    schema = leaves("x")
+    sid = await daemon.new_session(schema)
+    device, _ = await connected_device(daemon, sid)
+    device.dropConnection()
+    await device.wait_closed()
+    # twelve nodes changed at once are more than a delta carries: a full update
+    pushes = [leaves("a", {0}), leaves("b", range(12))]
+    pushes += [with_text(pushes[-1], "c", "n3")]
+    pushes += [with_text(pushes[-1], "d", "n5")]
+    kinds = [(await daemon.push(sid, body))["updateType"] for body in pushes]
+    assert kinds == ["incremental", "full", "incremental", "incremental"]
+    again, info = await connected_device(daemon, sid, lastSequence=1)
+    assert info["resumed"] is True and "initialSchema" not in info
+    held = schema
+    for sequence, kind in zip(range(2, 6), kinds):
+        update = (await again.next())["payload"]
+        assert (update["sequenceNumber"], update["type"]) == (sequence, kind)
+        held = update["schema"] if kind == "full" else schemas.apply_delta(held, update["delta"])
+        assert schemas.checksum(held) == update["checksum"]
+    assert held == pushes[-1]
 
 
 @ensure
