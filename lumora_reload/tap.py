@@ -33,7 +33,8 @@ class Options(usage.Options):
          "A port number (8080 means tcp:8080) or a Twisted endpoint description "
          "(REST API and WebSocket share it).", endpoint_description],
         ["data-dir", None, None,
-         "Where durable session state lives (SQLite). [default: $XDG_STATE_HOME/lumora-reload]"],
+         "Where durable session state lives (SQLite). [default: $XDG_STATE_HOME/lumora-reload, "
+         "else ~/.local/state/lumora-reload]"],
         ["redis", None, None,
          "Cluster mode: share sessions with other daemons through this Redis "
          "(redis://[:password@]host:port/db or rediss://)."],

@@ -14,3 +14,12 @@ def test_every_daemon_option_is_in_the_readme_options_table():
     flags += ["allowed-host", "allowed-origin"]
     missing = [flag for flag in flags if f"`--{flag}" not in table]
     assert not missing, f"options missing from the README's table: {missing}"
+
+
+def test_help_gives_the_data_dir_defaults_the_readme_gives():
+    """Both places name the XDG state directory and its fallback when XDG_STATE_HOME is unset."""
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `--data-dir D`"))
+    help_text = " ".join(str(Options()).split())
+    for default in ("$XDG_STATE_HOME/lumora-reload", "~/.local/state/lumora-reload"):
+        assert default in row and default in help_text, default
