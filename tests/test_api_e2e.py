@@ -54,6 +54,7 @@ async def test_create_with_schema_and_timeout(daemon):
 async def test_create_with_invalid_schema_is_400(daemon):
     status, body = await daemon.call("POST", "/session/new", {"schema": {"version": "1", "metadata": {}, "nodes": [{"id": 3}]}})
     assert status == 400 and body["code"] == "SCHEMA_VALIDATION_FAILED"
+    assert body["path"] == "nodes[0].id"  # from the schema's root, as POST /send gives it
 
 
 @ensure
