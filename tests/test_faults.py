@@ -138,7 +138,7 @@ def rss_bytes():
 
 
 def resumable_schema():
-    """Big enough that replaying a few one-leaf deltas beats a full send."""
+    """A schema with a large leaf."""
     schema = make_schema()
     schema["nodes"][0]["children"].append(node("blob", text="x" * 3000))
     return schema
@@ -157,7 +157,7 @@ def big_schema(version, nodes=200):
 @pytest.mark.parametrize(
     "case, history_size, schema, reconnect_mid_burst, expect_resumed",
     [
-        # gap covered by history and cheaper than a full send: replay
+        # gap covered by history: replay
         ("replay", 64, resumable_schema(), True, True),
         # the burst outruns the history: the full current schema
         ("history-too-short", 3, resumable_schema(), False, False),

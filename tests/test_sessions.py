@@ -316,7 +316,7 @@ def test_true_turned_into_1_beside_another_edit_heals_through_the_checksum(clock
 
 
 def big_schema():
-    """Large enough that replaying a few one-leaf deltas beats a full send."""
+    """A schema with a large leaf."""
     schema = make_schema()
     schema["nodes"][0]["children"].append(node("blob", text="x" * 4000))
     return schema

@@ -295,7 +295,7 @@ async def test_push_that_is_not_stored_answers_500_never_200(daemon_factory, tmp
 @pytest_twisted.ensureDeferred
 async def test_restart_in_process_restores_sessions_and_resumes(daemon_factory, tmp_path):
     daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)), history_size=4)
-    schema = make_schema(pad="x" * 2000)  # replaying two deltas beats sending it whole
+    schema = make_schema(pad="x" * 2000)
     sid = await daemon.new_session(schema)
     deleted = await daemon.new_session()
     assert (await daemon.call("DELETE", f"/session/{deleted}"))[0] == 200
