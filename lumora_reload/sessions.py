@@ -272,7 +272,7 @@ class Hub:
                   index=None):
         full = entry.update_type != messages.UPDATE_INCREMENTAL
         if full and entry.payload is None and schema_bytes is not None:
-            # its frame is kept in the history (in memory) too: a device that missed it can be replayed it
+            # its frame goes into the (in-memory) history too, to be replayed to a device that missed it
             frame = messages.full_update_frame(session_id, self.now_ms(), orjson.Fragment(schema_bytes),
                                                preserve_state, entry.sequence, entry.checksum)
             entry = HistoryEntry(entry.sequence, entry.update_type, True, frame, entry.checksum)
