@@ -84,7 +84,8 @@ class HistoryEntry:
 
     A store keeps a full update as a marker without its frame (the stored
     state holds the schema; see `stored_payload`), so a history read back
-    from a store replays no further back than its last full update.
+    from a store replays no further back than its last full update, unless
+    that one made the current state.
     `checksum` is the checksum of the state the update leads to, so a
     device's claim "I hold state k" can be checked.
     """

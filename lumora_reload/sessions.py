@@ -387,9 +387,7 @@ class Hub:
             legacy=version is not None and version[:2] == (1, 0),
         )
         self.touch(session)
-        outgoing = self._catch_up(
-            session, device, payload.get("lastSequence"), payload.get("lastChecksum")
-        )
+        outgoing = self._catch_up(session, device, payload.get("lastSequence"), payload.get("lastChecksum"))
         session.add_device(device)
         if self.on_devices_changed is not None and len(session.devices) == 1:
             self.on_devices_changed(session)
@@ -431,16 +429,18 @@ class Hub:
             return None
         if last_sequence == session.sequence:
             return []
-        wanted = [e for e in session.history if e.sequence > last_sequence]
-        expected = last_sequence + 1
-        for entry in wanted:
-            # a full update read back from a store is a marker without its frame
-            if entry.sequence != expected or entry.payload is None or (device.legacy and not entry.legacy_ok):
+        replay = []
+        for entry in (e for e in session.history if e.sequence > last_sequence):
+            full = entry.update_type != messages.UPDATE_INCREMENTAL
+            if entry.sequence != last_sequence + 1 + len(replay):
                 return None
-            expected += 1
-        if expected != session.sequence + 1:
-            return None
-        return [Outgoing(e.payload, e.sequence) for e in wanted]
+            if entry.payload is not None and (full or not device.legacy or entry.legacy_ok):
+                replay.append(Outgoing(entry.payload, entry.sequence))
+            elif full and entry.sequence == session.sequence:  # read back from a store: the current state's
+                replay.append(self.full_update(session))
+            else:  # an earlier full update read back from a store (no frame), or a delta 1.0 cannot take
+                return None
+        return replay if last_sequence + len(replay) == session.sequence else None
 
     @staticmethod
     def _checksum_of(session, sequence):

@@ -13,7 +13,7 @@ from lumora_reload import sqlite_store
 from lumora_reload.schema import encode_schema
 from lumora_reload.sessions import HistoryEntry, Outgoing, PreparedUpdate, Session, State
 from lumora_reload.sqlite_store import SQLiteStore, StoreError
-from tests.helpers import connected_device, make_schema, with_text
+from tests.helpers import connected_device, make_schema, node, with_text
 
 
 def open_store(path, clock=None):
@@ -320,6 +320,33 @@ async def test_restart_in_process_restores_sessions_and_resumes(daemon_factory, 
     assert info["resumed"] is True
     replay = [(await device.next_of("update"))["payload"]["sequenceNumber"] for _ in range(2)]
     assert replay == [3, 4]
+    device.dropConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_a_restart_a_full_update_is_replayed_while_it_is_the_current_state(daemon_factory, tmp_path):
+    """The store keeps a full update without its frame; the stored state is its schema, so while it
+    is the current state a resume across it still replays it; once a push follows, it cannot."""
+    def leaves(text, edited=()):
+        return make_schema([node("root", "View", [
+            node(f"n{i}", text=text if i in edited else "x") for i in range(12)])])
+
+    daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)))
+    sid = await daemon.new_session(leaves("x"))
+    assert (await daemon.push(sid, leaves("a", {0})))["updateType"] == "incremental"
+    assert (await daemon.push(sid, leaves("b", range(12))))["updateType"] == "full"
+    await daemon.stop()
+
+    daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)))
+    device, info = await connected_device(daemon, sid, lastSequence=1)
+    assert info["resumed"] is True and "initialSchema" not in info
+    replay = [(await device.next_of("update"))["payload"] for _ in range(2)]
+    assert [(u["sequenceNumber"], u["type"]) for u in replay] == [(2, "incremental"), (3, "full")]
+    assert replay[1]["schema"] == leaves("b", range(12))
+    device.dropConnection()
+    await daemon.push(sid, with_text(leaves("b", range(12)), "c", "n3"))
+    device, info = await connected_device(daemon, sid, device_id="other", lastSequence=1)
+    assert info["resumed"] is False and info["initialSchema"] == with_text(leaves("b", range(12)), "c", "n3")
     device.dropConnection()
 
 
