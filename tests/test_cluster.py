@@ -212,6 +212,40 @@ async def test_device_of_a_killed_daemon_resumes_on_the_other(reactor, cluster):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_full_update_is_replayed_by_daemons_that_saw_it_and_by_others_while_current(reactor, cluster):
+    """Redis keeps a full update without its frame: a daemon that saw the push replays it; one that
+    read the history from Redis replays it while it is the current state, not once a push follows."""
+    threshold = ("--incremental-threshold", "2")  # a two-node edit goes out full
+    _, a = await cluster(*threshold)
+    base = base_schema()
+    sid = await a.new_session(base)
+    one = with_text(base, "one")
+    both = with_text(with_text(one, "two"), "two", "pad3")
+    assert [(await a.push(sid, s))["updateType"] for s in (one, both)] == ["incremental", "full"]
+    _, c = await cluster(*threshold)
+    await visible(c, sid, reactor)
+
+    async def resume(remote, device_id):
+        device = await remote.device(sid)
+        info = await device.hello(device_id=device_id, lastSequence=1)
+        return device, info
+
+    device, info = await resume(c, "late")
+    assert info["resumed"] is True
+    assert [(u["sequenceNumber"], u["type"]) for u in await updates_until(device, 3)] == [
+        (2, "incremental"), (3, "full")]
+    await a.push(sid, with_text(both, "three", "pad5"))
+    await until(lambda: device.received and device.received[-1]["payload"].get("sequenceNumber") == 4, reactor)
+    device.dropConnection()
+    _, info = await resume(c, "later")
+    assert info["resumed"] is False
+    device, info = await resume(a, "early")
+    assert info["resumed"] is True
+    assert [u["sequenceNumber"] for u in await updates_until(device, 4)] == [2, 3, 4]
+    device.dropConnection()
+
+
+@pytest_twisted.ensureDeferred
 async def test_pushes_fail_with_503_while_redis_is_down_and_work_after(reactor, cluster, redis):
     _, a, _, b, base, sid = await shared_session(cluster, reactor)
     on_a, _ = await connected_device(a, sid, device_id="on-a")
