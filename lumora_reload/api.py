@@ -98,6 +98,32 @@ def extra_path(request):
     return [part for part in request.postpath if part]
 
 
+class MethodNotAllowed(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, allowed):
+        super().__init__()
+        self.allowed = allowed
+
+    def render(self, request):
+        return method_not_allowed(request, self.allowed)
+
+
+def route_refusal(target, request):
+    """The resource that refuses `request` at JSON route `target`, or None:
+    a path beyond a leaf and a parent of routes (/session, /send: no route
+    itself) are not found, a method it does not define is not allowed.
+    Asked from the request's head and again when it is rendered."""
+    if target.isLeaf and extra_path(request):
+        return NotFound()
+    allowed = allowed_methods(target)
+    if not allowed:
+        return NotFound()
+    if request.method.decode("latin-1") not in allowed:
+        return MethodNotAllowed(allowed)
+    return None
+
+
 class JsonResource(resource.Resource):
     """A resource whose render methods return data, not bytes; it answers
     only the methods it defines itself (405 with Allow otherwise)."""
@@ -115,16 +141,11 @@ class JsonResource(resource.Resource):
         return NotFound()
 
     def render(self, request):
-        if self.isLeaf and extra_path(request):
-            return NotFound().render(request)
-        allowed = allowed_methods(self)
-        if not allowed:  # a parent of routes (/session, /send): no route itself
-            return NotFound().render(request)
-        method = request.method.decode("latin-1")
-        if method not in allowed:
-            return method_not_allowed(request, allowed)
+        refusal = route_refusal(self, request)
+        if refusal is not None:
+            return refusal.render(request)
         try:
-            result = getattr(self, "render_" + method)(request)
+            result = getattr(self, "render_" + request.method.decode("latin-1"))(request)
         except Exception:
             return _finish(request, Failure())
         if isinstance(result, bytes):  # an answer that is not JSON, ready to send

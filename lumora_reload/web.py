@@ -320,13 +320,9 @@ class Request(server.Request):
         if isinstance(target, (api.Refused, api.NotFound)):
             return target
         if isinstance(target, api.JsonResource):
-            if target.isLeaf and api.extra_path(self):
-                return api.NotFound()
-            allowed = api.allowed_methods(target)
-            if not allowed:  # a parent of routes (/session, /send): no route itself
-                return api.NotFound()
-            if self.method.decode("latin-1") not in allowed:
-                return _MethodNotAllowed(allowed)
+            refusal = api.route_refusal(target, self)
+            if refusal is not None:
+                return refusal
         elif isinstance(target, DeviceSocket):
             if self.method not in _WS_METHODS:
                 return target  # its own 405
@@ -395,17 +391,6 @@ class _Headless:
             request.setHeader(b"content-length", b"%d" % len(body))
             return b""
         return body
-
-
-class _MethodNotAllowed(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, allowed):
-        super().__init__()
-        self.allowed = allowed
-
-    def render(self, request):
-        return api.method_not_allowed(request, self.allowed)
 
 
 class _NoBody(resource.Resource):
