@@ -431,12 +431,12 @@ class Hub:
             return []
         replay = []
         for entry in (e for e in session.history if e.sequence > last_sequence):
-            full = entry.update_type != messages.UPDATE_INCREMENTAL
             if entry.sequence != last_sequence + 1 + len(replay):
                 return None
-            if entry.payload is not None and (full or not device.legacy or entry.legacy_ok):
+            if entry.payload is not None and (entry.legacy_ok or not device.legacy):  # full ones are legacy_ok
                 replay.append(Outgoing(entry.payload, entry.sequence))
-            elif full and entry.sequence == session.sequence:  # read back from a store: the current state's
+            elif entry.update_type == messages.UPDATE_FULL and entry.sequence == session.sequence:
+                # read back from a store without its frame: the current state's
                 replay.append(self.full_update(session))
             else:  # an earlier full update read back from a store (no frame), or a delta 1.0 cannot take
                 return None
