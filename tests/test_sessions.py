@@ -354,6 +354,8 @@ def test_a_full_update_read_back_from_a_store_ends_what_can_be_replayed(clock):
     assert [(o.sequence, o.payload) for o in link.sent[1:]] == [
         (e.sequence, e.payload) for e in hub.get_session(sid).history if e.sequence > 1]
     assert b'"type":"full"' in link.sent[3].payload and pushed[0].entry.stored_payload == pushed[0].entry.payload
+    _, link = connect(hub, sid, "old", lastSequence=1, clientVersion="1.0.0")  # a full update suits 1.0 too
+    assert [o.sequence for o in link.sent[1:]] == [2, 3, 4, 5]
     session = hub.get_session(sid)
     session.state = attrs.evolve(session.state, history=tuple(
         attrs.evolve(e, payload=e.stored_payload) for e in session.state.history))  # as a store reads it back
