@@ -44,6 +44,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from lumora_reload import errors
+from lumora_reload.messages import UPDATE_INCREMENTAL
 from lumora_reload.model import EMPTY, HistoryEntry, Session, State, consecutive_history, short_id
 from lumora_reload.store import ISharedStore, StoreConflict, StoreUnavailable
 
@@ -202,7 +203,9 @@ class _Listener(txredisapi.SubscriberProtocol):
 
 
 def _entry_to_json(entry):
-    payload = entry.stored_payload
+    # a full update travels as a marker: every push's event already carries
+    # the new schema, and a full frame would send it over the bus twice
+    payload = entry.payload if entry.update_type == UPDATE_INCREMENTAL else None
     return orjson.dumps({
         "sequence": entry.sequence,
         "updateType": entry.update_type,

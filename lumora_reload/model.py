@@ -13,7 +13,7 @@ import attrs
 import orjson
 from zope.interface import Interface
 
-from lumora_reload import errors, messages
+from lumora_reload import errors
 from lumora_reload import schema as schemas
 from lumora_reload.errors import LumoraError
 
@@ -82,10 +82,11 @@ class HistoryEntry:
     """One past update, kept so a reconnecting device can catch up: its
     encoded frame (`payload`) is replayed as it was sent.
 
-    A store keeps a full update as a marker without its frame (the stored
-    state holds the schema; see `stored_payload`), so a history read back
-    from a store replays no further back than its last full update, unless
-    that one made the current state.
+    A history read back from a store may hold a full update as a marker
+    without its frame (`payload` None): Redis keeps them so, and so did
+    SQLite databases written before it kept full frames. Such a history
+    replays no further back than that update, unless it made the current
+    state (whose schema makes the frame again).
     `checksum` is the checksum of the state the update leads to, so a
     device's claim "I hold state k" can be checked.
     """
@@ -95,11 +96,6 @@ class HistoryEntry:
     legacy_ok: bool = False
     payload: bytes | None = None
     checksum: str | None = None
-
-    @property
-    def stored_payload(self):
-        """What a store keeps of `payload`."""
-        return self.payload if self.update_type == messages.UPDATE_INCREMENTAL else None
 
 
 @attrs.frozen(eq=False)

@@ -10,9 +10,12 @@ What is kept, per session, and nothing that the daemon can recompute:
   as its history entry, so a session's sequence number always names the
   schema stored beside it. Kept apart from ``sessions`` so that extending
   a session does not rewrite a large schema.
-- ``history``: the updates a reconnecting device may replay (the encoded
-  incremental update frames; full updates as payload-less markers), pruned
-  to what the live session keeps.
+- ``history``: the updates a reconnecting device may replay (each encoded
+  update frame, full ones too, so that a resume after a restart can reach
+  back across a full update), pruned to what the live session keeps. A
+  full push therefore writes its schema twice (the state and the frame).
+  Databases written before full frames were kept hold payload-less
+  markers for them; they still load.
 
 Every write is one transaction committed before the method returns, on
 the calling (reactor) thread: "answered 200" means "in the WAL file". The
@@ -334,7 +337,7 @@ class SQLiteStore:
                 "(session_id, sequence, update_type, legacy_ok, payload, checksum) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (update.session_id, entry.sequence, entry.update_type, int(entry.legacy_ok),
-                 entry.stored_payload, entry.checksum),
+                 entry.payload, entry.checksum),
             )
             # keep exactly the history the new state keeps
             db.execute(

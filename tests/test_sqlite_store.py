@@ -323,30 +323,59 @@ async def test_restart_in_process_restores_sessions_and_resumes(daemon_factory, 
     device.dropConnection()
 
 
-@pytest_twisted.ensureDeferred
-async def test_after_a_restart_a_full_update_is_replayed_while_it_is_the_current_state(daemon_factory, tmp_path):
-    """The store keeps a full update without its frame; the stored state is its schema, so while it
-    is the current state a resume across it still replays it; once a push follows, it cannot."""
-    def leaves(text, edited=()):
-        return make_schema([node("root", "View", [
-            node(f"n{i}", text=text if i in edited else "x") for i in range(12)])])
+def _leaves(text, edited=()):
+    return make_schema([node("root", "View", [node(f"n{i}", text=text if i in edited else "x") for i in range(12)])])
 
+
+async def _incremental_full_incremental(daemon_factory, tmp_path):
+    """A session whose history holds an incremental, a full and an incremental update (2, 3, 4)."""
     daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)))
-    sid = await daemon.new_session(leaves("x"))
-    assert (await daemon.push(sid, leaves("a", {0})))["updateType"] == "incremental"
-    assert (await daemon.push(sid, leaves("b", range(12))))["updateType"] == "full"
+    sid = await daemon.new_session(_leaves("x"))
+    assert (await daemon.push(sid, _leaves("a", {0})))["updateType"] == "incremental"
+    assert (await daemon.push(sid, _leaves("b", range(12))))["updateType"] == "full"
+    assert (await daemon.push(sid, with_text(_leaves("b", range(12)), "c", "n3")))["updateType"] == "incremental"
     await daemon.stop()
+    return sid
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_a_restart_a_gap_across_a_full_update_is_replayed(daemon_factory, tmp_path):
+    """The store keeps every update's frame, full ones too: after a restart a device that missed an
+    incremental, a full and an incremental update gets each of them replayed."""
+    sid = await _incremental_full_incremental(daemon_factory, tmp_path)
+    daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)))
+    device, info = await connected_device(daemon, sid, lastSequence=1)
+    assert info["resumed"] is True and "initialSchema" not in info
+    replay = [(await device.next_of("update"))["payload"] for _ in range(3)]
+    assert [(u["sequenceNumber"], u["type"]) for u in replay] == [(2, "incremental"), (3, "full"), (4, "incremental")]
+    assert replay[1]["schema"] == _leaves("b", range(12))
+    device.dropConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_update_stored_without_its_frame_is_replayed_only_while_current(daemon_factory, tmp_path):
+    """A database written before full frames were stored holds a full update as a marker: the
+    current state's schema makes its frame again; once a push follows it, a gap across it gets
+    the full schema."""
+    sid = await _incremental_full_incremental(daemon_factory, tmp_path)
+    db = sqlite3.connect(str(tmp_path / sqlite_store.DB_NAME))
+    with db:
+        db.execute("UPDATE history SET payload = NULL WHERE update_type = 'full'")
+        db.execute("DELETE FROM history WHERE sequence = 4")
+        db.execute("UPDATE states SET sequence = 3, checksum = (SELECT checksum FROM history WHERE sequence = 3), "
+                   "schema = ?", (encode_schema(_leaves("b", range(12))),))
+    db.close()
 
     daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)))
     device, info = await connected_device(daemon, sid, lastSequence=1)
     assert info["resumed"] is True and "initialSchema" not in info
     replay = [(await device.next_of("update"))["payload"] for _ in range(2)]
     assert [(u["sequenceNumber"], u["type"]) for u in replay] == [(2, "incremental"), (3, "full")]
-    assert replay[1]["schema"] == leaves("b", range(12))
+    assert replay[1]["schema"] == _leaves("b", range(12))
     device.dropConnection()
-    await daemon.push(sid, with_text(leaves("b", range(12)), "c", "n3"))
+    await daemon.push(sid, with_text(_leaves("b", range(12)), "c", "n3"))
     device, info = await connected_device(daemon, sid, device_id="other", lastSequence=1)
-    assert info["resumed"] is False and info["initialSchema"] == with_text(leaves("b", range(12)), "c", "n3")
+    assert info["resumed"] is False and info["initialSchema"] == with_text(_leaves("b", range(12)), "c", "n3")
     device.dropConnection()
 
 
