@@ -135,7 +135,7 @@ class JsonResource(resource.Resource):
 
     def __init__(self, server):
         super().__init__()
-        self.server = server
+        self.hot = server
 
     def getChild(self, path, request):
         return NotFound()
@@ -281,14 +281,14 @@ class Health(JsonResource):
     isLeaf = True
 
     def render_GET(self, request):
-        return self.server.get_health()
+        return self.hot.get_health()
 
 
 class Stats(JsonResource):
     isLeaf = True
 
     def render_GET(self, request):
-        return self.server.get_stats()
+        return self.hot.get_stats()
 
 
 class MetricsPage(JsonResource):
@@ -299,7 +299,7 @@ class MetricsPage(JsonResource):
     def render_GET(self, request):
         request.setHeader(b"content-type", CONTENT_TYPE.encode())
         request.setHeader(b"cache-control", b"no-store")
-        return self.server.metrics.exposition()
+        return self.hot.metrics.exposition()
 
 
 class OpenApi(JsonResource):
@@ -308,7 +308,7 @@ class OpenApi(JsonResource):
     isLeaf = True
 
     def render_GET(self, request):
-        return openapi.document(self.server.ws_path)
+        return openapi.document(self.hot.ws_path)
 
 
 class Send(JsonResource):
@@ -319,7 +319,7 @@ class Send(JsonResource):
     def getChild(self, path, request):
         if request.postpath:
             return NotFound()
-        return SendTo(self.server, path.decode("utf-8", "replace"))
+        return SendTo(self.hot, path.decode("utf-8", "replace"))
 
 
 class SendTo(JsonResource):
@@ -330,13 +330,13 @@ class SendTo(JsonResource):
         self.session_id = session_id
 
     def render_POST(self, request):
-        schema = read_json(request, self.server.max_body_size)
+        schema = read_json(request, self.hot.max_body_size)
         if schema is None:
             raise LumoraError(errors.BAD_REQUEST, "Body must be a Lumora IR schema", status=400,
                               details={"path": ""})
         preserve = _flag(request, "preserveState", True)
         # parsed just now: nothing else holds its objects
-        d = self.server.push_update(self.session_id, schema, preserve_state=preserve, fresh=True)
+        d = self.hot.push_update(self.session_id, schema, preserve_state=preserve, fresh=True)
         d.addCallback(lambda result: result.to_json())
         return d
 
@@ -349,26 +349,26 @@ class Sessions(JsonResource):
 
     def getChild(self, path, request):
         if path == b"new" and not request.postpath:
-            return NewSession(self.server)
+            return NewSession(self.hot)
         if not path:
             return NotFound()
-        return SessionResource(self.server, path.decode("utf-8", "replace"))
+        return SessionResource(self.hot, path.decode("utf-8", "replace"))
 
 
 class NewSession(JsonResource):
     isLeaf = True
 
     def render_POST(self, request):
-        body = _object_body(request, self.server.max_body_size)
+        body = _object_body(request, self.hot.max_body_size)
         if not isinstance(body, dict):
             raise LumoraError(errors.BAD_REQUEST, "Body must be a JSON object", status=400, details={"path": ""})
         timeout = _seconds(body.get("timeoutSeconds"), "timeoutSeconds")
         # parsed from the body's JSON text: nothing in it but JSON values
-        d = self.server.create_session_stored(schema=body.get("schema"), timeout_seconds=timeout, fresh=True)
+        d = self.hot.create_session_stored(schema=body.get("schema"), timeout_seconds=timeout, fresh=True)
         d.addCallback(
             lambda session: {
                 "sessionId": session.id,
-                "wsUrl": self.server.ws_url(session.id, request),
+                "wsUrl": self.hot.ws_url(session.id, request),
                 "expiresAt": session.expires_at(),
                 "createdAt": session.created_at,
             }
@@ -393,13 +393,13 @@ class SessionResource(_SessionPart):
         child = _SESSION_PARTS.get(path)
         if child is None:
             return NotFound()
-        return child(self.server, self.session_id)
+        return child(self.hot, self.session_id)
 
     def render_GET(self, request):
-        return self.server.session_info(self.session_id)
+        return self.hot.session_info(self.session_id)
 
     def render_DELETE(self, request):
-        return self.server.delete_session(self.session_id).addCallback(lambda _: {"success": True})
+        return self.hot.delete_session(self.session_id).addCallback(lambda _: {"success": True})
 
 
 class _SessionLeaf(_SessionPart):
@@ -408,35 +408,35 @@ class _SessionLeaf(_SessionPart):
 
 class SessionSchema(_SessionLeaf):
     def render_GET(self, request):
-        return self.server.get_schema(self.session_id)
+        return self.hot.get_schema(self.session_id)
 
 
 class SessionReload(_SessionLeaf):
     def render_POST(self, request):
-        read_json(request, self.server.max_body_size)
-        count, sequence = self.server.reload_all(self.session_id)
+        read_json(request, self.hot.max_body_size)
+        count, sequence = self.hot.reload_all(self.session_id)
         return {"success": True, "devicesUpdated": count, "sequenceNumber": sequence}
 
 
 class SessionHealth(_SessionLeaf):
     def render_GET(self, request):
-        return self.server.get_session_health(self.session_id)
+        return self.hot.get_session_health(self.session_id)
 
 
 class SessionExtend(_SessionLeaf):
     def render_POST(self, request):
-        body = _object_body(request, self.server.max_body_size)
+        body = _object_body(request, self.hot.max_body_size)
         if not isinstance(body, dict):
             raise LumoraError(errors.BAD_REQUEST, "Body must be a JSON object", status=400, details={"path": ""})
         seconds = _seconds(body.get("seconds"), "seconds")
-        d = self.server.extend_session_stored(self.session_id, seconds)
+        d = self.hot.extend_session_stored(self.session_id, seconds)
         d.addCallback(lambda expires_at: {"success": True, "expiresAt": expires_at})
         return d
 
 
 class SessionLogs(_SessionLeaf):
     def render_GET(self, request):
-        return {"sessionId": self.session_id, "lines": self.server.get_logs(self.session_id)}
+        return {"sessionId": self.session_id, "lines": self.hot.get_logs(self.session_id)}
 
 
 class SessionDevices(_SessionPart):
@@ -447,10 +447,10 @@ class SessionDevices(_SessionPart):
     def getChild(self, path, request):
         if request.postpath or not path:
             return NotFound()
-        return DeviceResource(self.server, self.session_id, path.decode("utf-8", "replace"))
+        return DeviceResource(self.hot, self.session_id, path.decode("utf-8", "replace"))
 
     def render_GET(self, request):
-        return {"devices": [d.to_json() for d in self.server.get_connected_devices(self.session_id)]}
+        return {"devices": [d.to_json() for d in self.hot.get_connected_devices(self.session_id)]}
 
 
 class DeviceResource(JsonResource):
@@ -461,7 +461,7 @@ class DeviceResource(JsonResource):
         self.session_id, self.connection_id = session_id, connection_id
 
     def render_DELETE(self, request):
-        self.server.disconnect_device(self.session_id, self.connection_id)
+        self.hot.disconnect_device(self.session_id, self.connection_id)
         return {"success": True}
 
 

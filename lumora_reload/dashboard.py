@@ -38,20 +38,20 @@ class Overview(JsonResource):
         self._qr = collections.OrderedDict()
 
     def render_GET(self, request):
-        hub = self.server.hub
+        hub = self.hot.hub
         lan = choose_host(list_interfaces())
         sessions = []
         for session in list(hub.sessions.values()):
             try:
-                health = self.server.get_session_health(session.id)
+                health = self.hot.get_session_health(session.id)
             except LumoraError:  # expired, not yet swept
                 continue
             sessions.append(self._session(session, health, request, lan))
         sessions.sort(key=lambda s: -s["createdAt"])
-        return {"sessions": sessions, "totalDevices": hub.total_devices(), "wsPath": self.server.ws_path}
+        return {"sessions": sessions, "totalDevices": hub.total_devices(), "wsPath": self.hot.ws_path}
 
     def _session(self, session, health, request, lan):
-        local = self.server.ws_url(session.id, request)
+        local = self.hot.ws_url(session.id, request)
         device_url = with_host(local, lan) if lan and _loopback_url(local) else local
         info = {d.connection_id: d for d in session.devices.values()}
         devices = []

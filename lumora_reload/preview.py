@@ -103,7 +103,7 @@ class PreviewPage(Page):
         return (
             template.replace("{session}", html.escape(self.session_id))
             .replace("{short}", html.escape(self.session_id[:8]))
-            .replace("{ws_path}", html.escape(self.server.ws_path))
+            .replace("{ws_path}", html.escape(self.hot.ws_path))
             .encode("utf-8")
         )
 
@@ -114,12 +114,12 @@ class Preview(resource.Resource):
 
     def __init__(self, server):
         super().__init__()
-        self.server = server
+        self.hot = server
 
     def getChild(self, path, request):
         if not path or request.postpath:
             return api.NotFound()
-        return PreviewPage(self.server, path.decode("utf-8", "replace"))
+        return PreviewPage(self.hot, path.decode("utf-8", "replace"))
 
     def render(self, request):
         return api.NotFound().render(request)

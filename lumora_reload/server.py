@@ -132,6 +132,9 @@ class HotReloadServer(service.Service):
     # -- URLs ------------------------------------------------------------
 
     def ws_url(self, session_id, request=None):
+        """The URL a device joins `session_id` at: from `--public-url` (where
+        this resource is reached from outside), else from the `request`'s
+        Host, below the path the resource is mounted at."""
         if self.public_url:
             parts = urlsplit(self.public_url)
             scheme = "wss" if parts.scheme in ("https", "wss") else "ws"
@@ -145,7 +148,7 @@ class HotReloadServer(service.Service):
             else:
                 secure = self.secure
             host = host or "localhost"
-            base = f"{'wss' if secure else 'ws'}://{host}"
+            base = f"{'wss' if secure else 'ws'}://{host}{getattr(request, 'lumora_mount', '')}"
         return f"{base}{self.ws_path}?session={session_id}"
 
     # -- the embedding API: the daemon's operations, snake_case ----------

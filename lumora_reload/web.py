@@ -11,6 +11,7 @@ parse errors included (`Channel`).
 
 import io
 import time
+from urllib.parse import quote
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IProtocolNegotiationFactory, ISSLTransport
@@ -39,7 +40,7 @@ DEVICE_SEGMENTS = (b"preview", b"assets")
 class Root(resource.Resource):
     def __init__(self, server, ws_resource, ws_path):
         super().__init__()
-        self.server = server
+        self.hot = server
         self.putChild(b"health", api.Health(server))
         self.putChild(b"stats", api.Stats(server))
         self.putChild(b"session", api.Sessions(server))
@@ -61,6 +62,10 @@ class Root(resource.Resource):
         self._ws_first = parts[0].encode()
 
     def getChildWithDefault(self, path, request):
+        if len(request.prepath) > 1:
+            # mounted below the site's root (an embedding program's tree):
+            # URLs this tree hands out start with the path it is found at
+            request.lumora_mount = "/" + "/".join(quote(p, safe="") for p in request.prepath[:-1])
         if path in (b"health", self._ws_first):
             # health is open to probes; the WebSocket does its own checks
             # and answers with close codes a browser can read
@@ -84,11 +89,11 @@ class Root(resource.Resource):
     def refusal(self, request, query_token=False):
         refused = self._refusal(request, query_token)
         if refused is not None:
-            self.server.metrics.refused("api", refused.reason)
+            self.hot.metrics.refused("api", refused.reason)
         return refused
 
     def _refusal(self, request, query_token):
-        policy = self.server.policy
+        policy = self.hot.policy
         if policy.token_ok(_header(request, b"authorization")):
             return None
         if query_token:
@@ -109,13 +114,13 @@ class Root(resource.Resource):
 
     def browser_refusal(self, request):
         """The Host and Origin checks alone (what a device passes)."""
-        if self.server.policy.token_ok(_header(request, b"authorization")):
+        if self.hot.policy.token_ok(_header(request, b"authorization")):
             return None
         return self._host_origin_refusal(request)
 
     def _host_origin_refusal(self, request):
         local = getattr(request.getHost(), "host", None)
-        why = self.server.policy.check_browser(_header(request, b"host"), _header(request, b"origin"), local)
+        why = self.hot.policy.check_browser(_header(request, b"host"), _header(request, b"origin"), local)
         if why is not None:
             return api.Refused(403, errors.FORBIDDEN, why, reason="origin" if why.startswith("Origin") else "host")
         return None
