@@ -99,12 +99,13 @@ class DeviceProtocol(LeanServerProtocol):
 
     def onConnect(self, request):
         self._session_id = (request.params.get("session") or [None])[0] or None
-        local = self.transport.getHost()
-        self._refusal = self.factory.policy.check_browser(
-            request.headers.get("host"),
-            request.headers.get("origin"),
-            getattr(local, "host", None),
-        )
+        policy, headers = self.factory.policy, request.headers
+        if policy.token_ok(headers.get("authorization")):
+            self._refusal = None  # a browser page cannot know the token
+        else:
+            self._refusal = policy.check_browser(
+                headers.get("host"), headers.get("origin"), getattr(self.transport.getHost(), "host", None)
+            )
         if self._refusal is None and self._session_id and self.factory.lookup is not None:
             # cluster mode: a session created on another daemon a moment
             # ago is read from the shared store before anyone hears 4404

@@ -308,6 +308,18 @@ async def test_foreign_origin_upgrade_is_closed_4403(daemon):
 
 
 @ensure
+async def test_an_upgrade_with_the_api_token_passes_the_origin_check(daemon_factory):
+    """As on the REST API, a bearer token a browser page cannot know lets an upgrade in from any Origin."""
+    daemon = await daemon_factory(api_token="sesame")
+    sid = await daemon.new_session()
+    device = await daemon.device(sid, headers={"Origin": "http://evil.example", "Authorization": "Bearer sesame"})
+    assert "connectionId" in await device.hello()
+    device.dropConnection()
+    device = await daemon.device(sid, headers={"Origin": "http://evil.example", "Authorization": "Bearer wrong"})
+    assert await device.wait_closed() == (4403, "Origin not allowed")
+
+
+@ensure
 async def test_legacy_client_gets_full_unless_top_level_append(daemon):
     schema = make_schema()
     sid = await daemon.new_session(schema)
