@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from lumora_reload import errors, messages, web
 from lumora_reload.access import AccessPolicy
 from lumora_reload.config import Config
+from lumora_reload.deferreds import PushDeferred, SessionQueues, raise_if_failed
 from lumora_reload.errors import LumoraError
 from lumora_reload.fdwatch import FdWatch
 from lumora_reload.liveness import Sweeps
@@ -29,9 +30,15 @@ from lumora_reload.websocket import DeviceFactory
 class HotReloadServer(service.Service):
     _log = Logger()
 
-    def __init__(self, reactor=None, store=None, clock=None, config=None, **options):
+    def __init__(self, reactor=None, ws_path=None, session_timeout=None, heartbeat_interval=None,
+                 connection_timeout=None, store=None, *, clock=None, config=None, **options):
         """`config` is a `Config`; keyword `options` are its fields, and
-        override it when both are given. Invalid values raise ValueError."""
+        override it when both are given (the four named ones may also come
+        by position, in the TypeScript server's order). Invalid values
+        raise ValueError."""
+        named = {"ws_path": ws_path, "session_timeout": session_timeout,
+                 "heartbeat_interval": heartbeat_interval, "connection_timeout": connection_timeout}
+        options.update((k, v) for k, v in named.items() if v is not None)
         if config is None:
             config = Config(**options)
         elif options:
@@ -158,7 +165,7 @@ class HotReloadServer(service.Service):
         stored and registered when this returns; with Redis it is
         registered once Redis has it (`create_session_stored` says when)."""
         session, d = self._create_session(schema, timeout_seconds)
-        _raise_if_failed(d)
+        raise_if_failed(d)
         return session
 
     def create_session_stored(self, schema=None, timeout_seconds=None, fresh=False):
@@ -267,7 +274,10 @@ class HotReloadServer(service.Service):
         other. With a synchronous store the Deferred has fired on return.
         """
         run, started = self._queues.run, self.clock.seconds()
-        return self.metrics.timed_push(run, session_id, self._push, session_id, schema, preserve_state, started, fresh)
+        pushed = PushDeferred()
+        self.metrics.timed_push(run, session_id, self._push, session_id, schema, preserve_state, started,
+                                fresh).chainDeferred(pushed)
+        return pushed
 
     @defer.inlineCallbacks
     def _push(self, session_id, schema, preserve_state, started, fresh=False):
@@ -325,7 +335,7 @@ class HotReloadServer(service.Service):
     def extend_session(self, session_id, seconds=None):
         """Move the session's expiry to `seconds` from now (never earlier
         than it was); returns the new expiry (Unix ms)."""
-        return _raise_if_failed(self.extend_session_stored(session_id, seconds))
+        return raise_if_failed(self.extend_session_stored(session_id, seconds))
 
     def extend_session_stored(self, session_id, seconds=None):
         """`extend_session`, as a Deferred that fires once it is stored;
@@ -515,39 +525,3 @@ class HotReloadServer(service.Service):
 
 
 MAX_CONFLICTS = 20
-
-
-class SessionQueues:
-    """Runs work for one session at a time, in order; sessions do not wait
-    for each other. Holds an entry only while a session has work queued."""
-
-    def __init__(self):
-        self._locks = {}
-
-    def run(self, key, f, *args):
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = defer.DeferredLock()
-        d = lock.run(f, *args)
-
-        def idle(result):
-            if not lock.locked and not lock.waiting and self._locks.get(key) is lock:
-                del self._locks[key]
-            return result
-
-        return d.addBoth(idle)
-
-    def __len__(self):
-        return len(self._locks)
-
-
-def _raise_if_failed(d):
-    """The result of an already-fired Deferred (raising its failure), or
-    None when it has not fired yet (an asynchronous store)."""
-    box = []
-    d.addBoth(box.append)
-    if not box:
-        return None
-    if isinstance(box[0], Failure):
-        box[0].raiseException()
-    return box[0]

@@ -179,3 +179,40 @@ def test_a_session_whose_first_state_is_not_stored_is_not_left_behind(logged_fai
     store.succeed()
     assert created[0].value.status == 500
     assert server.hub.sessions == {}
+
+
+def test_a_fired_push_reads_as_its_result_and_a_failed_one_raises_its_error():
+    """For code that does not wait: the push's Deferred, once fired, answers the result's fields."""
+    server, _ = make_server()
+    sid = server.create_session(make_schema()).id
+    pushed = server.push_update(sid, with_text(make_schema(), "x"))
+    assert isinstance(pushed, defer.Deferred)
+    assert (pushed.success, pushed.devices_updated, pushed.update_type, pushed.sequence_number) == (
+        True, 0, "incremental", 2)
+    assert results(pushed)[0].sequence_number == 2  # and it is still the Deferred of the result
+    failed = server.push_update("nope", make_schema())
+    with pytest.raises(LumoraError) as raised:
+        failed.success
+    assert raised.value.code == errors.SESSION_NOT_FOUND
+    failed.addErrback(lambda _: None)
+    with pytest.raises(AttributeError):
+        pushed.no_such_field
+
+
+def test_a_push_the_store_has_not_answered_yet_says_so():
+    store = LaterStore()
+    server, _ = make_server(store)
+    session = server.hub.create_session(make_schema())
+    pushed = server.push_update(session.id, with_text(make_schema(), "x"))
+    with pytest.raises(AttributeError, match="has not finished yet"):
+        pushed.sequence_number
+    store.succeed()
+    assert pushed.sequence_number == 2
+
+
+def test_the_constructor_takes_the_typescript_servers_order_by_position():
+    store = MemoryStore()
+    server = HotReloadServer(task.Clock(), "/lumora/ws", 60, 5, 10, store)
+    assert server.ws_path == "/lumora/ws" and server.store is store
+    assert (server.config.session_timeout, server.config.heartbeat_interval, server.config.connection_timeout) == (
+        60, 5, 10)
