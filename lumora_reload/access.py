@@ -11,6 +11,8 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
+from lumora_reload.cli.lan import list_interfaces
+
 
 def _strip_port(host):
     host = host.strip().lower()
@@ -49,6 +51,9 @@ def _own_names():
             names.add(info[4][0].lower())
     except OSError:
         pass
+    # the host name often resolves to loopback alone; a request through a
+    # port forward names an interface's address while arriving on another
+    names.update(address for _, address in list_interfaces())
     return names
 
 
