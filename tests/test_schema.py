@@ -403,6 +403,16 @@ def test_delta_size_and_is_empty():
     assert S.delta_size({"added": [1, 2], "modified": [3], "removed": ["a", "b", "c"]}) == 6
 
 
+def test_a_subtree_carried_whole_counts_as_one_node_against_the_threshold():
+    """An added node with fifteen children is one entry of the delta: under the default threshold of 10."""
+    big = [leaf(f"pad{i}", text="x" * 40) for i in range(40)]
+    old = schema([node("root", children=big)])
+    new = copy.deepcopy(old)
+    new["nodes"][0]["children"].append(node("panel", children=[leaf(f"p{i}", v=i) for i in range(15)]))
+    c = S.choose_update(old, new)
+    assert c.update_type == "incremental" and S.delta_size(c.delta) == 1 and len(c.delta["added"]) == 1
+
+
 # -- an independent, strict applier for the property tests ----------------------
 
 
