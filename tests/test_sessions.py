@@ -422,6 +422,22 @@ def test_an_incremental_push_serializes_the_schema_when_asked_once(clock, monkey
     assert update.state.wire_bytes() is wire and calls == ["encode"]
 
 
+def test_a_resent_or_replayed_update_keeps_the_timestamp_it_was_made_with(clock):
+    hub = Hub(clock)
+    sid = hub.create_session(many_leaves(12)).id
+    device, link = connect(hub, sid, "a")
+    clock.advance(5)
+    made = push(hub, sid, many_leaves(12, text="c"))  # twelve nodes: full
+    assert made.update_type == "full"
+    stamp = orjson.loads(made.outgoing.payload)["timestamp"]
+    clock.advance(30)
+    hub.resync_device(hub.get_session(sid), device)  # a `reload`
+    _, replayed = connect(hub, sid, "b", lastSequence=1)
+    for frame in (link.sent[-1].payload, replayed.sent[-1].payload):
+        update = orjson.loads(frame)
+        assert update["payload"]["sequenceNumber"] == 2 and update["timestamp"] == stamp
+
+
 def test_a_full_push_serializes_the_schema_once(clock, monkeypatch):
     hub = Hub(clock)
     base = many_leaves(40)
