@@ -16,6 +16,7 @@ from twisted.web import resource, server
 
 from lumora_reload import errors, openapi
 from lumora_reload import schema as schemas
+from lumora_reload.config import MAX_SESSION_SECONDS
 from lumora_reload.errors import LumoraError
 from lumora_reload.metrics import CONTENT_TYPE
 
@@ -249,7 +250,7 @@ def _object_body(request, max_size):
 
 
 # the longest a session may be kept or extended at once
-MAX_SECONDS = 30 * 24 * 3600
+MAX_SECONDS = MAX_SESSION_SECONDS
 
 
 def _seconds(value, name):

@@ -7,11 +7,19 @@ Adding a setting means adding a field here and using it where it matters.
 """
 
 import math
+import sys
 from urllib.parse import urlsplit
 
 import attrs
 
 MiB = 1024 * 1024
+
+# The longest a session may stay idle, and the most a request may extend or
+# give it: a larger one overflows its expiry time in milliseconds.
+MAX_SESSION_SECONDS = 30 * 24 * 3600
+# The largest whole-number setting: a body limit is read in one bound read,
+# which takes no larger size.
+MAX_COUNT = sys.maxsize - 1
 
 # kind -> (what a value must be, converter from option text, coerceDoc)
 KINDS = {
@@ -21,7 +29,7 @@ KINDS = {
 }
 
 
-def _positive(kind):
+def _positive(kind, most):
     what, convert, _ = KINDS[kind]
 
     def check(instance, attribute, value):
@@ -29,6 +37,8 @@ def _positive(kind):
             raise ValueError(f"{_flag(attribute)} must be {what}, not {value!r}")
         if not (value > 0 and math.isfinite(value)) or (convert is int and value != int(value)):
             raise ValueError(f"{_flag(attribute)} must be {what}, not {value!r}")
+        if most is not None and value > most[0]:
+            raise ValueError(f"{_flag(attribute)} must be at most {most[1]}, not {value!r}")
 
     return check
 
@@ -37,9 +47,12 @@ def _flag(attribute):
     return "--" + attribute.name.replace("_", "-")
 
 
-def _number(default, doc, kind):
-    """A positive number with a twistd option of the same name."""
+def _number(default, doc, kind, most=None):
+    """A positive number with a twistd option of the same name; `most` is
+    the largest value taken and how a refusal names it."""
     convert = KINDS[kind][1]
+    if most is None and kind == "count":
+        most = (MAX_COUNT, str(MAX_COUNT))
 
     def converter(value):
         # 3.0 may stand for 3; anything else is left for the validator to name
@@ -51,8 +64,8 @@ def _number(default, doc, kind):
     return attrs.field(
         default=default,
         converter=converter,
-        validator=_positive(kind),
-        metadata={"doc": doc, "kind": kind},
+        validator=_positive(kind, most),
+        metadata={"doc": doc, "kind": kind, "most": most},
     )
 
 
@@ -80,7 +93,10 @@ class Config:
     ws_path: str = attrs.field(
         default="/ws", validator=_check_ws_path, metadata={"doc": "Path of the device WebSocket.", "kind": "text"}
     )
-    session_timeout: float = _number(28800.0, "Seconds of inactivity after which a session expires.", "seconds")
+    session_timeout: float = _number(
+        28800.0, "Seconds of inactivity after which a session expires (at most 30 days).", "seconds",
+        most=(MAX_SESSION_SECONDS, f"{MAX_SESSION_SECONDS} seconds (30 days)"),
+    )
     heartbeat_interval: float = _number(30.0, "Seconds between liveness sweeps (and WebSocket pings).", "seconds")
     connection_timeout: float = _number(60.0, "A device silent this long is disconnected.", "seconds")
     cleanup_interval: float = _number(60.0, "Seconds between expired-session sweeps.", "seconds")
@@ -155,13 +171,15 @@ def option_rows():
             continue
         what, convert, coerce_doc = KINDS[kind]
 
-        def coerce(text, flag=flag, what=what, convert=convert):
+        def coerce(text, flag=flag, what=what, convert=convert, most=field.metadata["most"]):
             try:
                 value = convert(text)
             except ValueError:
                 raise ValueError(f"--{flag}: '{text}' is not {what}") from None
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"--{flag}: '{text}' must be positive")
+            if most is not None and value > most[0]:
+                raise ValueError(f"--{flag}: '{text}' must be at most {most[1]}")
             return value
 
         coerce.coerceDoc = coerce_doc

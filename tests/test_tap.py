@@ -48,6 +48,9 @@ def test_fractional_seconds_and_repeatable_options():
     "argv, words",
     [
         (["--session-timeout", "abc"], "--session-timeout"),
+        (["--session-timeout", "1e20"], "at most 2592000 seconds (30 days)"),
+        (["--session-timeout", "2592000.5"], "--session-timeout"),
+        (["--max-body-size", str(2**63 - 1)], "--max-body-size"),
         (["--heartbeat-interval", "-1"], "--heartbeat-interval"),
         (["--incremental-threshold", "1.5"], "--incremental-threshold"),
         (["--port", "nope:1"], "--port"),
@@ -63,6 +66,10 @@ def test_bad_values_exit_with_one_line(argv, words, capsys):
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1
+
+
+def test_a_session_timeout_of_30_days_is_the_longest_taken():
+    assert parse("--session-timeout", "2592000")["config"].session_timeout == 2592000
 
 
 def test_token_file(tmp_path):
@@ -97,10 +104,11 @@ def test_plugin_is_discovered_from_installed_copy(tmp_path):
     assert "lumora-reload" in out.stdout
 
 
-def test_twistd_rejects_bad_option_without_traceback(tmp_path):
+@pytest.mark.parametrize("value", ["never", "1e20"])
+def test_twistd_rejects_bad_option_without_traceback(tmp_path, value):
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     out = subprocess.run(
-        [twistd, "-n", "lumora-reload", "--session-timeout", "never"],
+        [twistd, "-n", "lumora-reload", "--session-timeout", value],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
     assert out.returncode != 0
@@ -147,7 +155,8 @@ def test_embedders_get_the_same_validation_as_the_command_line():
     from lumora_reload.server import HotReloadServer
 
     for option, value in [("history_size", -1), ("session_timeout", 0), ("rate_burst", 1.5),
-                          ("max_body_size", float("inf")), ("public_url", "ftp://x")]:
+                          ("max_body_size", float("inf")), ("public_url", "ftp://x"),
+                          ("session_timeout", 1e20), ("max_body_size", 2**63 - 1)]:
         with pytest.raises(ValueError) as e:
             HotReloadServer(**{option: value})
         assert "--" + option.replace("_", "-") in str(e.value)
