@@ -6,6 +6,7 @@ names as keyword arguments), and each room reads what it needs from it.
 Adding a setting means adding a field here and using it where it matters.
 """
 
+import ipaddress
 import math
 import sys
 from urllib.parse import urlsplit
@@ -77,11 +78,37 @@ def _check_ws_path(instance, attribute, value):
     ws_path_parts(value)  # raises ValueError for a path that hides the API
 
 
+def is_host(name):
+    """A host name or IP address as a Host header names it (an IPv6
+    address without its brackets)."""
+    if not 0 < len(name) <= 253 or not name.isascii():
+        return False
+    if ":" in name:
+        try:
+            ipaddress.IPv6Address(name)
+        except ValueError:
+            return False
+        return True
+    return all(c.isalnum() or c in "-._" for c in name)
+
+
 def _check_public_url(instance, attribute, value):
     if value is None:
         return
-    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https", "ws", "wss"):
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+    except ValueError:  # an unclosed "[" of an IPv6 address
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https", "ws", "wss"):
         raise ValueError("--public-url must start with http://, https://, ws:// or wss://")
+    if not is_host(parts.hostname or ""):
+        raise ValueError(f"--public-url must name a host, such as https://preview.example, not '{value}'")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError(f"--public-url '{value}' has a bad port: give a number from 1 to 65535, or none")
 
 
 def _strings(value):

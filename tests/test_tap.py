@@ -58,6 +58,12 @@ def test_fractional_seconds_and_repeatable_options():
         (["--api-token", "a", "--api-token-file", "/x"], "not both"),
         (["--api-token-file", "/does/not/exist"], "--api-token-file"),
         (["--bogus"], "--bogus"),
+        (["--public-url", "http://"], "--public-url must name a host"),
+        (["--public-url", "http://:8080"], "--public-url must name a host"),
+        (["--public-url", "http://host:abc"], "--public-url 'http://host:abc' has a bad port"),
+        (["--public-url", "https://host:99999"], "bad port"),
+        (["--public-url", "http://[::1"], "--public-url"),
+        (["--public-url", "https://bad host!/"], "--public-url must name a host"),
     ],
 )
 def test_bad_values_exit_with_one_line(argv, words, capsys):
@@ -66,6 +72,21 @@ def test_bad_values_exit_with_one_line(argv, words, capsys):
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("url", [
+    "https://p.example", "https://preview.example.dev/", "http://127.0.0.1:8080/lumora", "https://[::1]:8443",
+    "wss://T.example:443", "ws://tunnel_1.example",
+])
+def test_public_urls_with_a_host_are_taken(url):
+    assert parse("--public-url", url)["config"].public_url == url
+
+
+def test_a_public_url_path_and_port_lead_the_ws_url(reactor):
+    from lumora_reload.server import HotReloadServer
+
+    server = HotReloadServer(reactor=reactor, public_url="https://preview.example:8443/lumora/")
+    assert server.ws_url("abc") == "wss://preview.example:8443/lumora/ws?session=abc"
 
 
 def test_a_session_timeout_of_30_days_is_the_longest_taken():
@@ -156,7 +177,7 @@ def test_embedders_get_the_same_validation_as_the_command_line():
 
     for option, value in [("history_size", -1), ("session_timeout", 0), ("rate_burst", 1.5),
                           ("max_body_size", float("inf")), ("public_url", "ftp://x"),
-                          ("session_timeout", 1e20), ("max_body_size", 2**63 - 1)]:
+                          ("session_timeout", 1e20), ("max_body_size", 2**63 - 1), ("public_url", "http://")]:
         with pytest.raises(ValueError) as e:
             HotReloadServer(**{option: value})
         assert "--" + option.replace("_", "-") in str(e.value)
