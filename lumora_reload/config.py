@@ -75,7 +75,19 @@ def _check_ws_path(instance, attribute, value):
 
     if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError("--ws-path must be a path such as /ws")
+    for c in value:
+        # wsUrl carries the path as it is: a character a URL path cannot hold
+        # ("?", "#", a space) or one that stands for another ("%") breaks it
+        if not (c.isascii() and (c.isalnum() or c in _PATH_CHARACTERS)):
+            raise ValueError(
+                f"--ws-path {value!r} has {c!r}, which a URL path cannot carry as it is; "
+                "use letters, digits and - . _ ~ (such as /lumora/ws)"
+            )
     ws_path_parts(value)  # raises ValueError for a path that hides the API
+
+
+# what a URL path holds as it is, besides letters and digits
+_PATH_CHARACTERS = "/-._~!$&'()*+,;=:@"
 
 
 def is_host(name):

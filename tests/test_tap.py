@@ -55,6 +55,12 @@ def test_fractional_seconds_and_repeatable_options():
         (["--incremental-threshold", "1.5"], "--incremental-threshold"),
         (["--port", "nope:1"], "--port"),
         (["--ws-path", "ws"], "--ws-path"),
+        (["--ws-path", "/ws?x=1"], "--ws-path '/ws?x=1' has '?'"),
+        (["--ws-path", "/ws#top"], "'#'"),
+        (["--ws-path", "/a b"], "' '"),
+        (["--ws-path", "/ws\t"], "--ws-path"),
+        (["--ws-path", "/a%20b"], "'%'"),
+        (["--ws-path", "/caf\u00e9"], "--ws-path"),
         (["--api-token", "a", "--api-token-file", "/x"], "not both"),
         (["--api-token-file", "/does/not/exist"], "--api-token-file"),
         (["--bogus"], "--bogus"),
@@ -87,6 +93,11 @@ def test_a_public_url_path_and_port_lead_the_ws_url(reactor):
 
     server = HotReloadServer(reactor=reactor, public_url="https://preview.example:8443/lumora/")
     assert server.ws_url("abc") == "wss://preview.example:8443/lumora/ws?session=abc"
+
+
+@pytest.mark.parametrize("path", ["/ws", "/lumora/ws", "/Dev-1.v2_~/ws", "/a:b@c+d=e;f,g!$&'()*"])
+def test_ws_paths_of_url_path_characters_are_taken(path):
+    assert parse("--ws-path", path)["config"].ws_path == path
 
 
 def test_a_session_timeout_of_30_days_is_the_longest_taken():
