@@ -127,6 +127,32 @@ def _strings(value):
     return tuple(value or ())
 
 
+def _host_names(value):
+    # as a Host header is compared: lower case, an IPv6 address unbracketed
+    names = []
+    for name in value or ():
+        if isinstance(name, str):
+            name = name.strip().lower()
+            if name.startswith("[") and name.endswith("]"):
+                name = name[1:-1]
+        names.append(name)
+    return tuple(names)
+
+
+def _check_allowed_hosts(instance, attribute, value):
+    for name in value:
+        if isinstance(name, str) and is_host(name):
+            continue
+        hint = ""
+        if isinstance(name, str):
+            try:
+                host = urlsplit(name if "://" in name else "//" + name).hostname or ""
+            except ValueError:
+                host = ""
+            hint = f": {host}" if is_host(host) else f", not {name!r}"
+        raise ValueError(f"--allowed-host takes a host name or address without scheme or port{hint}")
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     ws_path: str = attrs.field(
@@ -171,7 +197,7 @@ class Config:
     )
     api_token: str | None = attrs.field(default=None)
     public_url: str | None = attrs.field(default=None, validator=_check_public_url)
-    allowed_hosts: tuple = attrs.field(default=(), converter=_strings)
+    allowed_hosts: tuple = attrs.field(default=(), converter=_host_names, validator=_check_allowed_hosts)
     allowed_origins: tuple = attrs.field(default=(), converter=_strings)
     # WebSocket ping interval; None follows heartbeat_interval
     auto_ping_interval: float | None = attrs.field(default=None)

@@ -64,6 +64,13 @@ def test_fractional_seconds_and_repeatable_options():
         (["--api-token", "a", "--api-token-file", "/x"], "not both"),
         (["--api-token-file", "/does/not/exist"], "--api-token-file"),
         (["--bogus"], "--bogus"),
+        (["--allowed-host", "tunnel.example:8443"],
+         "--allowed-host takes a host name or address without scheme or port: tunnel.example"),
+        (["--allowed-host", "http://t2.example"],
+         "--allowed-host takes a host name or address without scheme or port: t2.example"),
+        (["--allowed-host", "[::1]:8080"], "without scheme or port: ::1"),
+        (["--allowed-host", "bad host!"], "--allowed-host takes a host name or address without scheme or port"),
+        (["--allowed-host", "h.example/x"], "--allowed-host"),
         (["--public-url", "http://"], "--public-url must name a host"),
         (["--public-url", "http://:8080"], "--public-url must name a host"),
         (["--public-url", "http://host:abc"], "--public-url 'http://host:abc' has a bad port"),
@@ -98,6 +105,16 @@ def test_a_public_url_path_and_port_lead_the_ws_url(reactor):
 @pytest.mark.parametrize("path", ["/ws", "/lumora/ws", "/Dev-1.v2_~/ws", "/a:b@c+d=e;f,g!$&'()*"])
 def test_ws_paths_of_url_path_characters_are_taken(path):
     assert parse("--ws-path", path)["config"].ws_path == path
+
+
+def test_allowed_hosts_are_names_and_addresses(reactor):
+    from lumora_reload.server import HotReloadServer
+
+    config = parse(*[arg for name in ["Tunnel.Example", "tunnel_1.example", "192.168.1.20", "::1", "[2001:db8::1]"]
+                     for arg in ("--allowed-host", name)])["config"]
+    assert config.allowed_hosts == ("tunnel.example", "tunnel_1.example", "192.168.1.20", "::1", "2001:db8::1")
+    policy = HotReloadServer(reactor=reactor, config=config).policy
+    assert policy.host_ok("[2001:db8::1]:8080") and policy.host_ok("TUNNEL.example:443")
 
 
 def test_a_session_timeout_of_30_days_is_the_longest_taken():
@@ -188,10 +205,12 @@ def test_embedders_get_the_same_validation_as_the_command_line():
 
     for option, value in [("history_size", -1), ("session_timeout", 0), ("rate_burst", 1.5),
                           ("max_body_size", float("inf")), ("public_url", "ftp://x"),
-                          ("session_timeout", 1e20), ("max_body_size", 2**63 - 1), ("public_url", "http://")]:
+                          ("session_timeout", 1e20), ("max_body_size", 2**63 - 1), ("public_url", "http://"),
+                          ("allowed_hosts", ["t.example:8443"])]:
         with pytest.raises(ValueError) as e:
             HotReloadServer(**{option: value})
-        assert "--" + option.replace("_", "-") in str(e.value)
+        # a repeatable option is named as it is given, once
+        assert "--" + option.replace("_", "-").removesuffix("s") in str(e.value)
 
 
 def test_every_config_setting_with_a_kind_is_an_option():
