@@ -127,6 +127,22 @@ def _strings(value):
     return tuple(value or ())
 
 
+def _check_allowed_origins(instance, attribute, value):
+    for origin in value:
+        if not (isinstance(origin, str) and "://" in origin and _names_a_host(origin)):
+            raise ValueError(f"--allowed-origin '{origin}' must look like http://host:port")
+
+
+def _names_a_host(url):
+    """The URL has a host, and a port from 1 to 65535 if any."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port that is no number, an unclosed "["
+        return False
+    return is_host(parts.hostname or "") and port != 0
+
+
 def _host_names(value):
     # as a Host header is compared: lower case, an IPv6 address unbracketed
     names = []
@@ -198,7 +214,7 @@ class Config:
     api_token: str | None = attrs.field(default=None)
     public_url: str | None = attrs.field(default=None, validator=_check_public_url)
     allowed_hosts: tuple = attrs.field(default=(), converter=_host_names, validator=_check_allowed_hosts)
-    allowed_origins: tuple = attrs.field(default=(), converter=_strings)
+    allowed_origins: tuple = attrs.field(default=(), converter=_strings, validator=_check_allowed_origins)
     # WebSocket ping interval; None follows heartbeat_interval
     auto_ping_interval: float | None = attrs.field(default=None)
     secure: bool = False  # the port is TLS: wsUrl says wss

@@ -58,9 +58,7 @@ class Options(usage.Options):
 
     def opt_allowed_origin(self, origin):
         """Extra browser Origin accepted (repeatable)."""
-        if "://" not in origin:
-            raise usage.UsageError(f"--allowed-origin '{origin}' must look like http://host:port")
-        self["allowed-origins"].append(origin.strip())
+        self["allowed-origins"].append(origin.strip())  # checked by Config
 
     def parseOptions(self, options=None):
         # A bad value is one line and a non-zero exit, not a page of usage.

@@ -71,6 +71,11 @@ def test_fractional_seconds_and_repeatable_options():
         (["--allowed-host", "[::1]:8080"], "without scheme or port: ::1"),
         (["--allowed-host", "bad host!"], "--allowed-host takes a host name or address without scheme or port"),
         (["--allowed-host", "h.example/x"], "--allowed-host"),
+        (["--allowed-origin", "http://"], "--allowed-origin 'http://' must look like http://host:port"),
+        (["--allowed-origin", "http://:3000"], "--allowed-origin 'http://:3000' must look like"),
+        (["--allowed-origin", "http://o.example:abc"], "--allowed-origin"),
+        (["--allowed-origin", "http://[::1"], "--allowed-origin"),
+        (["--allowed-origin", "o.example"], "--allowed-origin"),
         (["--public-url", "http://"], "--public-url must name a host"),
         (["--public-url", "http://:8080"], "--public-url must name a host"),
         (["--public-url", "http://host:abc"], "--public-url 'http://host:abc' has a bad port"),
@@ -115,6 +120,12 @@ def test_allowed_hosts_are_names_and_addresses(reactor):
     assert config.allowed_hosts == ("tunnel.example", "tunnel_1.example", "192.168.1.20", "::1", "2001:db8::1")
     policy = HotReloadServer(reactor=reactor, config=config).policy
     assert policy.host_ok("[2001:db8::1]:8080") and policy.host_ok("TUNNEL.example:443")
+
+
+def test_allowed_origins_with_a_host_are_taken():
+    origins = ["http://c.example:3000", "https://snack.example/", "capacitor://localhost", "http://[::1]:8080"]
+    config = parse(*[arg for origin in origins for arg in ("--allowed-origin", origin)])["config"]
+    assert config.allowed_origins == tuple(origins)
 
 
 def test_a_session_timeout_of_30_days_is_the_longest_taken():
@@ -206,7 +217,7 @@ def test_embedders_get_the_same_validation_as_the_command_line():
     for option, value in [("history_size", -1), ("session_timeout", 0), ("rate_burst", 1.5),
                           ("max_body_size", float("inf")), ("public_url", "ftp://x"),
                           ("session_timeout", 1e20), ("max_body_size", 2**63 - 1), ("public_url", "http://"),
-                          ("allowed_hosts", ["t.example:8443"])]:
+                          ("allowed_hosts", ["t.example:8443"]), ("allowed_origins", ["http://"])]:
         with pytest.raises(ValueError) as e:
             HotReloadServer(**{option: value})
         # a repeatable option is named as it is given, once
