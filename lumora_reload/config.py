@@ -123,6 +123,12 @@ def _check_public_url(instance, attribute, value):
         raise ValueError(f"--public-url '{value}' has a bad port: give a number from 1 to 65535, or none")
 
 
+def _check_api_token(instance, attribute, value):
+    # a blank token could never be matched: the daemon would take no token
+    if value is not None and not (isinstance(value, str) and value.strip()):
+        raise ValueError("--api-token must not be empty")
+
+
 def _strings(value):
     return tuple(value or ())
 
@@ -211,7 +217,7 @@ class Config:
     max_name_length: int = _number(
         256, "Longest deviceId, deviceName, platform and clientVersion, in characters.", "count"
     )
-    api_token: str | None = attrs.field(default=None)
+    api_token: str | None = attrs.field(default=None, validator=_check_api_token)
     public_url: str | None = attrs.field(default=None, validator=_check_public_url)
     allowed_hosts: tuple = attrs.field(default=(), converter=_host_names, validator=_check_allowed_hosts)
     allowed_origins: tuple = attrs.field(default=(), converter=_strings, validator=_check_allowed_origins)

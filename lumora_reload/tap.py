@@ -75,6 +75,8 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self):
+        if self["api-token"] is not None and not self["api-token"].strip():
+            raise usage.UsageError("--api-token must not be empty")
         if self["api-token"] and self["api-token-file"]:
             raise usage.UsageError("give --api-token or --api-token-file, not both")
         if self["api-token-file"]:

@@ -63,6 +63,10 @@ def test_fractional_seconds_and_repeatable_options():
         (["--ws-path", "/caf\u00e9"], "--ws-path"),
         (["--api-token", "a", "--api-token-file", "/x"], "not both"),
         (["--api-token-file", "/does/not/exist"], "--api-token-file"),
+        (["--api-token", ""], "--api-token must not be empty"),
+        (["--api-token", " "], "--api-token must not be empty"),
+        (["--api-token", "", "--api-token-file", "/dev/null"], "--api-token must not be empty"),
+        (["--api-token-file", "/dev/null"], "--api-token-file is empty"),
         (["--bogus"], "--bogus"),
         (["--allowed-host", "tunnel.example:8443"],
          "--allowed-host takes a host name or address without scheme or port: tunnel.example"),
@@ -217,7 +221,8 @@ def test_embedders_get_the_same_validation_as_the_command_line():
     for option, value in [("history_size", -1), ("session_timeout", 0), ("rate_burst", 1.5),
                           ("max_body_size", float("inf")), ("public_url", "ftp://x"),
                           ("session_timeout", 1e20), ("max_body_size", 2**63 - 1), ("public_url", "http://"),
-                          ("allowed_hosts", ["t.example:8443"]), ("allowed_origins", ["http://"])]:
+                          ("allowed_hosts", ["t.example:8443"]), ("allowed_origins", ["http://"]),
+                          ("api_token", "")]:
         with pytest.raises(ValueError) as e:
             HotReloadServer(**{option: value})
         # a repeatable option is named as it is given, once
