@@ -53,7 +53,7 @@ def _own_names():
         pass
     # the host name often resolves to loopback alone; a request through a
     # port forward names an interface's address while arriving on another
-    names.update(address for _, address in list_interfaces())
+    names.update(address for _, address in list_interfaces() if address != "0.0.0.0")
     return names
 
 

@@ -1,29 +1,46 @@
 """The service's Deferred helpers: one queue of work per session, the
 Deferred a push returns, and reading an already-fired Deferred."""
 
+import attrs
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-_RESULT_FIELDS = frozenset(("success", "devices_updated", "update_type", "sequence_number"))
+from lumora_reload.model import PushResult
+
+_RESULT_FIELDS = frozenset(field.name for field in attrs.fields(PushResult))
+_PENDING = object()
 
 
 class PushDeferred(defer.Deferred):
     """The Deferred `HotReloadServer.push_update` returns, firing with a
-    `PushResult` or failing with `LumoraError`. Once it has fired (with the
-    memory and SQLite stores, before the call returns) it also reads as
-    its outcome, for code that does not wait: ``push_update(...).update_type``
-    is the result's, and reading a field of a failed push raises its
-    error."""
+    `PushResult` or failing with `LumoraError`; cancelling it cancels the
+    push (`push` is the push's own Deferred). Once it has fired (with the
+    memory and SQLite stores, before the call returns) it also reads as the
+    push's outcome, for code that does not wait: ``push_update(...).update_type``
+    is the result's, and reading a field of a failed push raises its error
+    (the failure then counts as handled)."""
+
+    def __init__(self, push):
+        super().__init__(lambda _: push.cancel())
+        self._outcome = _PENDING
+        self.addBoth(self._keep)
+        push.chainDeferred(self)
+
+    def _keep(self, outcome):
+        self._outcome = outcome
+        return outcome
 
     def __getattr__(self, name):
         if name not in _RESULT_FIELDS:
             raise AttributeError(name)
-        if not self.called:
+        outcome = self._outcome
+        if outcome is _PENDING:
             raise AttributeError(f"{name}: the push has not finished yet; wait for the Deferred")
-        result = self.result
-        if isinstance(result, Failure):
-            result.raiseException()
-        return getattr(result, name)
+        if isinstance(outcome, Failure):
+            if self._debugInfo is not None and self._debugInfo.failResult is outcome:
+                self._debugInfo.failResult = None  # read: nobody needs to hear of it when collected
+            outcome.raiseException()
+        return getattr(outcome, name)
 
 
 class SessionQueues:

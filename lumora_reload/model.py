@@ -13,7 +13,7 @@ import attrs
 import orjson
 from zope.interface import Interface
 
-from lumora_reload import errors
+from lumora_reload import errors, messages
 from lumora_reload import schema as schemas
 from lumora_reload.errors import LumoraError
 
@@ -68,9 +68,12 @@ class Limits:
         consecutive (an entry that does not follow starts it afresh)."""
         if history and history[-1].sequence + 1 != entry.sequence:
             history = ()
-        kept = list(history) + [entry]
-        if len(kept) > self.history_size:
-            kept = kept[len(kept) - self.history_size:]
+        return self.bounded(tuple(history) + (entry,))
+
+    def bounded(self, history):
+        """The newest entries of `history` within the count and the replay
+        bytes (the last one is always kept)."""
+        kept = list(history[-self.history_size:])
         size = sum(len(e.payload or b"") for e in kept)
         while size > self.history_bytes and len(kept) > 1:
             size -= len(kept.pop(0).payload or b"")
@@ -150,6 +153,20 @@ class State:
 
 
 EMPTY = State()
+
+
+def restored(state, limits):
+    """A state read back from a store, made ready for this daemon: its
+    history within `limits` (they may have changed since it was stored),
+    and a stored frame of its own full update used as that update."""
+    history = limits.bounded(state.history)
+    if history != state.history:
+        state = attrs.evolve(state, history=history)
+    last = history[-1] if history else None
+    if (last is not None and last.sequence == state.sequence and last.payload is not None
+            and last.update_type == messages.UPDATE_FULL):
+        state._cache[messages.UPDATE_FULL] = Outgoing(last.payload, last.sequence)
+    return state
 
 
 @attrs.frozen(eq=False)

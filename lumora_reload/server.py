@@ -22,23 +22,26 @@ from lumora_reload.errors import LumoraError
 from lumora_reload.fdwatch import FdWatch
 from lumora_reload.liveness import Sweeps
 from lumora_reload.metrics import Metrics
+from lumora_reload.model import restored
 from lumora_reload.sessions import Hub, Limits, PushResult, short_id
 from lumora_reload.store import ISharedStore, MemoryStore, StoreConflict, StoreUnavailable
 from lumora_reload.websocket import DeviceFactory
+
+_UNSET = object()  # a constructor argument not given (None is a value Config refuses)
 
 
 class HotReloadServer(service.Service):
     _log = Logger()
 
-    def __init__(self, reactor=None, ws_path=None, session_timeout=None, heartbeat_interval=None,
-                 connection_timeout=None, store=None, *, clock=None, config=None, **options):
+    def __init__(self, reactor=None, ws_path=_UNSET, session_timeout=_UNSET, heartbeat_interval=_UNSET,
+                 connection_timeout=_UNSET, store=None, *, clock=None, config=None, **options):
         """`config` is a `Config`; keyword `options` are its fields, and
         override it when both are given (the four named ones may also come
         by position, in the TypeScript server's order). Invalid values
         raise ValueError."""
         named = {"ws_path": ws_path, "session_timeout": session_timeout,
                  "heartbeat_interval": heartbeat_interval, "connection_timeout": connection_timeout}
-        options.update((k, v) for k, v in named.items() if v is not None)
+        options.update((k, v) for k, v in named.items() if v is not _UNSET)
         if config is None:
             config = Config(**options)
         elif options:
@@ -110,6 +113,7 @@ class HotReloadServer(service.Service):
 
     def startService(self):
         for session in self.store.load():
+            session.state = restored(session.state, self.hub.limits)
             self.hub.add_session(session)
         if self.hub.sessions:
             self._log.info("restored {n} session(s)", n=len(self.hub.sessions), event="sessions.restored")
@@ -274,10 +278,8 @@ class HotReloadServer(service.Service):
         other. With a synchronous store the Deferred has fired on return.
         """
         run, started = self._queues.run, self.clock.seconds()
-        pushed = PushDeferred()
-        self.metrics.timed_push(run, session_id, self._push, session_id, schema, preserve_state, started,
-                                fresh).chainDeferred(pushed)
-        return pushed
+        return PushDeferred(self.metrics.timed_push(
+            run, session_id, self._push, session_id, schema, preserve_state, started, fresh))
 
     @defer.inlineCallbacks
     def _push(self, session_id, schema, preserve_state, started, fresh=False):

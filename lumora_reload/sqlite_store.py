@@ -89,6 +89,8 @@ MIGRATIONS = [
         # resuming at a number can be checked against the state it holds
         "ALTER TABLE history ADD COLUMN checksum TEXT",
     ],
+    # (no migration: full updates' rows now hold their frames too; rows
+    # written before, with NULL, still load as markers)
 ]
 VERSION = len(MIGRATIONS)
 

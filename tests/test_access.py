@@ -28,11 +28,12 @@ def test_host_check():
 
 def test_host_check_takes_every_address_of_this_machines_interfaces(monkeypatch):
     """Not only the one a request arrived on: a port forward delivers on loopback a request naming the LAN address."""
-    monkeypatch.setattr(access, "list_interfaces", lambda: [("lo", "127.0.0.1"), ("eth0", "192.0.2.7")])
+    monkeypatch.setattr(access, "list_interfaces", lambda: [("lo", "127.0.0.1"), ("eth0", "192.0.2.7"), ("", "0.0.0.0")])
     policy = AccessPolicy()
     assert policy.host_ok("192.0.2.7:8080", local_address="127.0.0.1")
     assert policy.origin_ok("http://192.0.2.7:8080", local_address="127.0.0.1")
     assert not policy.host_ok("192.0.2.8:8080", local_address="127.0.0.1")
+    assert not policy.host_ok("0.0.0.0:8080", local_address="127.0.0.1")  # names no machine
 
 
 def test_origin_check():

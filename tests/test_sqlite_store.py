@@ -404,3 +404,23 @@ def test_make_store_opens_sqlite_unless_in_memory(tmp_path):
     options = tap.Options()
     options.parseOptions(["--data-dir", str(tmp_path), "--in-memory"])
     assert isinstance(tap.make_store(options), MemoryStore)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restarted_daemon_holds_the_history_its_own_limits_allow(daemon_factory, tmp_path):
+    """Limits lowered between runs bound the history read back, not only the next push's; the
+    stored frame of the current full update is the one the daemon sends again."""
+    daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)))
+    sid = await daemon.new_session(_leaves("x"))
+    for text in "abcdef":
+        assert (await daemon.push(sid, _leaves(text, range(12))))["updateType"] == "full"
+    await daemon.stop()
+
+    daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)), history_size=3)
+    session = daemon.server.hub.get_session(sid)
+    assert [e.sequence for e in session.history] == [5, 6, 7]
+    assert daemon.server.hub.full_update(session).payload is session.history[-1].payload
+    await daemon.stop()
+
+    daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)), max_history_bytes=1)
+    assert [e.sequence for e in daemon.server.hub.get_session(sid).history] == [7]
