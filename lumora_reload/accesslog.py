@@ -1,7 +1,8 @@
 """The access log's line: the combined format, with session ids cut to
 their first characters and tokens hidden (an id is what lets a device
 join), no referrer (it can hold the same), and Twisted's escaping of
-every field."""
+every field. Beyond the places an id belongs, any run that may be a
+session id is cut too, wherever a client put it."""
 
 import re
 from urllib.parse import unquote
@@ -25,7 +26,7 @@ def access_log_line(timestamp, request):
         request.sentLength or "-",
         log_text((request.getHeader(b"user-agent") or b"-")[:_AGENT_CHARS]),
     )
-    return line
+    return redact_ids(line)
 
 
 _AGENT_CHARS = 200
@@ -41,6 +42,30 @@ def log_text(value):
     if not raw.translate(None, _PLAIN):
         return raw.decode("ascii")
     return _escape(raw)
+
+
+# A session id is 32 hex digits (`secrets.token_hex(16)`). A client may put
+# one anywhere: an absolute-form target, `//session/ID`, `/./session/ID`,
+# `/session//ID`, `;session=ID`, another parameter, its User-Agent, the
+# method. Served or refused, the line must not hold it in full. Any run of
+# 32 or more hex digits, each as it is or percent-encoded, is cut as `_cut`
+# cuts an id. The line is first mapped, one C call, to
+# "x" for each character such a run is made of and a space for the others:
+# most lines hold no 32 in a row and skip the regex.
+_ID_RUN = re.compile(r"(?:[0-9A-Fa-f]|%(?:3[0-9]|[46][1-6])){32,}")
+_ID_CHARS = bytes(0x78 if b in b"0123456789ABCDEFabcdef%" else 0x20 for b in range(256))
+_ID_SPAN = b"x" * 32
+
+
+def redact_ids(text):
+    """`text` (ASCII) with every run that may be a session id cut."""
+    if _ID_SPAN not in text.encode("ascii", "replace").translate(_ID_CHARS):
+        return text
+    return _ID_RUN.sub(_cut_run, text)
+
+
+def _cut_run(match):
+    return _cut(match.group())
 
 
 def redact_uri(uri):
