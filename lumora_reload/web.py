@@ -167,8 +167,9 @@ class DeviceSocket(WebSocketResource):
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         key = request.getHeader(b"sec-websocket-key")
         if (request.method != b"GET" or upgrade != b"websocket" or not key
-                or request.getHeader(b"sec-websocket-version") != b"13"):
+                or request.requestHeaders.getRawHeaders(b"sec-websocket-version") != [b"13"]):
             request.setHeader(b"upgrade", b"websocket")
+            request.setHeader(b"sec-websocket-version", b"13")  # RFC 6455 4.4: the version it speaks
             body = api.write_json(request, 426, {
                 "error": "This path is the device WebSocket; connect with a WebSocket client (version 13)",
                 "code": errors.BAD_REQUEST,
@@ -177,7 +178,15 @@ class DeviceSocket(WebSocketResource):
             return body
         channel = request.channel
         transport = channel.transport
-        result = super().render(request)
+        # Autobahn reads the handshake again and may refuse what twisted.web
+        # took (a missing Connection header, a bad key); the device protocol
+        # answers that in JSON itself, and this request is its access-log line
+        factory = self._factory
+        factory.upgrading = _log_refused(request)
+        try:
+            result = super().render(request)
+        finally:
+            factory.upgrading = None
         # Bytes the client sent right after its handshake are still in
         # twisted.web's parser; Autobahn never sees them, and twisted.web
         # pauses the socket when they pass 16 KiB, so the connection would
@@ -190,6 +199,15 @@ class DeviceSocket(WebSocketResource):
             if buffered:
                 device.dataReceived(buffered)
         return result
+
+
+def _log_refused(request):
+    def refused(status, length):
+        request.code, request.sentLength = status, length
+        site = getattr(request.channel, "factory", None)
+        if site is not None:
+            site.log(request)
+    return refused
 
 
 def build_root(server, ws_factory):

@@ -3,6 +3,8 @@
 Wire protocol, in short:
 
   URL      ws://HOST:PORT/ws?session=ID
+           not an upgrade, or another version than 13 -> HTTP 426 (web.py);
+           a malformed upgrade -> HTTP 400; both JSON, BAD_REQUEST
            no session -> close 4400 "Session ID required"
            unknown    -> close 4404 "Session not found"
            expired    -> close 4410 "Session expired"
@@ -34,14 +36,17 @@ push producer registered on the transport reports when the kernel stopped
 taking our bytes and when it drained.
 """
 
+import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.web import http, server
 from zope.interface import implementer
 
-from lumora_reload import messages
+from lumora_reload import errors, messages
+from lumora_reload.accesslog import log_text, redact_ids
 from lumora_reload.connection import Connection, IWire, Phase
 from lumora_reload.metrics import NO_EVENTS
 from lumora_reload.wsbase import LeanServerProtocol, PingSweep
@@ -69,7 +74,7 @@ class _BufferWatch:
 @implementer(IWire)
 class DeviceProtocol(LeanServerProtocol):
     # thousands of these stay open all day: no instance dict for our state
-    __slots__ = ("connection", "_session_id", "_refusal", "_pending")
+    __slots__ = ("connection", "_session_id", "_refusal", "_pending", "_on_refused")
     _log = Logger()
 
     def __init__(self):
@@ -78,6 +83,7 @@ class DeviceProtocol(LeanServerProtocol):
         self._session_id = None
         self._refusal = None
         self._pending = 0  # bytes of the message being received
+        self._on_refused = None  # told (status, body length) of a refused handshake
 
     def makeConnection(self, transport):
         # On a TLS port the per-address limit's ProtocolWrapper sits between
@@ -88,6 +94,9 @@ class DeviceProtocol(LeanServerProtocol):
         inner = getattr(transport, "transport", None)
         if isinstance(transport, ProtocolWrapper) and isinstance(inner, TLSMemoryBIOProtocol):
             transport = inner
+        # the HTTP request being upgraded, when the site hands one over:
+        # a refused handshake is logged as its answer
+        self._on_refused = getattr(self.factory, "upgrading", None)
         super().makeConnection(transport)
 
     @property
@@ -112,7 +121,30 @@ class DeviceProtocol(LeanServerProtocol):
             return self.factory.lookup(self._session_id).addBoth(lambda _: None)
         return None
 
+    def failHandshake(self, reason, code=400, responseHeaders=None):
+        # Autobahn answers a bare status line whose phrase is its reason;
+        # this answer is JSON, as every other answer on the port
+        status, extra = code, b""
+        if any(name.lower() == "sec-websocket-version" for name, _ in responseHeaders or ()):
+            status = 426  # RFC 6455 4.4: name the version this server speaks
+        if status == 426:
+            extra = b"upgrade: websocket\r\nsec-websocket-version: 13\r\n"
+        if status >= 500:
+            message, code_name = _INTERNAL, errors.INTERNAL_ERROR
+        else:
+            message, code_name = handshake_problem(reason), errors.BAD_REQUEST
+        shown = redact_ids(log_text(message.encode("utf-8")))
+        self.wasNotCleanReason = shown  # logged by Autobahn as it drops the connection
+        self._log.info("refused a device handshake: {why}", why=shown, event="device.refused")
+        body = orjson.dumps({"error": message, "code": code_name})
+        self.sendData(_http_answer(status, extra, body))
+        on_refused, self._on_refused = self._on_refused, None
+        if on_refused is not None:
+            on_refused(status, len(body))
+        self.dropConnection(abort=False)
+
     def onOpen(self):
+        self._on_refused = None
         factory = self.factory
         self.connection = Connection(
             factory.hub,
@@ -207,6 +239,32 @@ class DeviceProtocol(LeanServerProtocol):
             self._log.debug("transport does not accept a producer")
 
 
+_INTERNAL = "Internal error; the daemon's log has the details"
+# characters of Autobahn's reason (which repeats what the client sent) in an answer
+_SHOWN = 200
+
+
+def handshake_problem(reason):
+    """Autobahn's reason for refusing a handshake as a sentence for the
+    client: no "HTTP " in front, a capital first letter, and at most
+    `_SHOWN` characters of it."""
+    text = reason.strip()
+    if text.startswith("HTTP "):
+        text = text[5:]
+    text = text[:1].upper() + text[1:]
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
+
+
+def _http_answer(status, extra_headers, body):
+    # twisted.web knows no phrase for 426
+    phrase = b"Upgrade Required" if status == 426 else http.RESPONSES.get(status, b"Error")
+    return (
+        b"HTTP/1.1 %d %s\r\nserver: %s\r\ndate: %s\r\n%scontent-type: application/json\r\n"
+        b"cache-control: no-store\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+        % (status, phrase, server.version, http.datetimeToString(), extra_headers, len(body), body)
+    )
+
+
 class DeviceFactory(WebSocketServerFactory):
     """Holds what every device connection shares: the hub, the access
     policy, limits, and the set of open connections."""
@@ -242,6 +300,9 @@ class DeviceFactory(WebSocketServerFactory):
         self._waiting = []
         # session_id -> Deferred; set by the server in cluster mode
         self.lookup = None
+        # while the site hands an HTTP request over to a new connection: a
+        # callable told (status, body length) if its handshake is refused
+        self.upgrading = None
         # what connections report (the server's metrics)
         self.events = NO_EVENTS
         options = dict(
