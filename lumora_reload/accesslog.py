@@ -58,7 +58,7 @@ _ID_SPAN = b"x" * 32
 
 
 def redact_ids(text):
-    """`text` (ASCII) with every run that may be a session id cut."""
+    """`text` with every run that may be a session id cut."""
     if _ID_SPAN not in text.encode("ascii", "replace").translate(_ID_CHARS):
         return text
     return _ID_RUN.sub(_cut_run, text)

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from lumora_reload import errors, messages
+from lumora_reload.accesslog import redact_ids
 from lumora_reload.errors import LumoraError
 from lumora_reload.metrics import NO_EVENTS
 from lumora_reload.sessions import IDeviceLink, Outgoing, short_id
@@ -201,7 +202,8 @@ class Connection:
         if self.phase is not Phase.NEW:
             return
         if refusal is not None:
-            self._log.info("refused device upgrade: {why}", why=refusal, event="device.refused")
+            # the refusal repeats the Host or Origin the client sent
+            self._log.info("refused device upgrade: {why}", why=redact_ids(refusal), event="device.refused")
             origin_problem = refusal.startswith("Origin")
             self.events.refused("websocket", "origin" if origin_problem else "host")
             self.close(messages.CLOSE_FORBIDDEN, "Origin not allowed" if origin_problem else "Host not allowed")
@@ -382,7 +384,7 @@ class Connection:
                 event="device.failed",
                 device=_name(self.device),
                 sequence=payload["sequenceNumber"],
-                error=payload.get("error"),
+                error=_shown(payload.get("error")),
             )
             self._resync()
 
@@ -405,8 +407,8 @@ class Connection:
             "trace": self._log.debug,
         }.get(payload["level"].lower(), self._log.info)
         emit(
-            "[{device}] {message}", event="device.log", device=line["deviceName"] or line["deviceId"],
-            message=line["message"], session=short_id(self.session_id),
+            "[{device}] {message}", event="device.log", device=_shown(line["deviceName"] or line["deviceId"]),
+            message=_shown(line["message"]), session=short_id(self.session_id),
         )
 
     def handle_error(self, payload):
@@ -415,7 +417,7 @@ class Connection:
             event="device.error",
             device=_name(self.device),
             code=(payload.get("code") or "")[:64],
-            message=(payload.get("message") or "")[:LOG_LINE_LIMIT],
+            message=_shown((payload.get("message") or "")[:LOG_LINE_LIMIT]),
         )
         if payload.get("code") == errors.CHECKSUM_MISMATCH:
             self._resync()
@@ -473,4 +475,10 @@ def _parse(data, binary):
 
 
 def _name(device):
-    return device.device_name or device.device_id
+    return _shown(device.device_name or device.device_id)
+
+
+def _shown(value):
+    """What a device sent, for a log line: a session id in it is cut (a
+    device may well log the URL it connected to)."""
+    return None if value is None else redact_ids(value if isinstance(value, str) else str(value))

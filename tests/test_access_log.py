@@ -1,15 +1,17 @@
 """The access log never holds a session id in full, wherever in the
-request line or User-Agent a client put it; its line format is unchanged."""
+request line or User-Agent a client put it; its line format is unchanged.
+Nor do the daemon's other lines that repeat what a client sent."""
 
 import io
 from urllib.parse import unquote
 
 import pytest
 import pytest_twisted
+from twisted.logger import formatEvent, globalLogPublisher
 
 from lumora_reload.accesslog import access_log_line, redact_ids
-from tests.helpers import make_schema
-from tests.rawhttp import exchange
+from tests.helpers import connected_device, make_schema
+from tests.rawhttp import exchange, ws_handshake
 
 ensure = pytest_twisted.ensureDeferred
 
@@ -115,3 +117,52 @@ async def test_no_request_for_a_real_session_logs_its_id(daemon):
     assert len(logged.splitlines()) == len(targets) + 1, logged
     assert sid not in logged, logged
     assert logged.count(f"{sid[:6]}...") >= len(targets), logged
+
+
+# -- the daemon's other log lines ------------------------------------------
+
+
+async def _logged_while(coroutine):
+    lines = []
+
+    def observe(event):
+        lines.append(formatEvent(event) or "")
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        await coroutine
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("host, origin", [("{sid}.example", None), ("127.0.0.1", "http://{sid}.example")])
+@ensure
+async def test_a_refused_upgrade_s_log_line_cuts_an_id_in_its_host_or_origin(daemon, host, origin):
+    sid = await daemon.new_session(make_schema())
+    extra = [("Origin", origin.format(sid=sid))] if origin else []
+    head = ws_handshake(f"/ws?session={sid}", host=host.format(sid=sid), extra=extra)
+    logged = await _logged_while(exchange(daemon.port.getHost().port, head))
+    assert "refused device upgrade" in logged and f"{sid[:6]}..." in logged, logged
+    assert sid not in logged, logged
+
+
+@ensure
+async def test_what_a_device_sends_is_logged_with_ids_cut(daemon):
+    sid = await daemon.new_session(make_schema())
+
+    async def chatter():
+        device, _ = await connected_device(daemon, sid, deviceName=f"phone {sid}")
+        device.send("log", {"level": "warn", "message": f"connected to /ws?session={sid}"})
+        device.send("error", {"code": "X", "message": f"lost {sid}"})
+        device.send("ack", {"sequenceNumber": 0, "success": False, "error": f"bad {sid}"})
+        await device.next_of("update")
+        _, body = await daemon.call("GET", f"/session/{sid}/logs")
+        # the session's own log, for those who hold the id, keeps the line whole
+        assert body["lines"][-1]["message"] == f"connected to /ws?session={sid}"
+        device.sendClose()
+        await device.wait_closed()
+
+    logged = await _logged_while(chatter())
+    assert "connected to /ws?session=" in logged and "lost " in logged and "bad " in logged, logged
+    assert sid not in logged, logged
