@@ -10,6 +10,7 @@ parse errors included (`Channel`).
 """
 
 import io
+import re
 import time
 from urllib.parse import quote
 
@@ -240,6 +241,24 @@ class Channel(http.HTTPChannel):
     def lineLengthExceeded(self, line):
         # Twisted's LineReceiver would drop the connection without a word
         self._respondToBadRequestAndDisconnect()
+
+    def allHeadersReceived(self):
+        # An absolute-form target (RFC 9112 3.2.2), which twisted.web would
+        # route as a path: served as its path, its authority the Host
+        found = _ABSOLUTE.match(self._path)
+        if found is not None:
+            authority = found.group(1)
+            if not authority or b"@" in authority:  # no host, or user info
+                self._respondToBadRequestAndDisconnect()
+                _ignore_rest(self)
+                return
+            rest = self._path[found.end():]
+            self._path = rest if rest[:1] == b"/" else b"/" + rest
+            self.requests[-1].requestHeaders.setRawHeaders(b"host", [authority])
+        super().allHeadersReceived()
+
+
+_ABSOLUTE = re.compile(rb"https?://([^/?#]*)", re.IGNORECASE)
 
 
 class Request(server.Request):
