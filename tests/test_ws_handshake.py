@@ -7,7 +7,7 @@ import socket
 
 import pytest
 import pytest_twisted
-from twisted.internet import threads
+from twisted.internet import task, threads
 from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.helpers import make_schema
@@ -153,3 +153,57 @@ async def test_a_good_upgrade_still_opens(daemon):
     device = await daemon.device(sid)
     info = await device.hello()
     assert info["connectionId"]
+
+
+@ensure
+async def test_a_handshake_refused_later_is_answered_and_logged_alike(daemon, reactor):
+    """In cluster mode onConnect waits for the store; Autobahn refuses a bad
+    extension parameter only after that, once the site's render is over."""
+    sid = await daemon.new_session(make_schema())
+    waited = []
+
+    def lookup(session_id):
+        waited.append(session_id)
+        return task.deferLater(reactor, 0.05, lambda: None)
+
+    daemon.server.ws_factory.lookup = lookup
+    daemon.port.factory.wrappedFactory.logFile = access = io.StringIO()
+    response, closed = await exchange(daemon, f"/ws?session={sid}", MALFORMED["bad extension parameter"])
+    assert waited == [sid] and closed
+    assert "extension" in assert_json_answer(response, 400)["error"]
+    assert f'"GET /ws?session={sid[:6]}... HTTP/1.1" 400 {len(response.body)} ' in access.getvalue()
+
+
+@ensure
+async def test_a_failure_while_deciding_an_upgrade_is_500_internal_error(daemon, monkeypatch):
+    def broken(*args):
+        raise ZeroDivisionError("secret detail")
+
+    monkeypatch.setattr(daemon.server.ws_factory.policy, "check_browser", broken)
+    daemon.port.factory.wrappedFactory.logFile = access = io.StringIO()
+    response, closed = await exchange(daemon, "/ws?session=abc", UPGRADE)
+    assert closed and response.status == 500, response.raw
+    assert response.headers["content-length"] == str(len(response.body))
+    assert response.json()["code"] == "INTERNAL_ERROR"
+    assert "secret detail" not in response.json()["error"]
+    assert '"GET /ws?session=abc... HTTP/1.1" 500 ' in access.getvalue()
+
+
+def test_autobahn_s_own_version_refusal_would_be_a_426_naming_13():
+    """The site answers every version but 13 before Autobahn reads it; were
+    Autobahn to refuse one, its answer would be the same."""
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from lumora_reload.access import AccessPolicy
+    from lumora_reload.websocket import DeviceFactory
+
+    factory = DeviceFactory(hub=None, policy=AccessPolicy(), reactor=MemoryReactorClock())
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    protocol.transport.unregisterProducer = lambda: None  # Autobahn unregisters on a drop
+    protocol.failHandshake("WebSocket version 8 not supported (supported versions: 13,8)", 400,
+                           [("Sec-WebSocket-Version", "13,8")])
+    response = Response(protocol.transport.value())
+    assert_json_answer(response, 426)
+    assert response.headers["sec-websocket-version"] == "13" and response.headers["upgrade"] == "websocket"
+    assert response.json()["error"] == "WebSocket version 8 not supported (supported versions: 13,8)"
