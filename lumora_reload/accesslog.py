@@ -19,14 +19,14 @@ def access_log_line(timestamp, request):
     line = '"%s" - - %s "%s %s %s" %d %s "-" "%s"' % (
         log_text(ip),
         timestamp,
-        log_text(request.method),
-        log_text(redact_uri(request.uri).encode("latin-1")),
+        redact_ids(log_text(request.method)),
+        redact_ids(log_text(redact_uri(request.uri).encode("latin-1"))),
         log_text(request.clientproto),
         request.code,
         request.sentLength or "-",
-        log_text((request.getHeader(b"user-agent") or b"-")[:_AGENT_CHARS]),
+        redact_ids(log_text((request.getHeader(b"user-agent") or b"-")[:_AGENT_CHARS])),
     )
-    return redact_ids(line)
+    return line
 
 
 _AGENT_CHARS = 200
@@ -49,9 +49,11 @@ def log_text(value):
 # `/session//ID`, `;session=ID`, another parameter, its User-Agent, the
 # method. Served or refused, the line must not hold it in full. Any run of
 # 32 or more hex digits, each as it is or percent-encoded, is cut as `_cut`
-# cuts an id. The line is first mapped, one C call, to
-# "x" for each character such a run is made of and a space for the others:
-# most lines hold no 32 in a row and skip the regex.
+# cuts an id. A line is written per request, so each field a client writes
+# (method, target, User-Agent) is checked on its own, a short one cannot
+# hold a run, and a longer one is first mapped, one C call, to "x" for each
+# character such a run is made of and a space for the others; most hold no
+# 32 in a row and skip the regex.
 _ID_RUN = re.compile(r"(?:[0-9A-Fa-f]|%(?:3[0-9]|[46][1-6])){32,}")
 _ID_CHARS = bytes(0x78 if b in b"0123456789ABCDEFabcdef%" else 0x20 for b in range(256))
 _ID_SPAN = b"x" * 32
@@ -59,7 +61,7 @@ _ID_SPAN = b"x" * 32
 
 def redact_ids(text):
     """`text` with every run that may be a session id cut."""
-    if _ID_SPAN not in text.encode("ascii", "replace").translate(_ID_CHARS):
+    if len(text) < 32 or _ID_SPAN not in text.encode("ascii", "replace").translate(_ID_CHARS):
         return text
     return _ID_RUN.sub(_cut_run, text)
 
