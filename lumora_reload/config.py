@@ -121,12 +121,18 @@ def _check_public_url(instance, attribute, value):
         port = 0
     if port == 0:
         raise ValueError(f"--public-url '{value}' has a bad port: give a number from 1 to 65535, or none")
+    if "@" in parts.netloc:
+        # it would be handed to every device in wsUrl and drawn in QR codes
+        raise ValueError("--public-url must not hold a user name or password")
 
 
 def _check_api_token(instance, attribute, value):
     # a blank token could never be matched: the daemon would take no token
     if value is not None and not (isinstance(value, str) and value.strip()):
         raise ValueError("--api-token must not be empty")
+    if value is not None and value != value.strip():
+        # the token a request sends is read without surrounding spaces
+        raise ValueError("--api-token must not begin or end with spaces")
 
 
 def _strings(value):

@@ -65,6 +65,8 @@ def test_fractional_seconds_and_repeatable_options():
         (["--api-token-file", "/does/not/exist"], "--api-token-file"),
         (["--api-token", ""], "--api-token must not be empty"),
         (["--api-token", " "], "--api-token must not be empty"),
+        (["--api-token", " tok"], "--api-token must not begin or end with spaces"),
+        (["--public-url", "https://user:secret@preview.example"], "must not hold a user name or password"),
         (["--api-token", "", "--api-token-file", "/dev/null"], "--api-token must not be empty"),
         (["--api-token-file", "/dev/null"], "--api-token-file is empty"),
         (["--bogus"], "--bogus"),
