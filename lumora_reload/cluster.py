@@ -416,6 +416,10 @@ class RedisStore:
             [session_id, self.channel, self._event("delete", session_id)],
         )
 
+    # shared: every expiry goes through `expire_if_idle`, which forgets the
+    # session whole (its tombstone lives in each daemon's memory)
+    expire_session = delete_session
+
     def expire_if_idle(self, session_id, now):
         d = self._call(
             EXPIRE, [self._key(session_id), self._history_key(session_id), self._ids],

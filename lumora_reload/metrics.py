@@ -35,7 +35,7 @@ PREFIX = "lumora_reload_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # the `operation` label of store writes
-STORE_WRITES = ("create_session", "commit_push", "save_session", "delete_session")
+STORE_WRITES = ("create_session", "commit_push", "save_session", "delete_session", "expire_session")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

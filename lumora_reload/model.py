@@ -47,6 +47,11 @@ class Outgoing:
         return len(self.payload)
 
 
+# how long an expired session's id still answers 410, in memory and in a
+# durable store
+TOMBSTONE_SECONDS = 86400.0
+
+
 @attrs.frozen
 class Limits:
     """Bounds and knobs of the domain; the daemon's options fill them."""
@@ -61,7 +66,7 @@ class Limits:
     log_lines: int = 1000
     log_bytes: int = 1024 * 1024  # of log text kept per session
     max_ack_lag: int = 10
-    tombstone_seconds: float = 86400.0
+    tombstone_seconds: float = TOMBSTONE_SECONDS
 
     def history_after(self, history, entry):
         """`history` + `entry`, bounded by count and by replay bytes; kept

@@ -51,7 +51,7 @@ import orjson
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lumora_reload.model import EMPTY, HistoryEntry, Session, State, consecutive_history, short_id
+from lumora_reload.model import EMPTY, TOMBSTONE_SECONDS, HistoryEntry, Session, State, consecutive_history, short_id
 from lumora_reload.store import ISessionStore, StoreConflict
 
 DB_NAME = "sessions.sqlite3"
@@ -248,20 +248,25 @@ class SQLiteStore:
     # -- ISessionStore ---------------------------------------------------
 
     def load(self):
-        """Purge expired sessions; return the others, ready for the hub."""
+        """Return the sessions, ready for the hub: an expired one without
+        its state (dropped now), until a day after it expired."""
         db = self._connect()
         now = self._clock.seconds()
         with self._transaction("purge expired sessions from"):
             expired = [r[0] for r in db.execute(
-                "SELECT id FROM sessions WHERE last_activity + timeout < ?", (now,)
+                "SELECT id FROM sessions WHERE last_activity + timeout < ?", (now - TOMBSTONE_SECONDS,)
             )]
             for session_id in expired:
                 self._delete(session_id)
+            for session_id, in db.execute(
+                "SELECT id FROM sessions WHERE last_activity + timeout < ?", (now,)
+            ).fetchall():
+                self._forget_state(session_id)
             # rows whose session row is gone (never written by this version)
             for table in ("states", "history"):
                 db.execute(f"DELETE FROM {table} WHERE session_id NOT IN (SELECT id FROM sessions)")
         self._log.info(
-            "sessions are kept in {path} ({n} expired purged)", path=self.path, n=len(expired)
+            "sessions are kept in {path} ({n} expired a day ago purged)", path=self.path, n=len(expired)
         )
         histories = collections.defaultdict(collections.deque)
         for session_id, sequence, update_type, legacy_ok, payload, checksum in db.execute(
@@ -353,6 +358,12 @@ class SQLiteStore:
             self._delete(session_id)
         self._saved.pop(session_id, None)
 
+    def expire_session(self, session_id):
+        self._connect()
+        with self._transaction("expire a session in"):
+            self._forget_state(session_id)
+        self._saved.pop(session_id, None)
+
     def close(self):
         """Close the database (SQLite checkpoints the WAL into it) and
         release the data dir's lock. Idempotent."""
@@ -379,8 +390,13 @@ class SQLiteStore:
         )
 
     def _delete(self, session_id):
-        for table, column in (("history", "session_id"), ("states", "session_id"), ("sessions", "id")):
-            self._db.execute(f"DELETE FROM {table} WHERE {column} = ?", (session_id,))
+        self._forget_state(session_id)
+        self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
+    def _forget_state(self, session_id):
+        # the sessions row stays: its times say when it expired
+        for table in ("history", "states"):
+            self._db.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
 
     @contextlib.contextmanager
     def _transaction(self, doing):

@@ -30,8 +30,10 @@ class StoreUnavailable(Exception):
 
 class ISessionStore(Interface):
     def load():
-        """Return the stored, unexpired sessions (as `Session` objects with
-        their committed `State`, no devices)."""
+        """Return the stored sessions (as `Session` objects with their
+        committed `State`, no devices). A session that expired less than a
+        day ago may come back past its expiry and without a state, so that
+        it still answers as expired."""
 
     def create_session(session):
         """Store a new session (no schema yet: its first state, if any,
@@ -48,7 +50,11 @@ class ISessionStore(Interface):
         stored sequence number is not ``update.base.sequence``."""
 
     def delete_session(session_id):
-        """Forget a session (deleted or expired)."""
+        """Forget a session (deleted, or expired in a shared store)."""
+
+    def expire_session(session_id):
+        """Forget an expired session's state; a durable store keeps its id
+        and times for a day (see `load`)."""
 
     def close():
         """Flush and release the store."""
@@ -116,6 +122,9 @@ class MemoryStore:
         pass
 
     def delete_session(self, session_id):
+        pass
+
+    def expire_session(self, session_id):
         pass
 
     def close(self):

@@ -94,6 +94,24 @@ def test_sliding_expiry_and_tombstones(clock):
     assert e.value.code == errors.SESSION_EXPIRED
 
 
+def test_an_expired_session_answers_expired_for_a_day_and_a_deleted_one_not_found_at_once(clock):
+    hub = Hub(clock, Limits(session_timeout=10))
+    expiring, deleted = hub.create_session().id, hub.create_session().id
+    hub.delete_session(deleted)
+    clock.advance(11)
+    for session in hub.expired_sessions():
+        hub.expire(session)
+    codes = []
+    for when in (0, 86400 - 12, 20):  # just short of a day after it expired, then past it
+        clock.advance(when)
+        hub.expired_sessions()  # the sweep prunes what is older than a day
+        for sid in (expiring, deleted):
+            with pytest.raises(LumoraError) as e:
+                hub.get_session(sid)
+            codes.append(e.value.code)
+    assert codes == [errors.SESSION_EXPIRED, errors.SESSION_NOT_FOUND] * 2 + [errors.SESSION_NOT_FOUND] * 2
+
+
 def test_connected_device_keeps_session_alive(clock):
     hub = Hub(clock, Limits(session_timeout=10))
     sid = hub.create_session().id

@@ -8,9 +8,11 @@ import stat
 import pytest
 import pytest_twisted
 from twisted.internet import task
+from twisted.internet.task import deferLater
 
 from lumora_reload import sqlite_store
 from lumora_reload.schema import encode_schema
+from lumora_reload.model import EMPTY, TOMBSTONE_SECONDS
 from lumora_reload.sessions import HistoryEntry, Outgoing, PreparedUpdate, Session, State
 from lumora_reload.sqlite_store import SQLiteStore, StoreError
 from tests.helpers import connected_device, make_schema, node, with_text
@@ -135,7 +137,9 @@ def test_delete_removes_every_row(tmp_path):
     assert [x.id for x in open_store(tmp_path).load()] == [other.id]
 
 
-def test_load_purges_expired_sessions(tmp_path):
+def test_load_keeps_an_expired_session_as_a_tombstone_for_a_day(tmp_path):
+    """A session that expired (here while no daemon ran) loses its schema and history at once; its
+    row stays a day, and `load` gives it back without a state, so that it still answers 410."""
     clock = task.Clock()
     store = open_store(tmp_path, clock)
     live, dead = session("l" * 32, last_activity=100.0), session("d" * 32, last_activity=10.0)
@@ -145,10 +149,48 @@ def test_load_purges_expired_sessions(tmp_path):
     store.close()
     clock.advance(100.0)  # dead expired at 70, live expires at 160
     store = open_store(tmp_path, clock)
-    assert [x.id for x in store.load()] == [live.id]
+    back = {x.id: x for x in store.load()}
+    assert back[live.id].sequence == 1
+    assert back[dead.id].state is EMPTY and back[dead.id].idle_past_expiry(clock.seconds())
     for table in ("states", "history"):
         assert rows(store, f"SELECT DISTINCT session_id FROM {table}") == [(live.id,)]
     store.close()
+    clock.advance(TOMBSTONE_SECONDS + 100)  # over a day after both expired
+    store = open_store(tmp_path, clock)
+    assert store.load() == []
+    assert rows(store, "SELECT id FROM sessions") == []
+    store.close()
+
+
+def test_an_expired_session_forgets_its_state_and_keeps_its_row(tmp_path):
+    clock = task.Clock()
+    store = open_store(tmp_path, clock)
+    s = session()
+    store.save_session(s)
+    push(store, s, make_schema())
+    store.expire_session(s.id)
+    assert rows(store, "SELECT id FROM sessions") == [(s.id,)]
+    assert rows(store, "SELECT * FROM states") == rows(store, "SELECT * FROM history") == []
+    store.delete_session(s.id)  # a deleted session leaves nothing
+    assert rows(store, "SELECT id FROM sessions") == []
+    store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_session_answers_410_after_a_restart(daemon_factory, tmp_path):
+    daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)), cleanup_interval=0.05)
+    sid = (await daemon.call("POST", "/session/new", {"schema": make_schema(), "timeoutSeconds": 0.1}))[1]["sessionId"]
+    gone = await daemon.call("DELETE", f"/session/{(await daemon.new_session())}")
+    assert gone[0] == 200
+    while sid in daemon.server.hub.sessions:  # the sweep expires it
+        await deferLater(daemon.reactor, 0.05)
+    assert (await daemon.call("GET", f"/session/{sid}"))[0] == 410
+    await daemon.stop()
+
+    daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)))
+    status, body = await daemon.call("GET", f"/session/{sid}")
+    assert (status, body["code"]) == (410, "SESSION_EXPIRED")
+    assert (await daemon.call("GET", "/stats"))[1]["sessions"] == 0
 
 
 def test_migrations_are_versioned_and_idempotent(tmp_path):
