@@ -99,7 +99,7 @@ class Root(resource.Resource):
             if token is not None and policy.token_ok("Bearer " + token):
                 return None
         host = _header(request, b"host")
-        if policy.is_public(host):
+        if policy.is_public(host) or policy.is_public(getattr(request, "lumora_received_host", None)):
             # a tunnel agent connects from loopback; the Host says the
             # request came from outside
             return api.Refused(403, errors.FORBIDDEN, _token_hint(
@@ -242,7 +242,7 @@ class Channel(http.HTTPChannel):
     def allHeadersReceived(self):
         # An absolute-form target (RFC 9112 3.2.2), which twisted.web would
         # route as a path: served as its path, its authority the Host
-        found = _ABSOLUTE.match(self._path)
+        found = None if self._path[:1] == b"/" else _ABSOLUTE.match(self._path)
         if found is not None:
             authority = found.group(1)
             if not authority or b"@" in authority:  # no host, or user info
@@ -251,7 +251,11 @@ class Channel(http.HTTPChannel):
                 return
             rest = self._path[found.end():]
             self._path = rest if rest[:1] == b"/" else b"/" + rest
-            self.requests[-1].requestHeaders.setRawHeaders(b"host", [authority])
+            request = self.requests[-1]
+            # a proxy in front may have routed on the Host it received (the
+            # --public-url host): kept, so that such a request stays public
+            request.lumora_received_host = _header(request, b"host")
+            request.requestHeaders.setRawHeaders(b"host", [authority])
         super().allHeadersReceived()
 
 

@@ -49,6 +49,19 @@ async def test_the_target_s_authority_is_the_host_the_access_rules_see(daemon):
     assert response.status == 200
 
 
+@ensure
+async def test_a_request_that_came_through_the_public_url_host_stays_public(daemon_factory):
+    """A tunnel that routes on the Host it received and forwards the request line as it is: the
+    target's authority does not open the control API behind the --public-url host."""
+    daemon = await daemon_factory(public_url="https://abc.tunnel.example")
+    port = daemon.port.getHost().port
+    for target in (f"http://localhost:{port}/stats", f"http://127.0.0.1:{port}/session/new"):
+        response, _, _ = await exchange(port, head(target, host="abc.tunnel.example"))
+        assert response.status == 403 and "public-url" in response.json()["error"], response.raw
+    response, _, _ = await exchange(port, head("/health", host="abc.tunnel.example"))
+    assert response.status == 200
+
+
 @pytest.mark.parametrize("target", ["http:///health", "http://user@127.0.0.1/health", "http://127.0.0.1:1/a b"])
 @ensure
 async def test_a_bad_absolute_target_is_400_json(daemon, target):
