@@ -55,6 +55,7 @@ def log_text(value):
 # character such a run is made of and a space for the others; most hold no
 # 32 in a row and skip the regex.
 _ID_RUN = re.compile(r"(?:[0-9A-Fa-f]|%(?:3[0-9]|[46][1-6])){32,}")
+_PLAIN_ID_RUN = re.compile(r"[0-9A-Fa-f]{32,}")  # the same without "%": about 40 times faster
 _ID_CHARS = bytes(0x78 if b in b"0123456789ABCDEFabcdef%" else 0x20 for b in range(256))
 _ID_SPAN = b"x" * 32
 
@@ -63,7 +64,7 @@ def redact_ids(text):
     """`text` with every run that may be a session id cut."""
     if len(text) < 32 or _ID_SPAN not in text.encode("ascii", "replace").translate(_ID_CHARS):
         return text
-    return _ID_RUN.sub(_cut_run, text)
+    return (_ID_RUN if "%" in text else _PLAIN_ID_RUN).sub(_cut_run, text)
 
 
 def _cut_run(match):

@@ -479,6 +479,16 @@ def _name(device):
 
 
 def _shown(value):
-    """What a device sent, for a log line: a session id in it is cut (a
-    device may well log the URL it connected to)."""
-    return None if value is None else redact_ids(value if isinstance(value, str) else str(value))
+    """What a device sent, for a log line: at most a log line's length (a
+    message may be 10 MiB), and a session id in it cut (a device may well
+    log the URL it connected to)."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > _SHOWN_LIMIT:
+        text = text[:LOG_LINE_LIMIT] + f"… [{len(text) - LOG_LINE_LIMIT} more characters]"
+    return redact_ids(text)
+
+
+# a log message already cut to LOG_LINE_LIMIT, with its note, is shown whole
+_SHOWN_LIMIT = LOG_LINE_LIMIT + 64

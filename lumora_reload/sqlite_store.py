@@ -362,6 +362,11 @@ class SQLiteStore:
         self._connect()
         with self._transaction("expire a session in"):
             self._forget_state(session_id)
+            # and the rows of those that expired over a day ago: a daemon
+            # that runs for weeks does not keep them all
+            self._db.execute(
+                "DELETE FROM sessions WHERE last_activity + timeout < ?", (self._clock.seconds() - TOMBSTONE_SECONDS,)
+            )
         self._saved.pop(session_id, None)
 
     def close(self):

@@ -307,3 +307,15 @@ def test_an_ack_is_checked_against_the_session_the_device_joined(clock):
         assert connection.phase is Phase.CLOSING and wire.closes
         connection.received(frame("ack", session.id, {"sequenceNumber": 1, "success": True}))
         assert wire.errors() == [] and connection.device.last_ack_sequence == 0
+
+
+def test_what_a_device_sent_is_shown_in_the_log_cut_to_a_line():
+    """A failed ack's `error` may be megabytes: the log line takes a line's worth, ids cut, before
+    anything scans it."""
+    from lumora_reload.connection import LOG_LINE_LIMIT, _shown
+
+    sid = "0123456789abcdef" * 2
+    shown = _shown("ab" * 2**20 + sid)
+    assert shown.startswith("abab") and shown.endswith(f"… [{2 * 2**20 + 32 - LOG_LINE_LIMIT} more characters]")
+    assert len(shown) < LOG_LINE_LIMIT + 64
+    assert _shown(f"joined ws://h/ws?session={sid}") == "joined ws://h/ws?session=012345..."

@@ -173,6 +173,13 @@ def test_an_expired_session_forgets_its_state_and_keeps_its_row(tmp_path):
     assert rows(store, "SELECT * FROM states") == rows(store, "SELECT * FROM history") == []
     store.delete_session(s.id)  # a deleted session leaves nothing
     assert rows(store, "SELECT id FROM sessions") == []
+    # expiring one purges the rows of those that expired over a day ago
+    old, recent, now = session("o" * 32, last_activity=0.0), session("r" * 32, last_activity=100.0), session("n" * 32)
+    for x in (old, recent, now):
+        store.save_session(x)
+    clock.advance(TOMBSTONE_SECONDS + 100)  # old expired at 60, recent at 160
+    store.expire_session(now.id)
+    assert sorted(rows(store, "SELECT id FROM sessions")) == [(now.id,), (recent.id,)]
     store.close()
 
 
@@ -185,11 +192,14 @@ async def test_an_expired_session_answers_410_after_a_restart(daemon_factory, tm
     while sid in daemon.server.hub.sessions:  # the sweep expires it
         await deferLater(daemon.reactor, 0.05)
     assert (await daemon.call("GET", f"/session/{sid}"))[0] == 410
+    expired_at = daemon.server.hub.tombstones[sid]
     await daemon.stop()
 
     daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)))
     status, body = await daemon.call("GET", f"/session/{sid}")
     assert (status, body["code"]) == (410, "SESSION_EXPIRED")
+    # remembered from when it expired (a day from then), not from the restart
+    assert daemon.server.hub.tombstones[sid] <= expired_at
     assert (await daemon.call("GET", "/stats"))[1]["sessions"] == 0
 
 
