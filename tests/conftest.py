@@ -25,7 +25,16 @@ def pytest_addoption(parser):
     )
 
 
+# a property test's budget under the slow profile: its thousands of examples
+# take longer than the default run's per-test timeout
+SLOW_PROFILE_TIMEOUT = 3600
+
+
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("HYPOTHESIS_PROFILE") == "slow":
+        for item in items:
+            if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+                item.add_marker(pytest.mark.timeout(SLOW_PROFILE_TIMEOUT))
     if config.getoption("--run-slow") or os.environ.get("LUMORA_SLOW"):
         return
     skip = pytest.mark.skip(reason="slow: use --run-slow")
