@@ -249,18 +249,14 @@ def _object_body(request, max_size):
     return {} if body is None else body
 
 
-# the longest a session may be kept or extended at once
-MAX_SECONDS = MAX_SESSION_SECONDS
-
-
 def _seconds(value, name):
     """A number of seconds from a request body: positive, finite, at most
     30 days (a larger one overflows the expiry time)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_SECONDS:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_SESSION_SECONDS:
         raise LumoraError(errors.BAD_REQUEST, f"'{name}' must be a number of seconds, more than 0 and at most "
-                          f"{MAX_SECONDS} (30 days)", status=400, details={"path": name})
+                          f"{MAX_SESSION_SECONDS} (30 days)", status=400, details={"path": name})
     return float(value)
 
 

@@ -114,14 +114,16 @@ class HotReloadServer(service.Service):
     def startService(self):
         loaded = self.store.load()
         now = self.hub.now()
-        expired = sorted((s for s in loaded if s.idle_past_expiry(now)), key=lambda s: s.expires_at_seconds)
-        for session in expired:  # kept by the store to answer 410 until a day after it expired
+        live, expired = [], []
+        for session in loaded:
+            (expired if session.idle_past_expiry(now) else live).append(session)
+        # kept by the store to answer 410 until a day after it expired
+        for session in sorted(expired, key=lambda s: s.expires_at_seconds):
             self.hub.expire(session)
             self.hub.tombstones[session.id] = session.expires_at_seconds
-        for session in loaded:
-            if not session.idle_past_expiry(now):
-                session.state = restored(session.state, self.hub.limits)
-                self.hub.add_session(session)
+        for session in live:
+            session.state = restored(session.state, self.hub.limits)
+            self.hub.add_session(session)
         if self.hub.sessions:
             self._log.info("restored {n} session(s)", n=len(self.hub.sessions), event="sessions.restored")
         self.sweeps.start()

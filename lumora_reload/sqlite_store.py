@@ -253,11 +253,7 @@ class SQLiteStore:
         db = self._connect()
         now = self._clock.seconds()
         with self._transaction("purge expired sessions from"):
-            expired = [r[0] for r in db.execute(
-                "SELECT id FROM sessions WHERE last_activity + timeout < ?", (now - TOMBSTONE_SECONDS,)
-            )]
-            for session_id in expired:
-                self._delete(session_id)
+            purged = self._purge(now - TOMBSTONE_SECONDS)
             for session_id, in db.execute(
                 "SELECT id FROM sessions WHERE last_activity + timeout < ?", (now,)
             ).fetchall():
@@ -266,7 +262,7 @@ class SQLiteStore:
             for table in ("states", "history"):
                 db.execute(f"DELETE FROM {table} WHERE session_id NOT IN (SELECT id FROM sessions)")
         self._log.info(
-            "sessions are kept in {path} ({n} expired a day ago purged)", path=self.path, n=len(expired)
+            "sessions are kept in {path} ({n} expired a day ago purged)", path=self.path, n=purged
         )
         histories = collections.defaultdict(collections.deque)
         for session_id, sequence, update_type, legacy_ok, payload, checksum in db.execute(
@@ -362,11 +358,9 @@ class SQLiteStore:
         self._connect()
         with self._transaction("expire a session in"):
             self._forget_state(session_id)
-            # and the rows of those that expired over a day ago: a daemon
-            # that runs for weeks does not keep them all
-            self._db.execute(
-                "DELETE FROM sessions WHERE last_activity + timeout < ?", (self._clock.seconds() - TOMBSTONE_SECONDS,)
-            )
+            # and those that expired over a day ago: a daemon that runs for
+            # weeks does not keep them all
+            self._purge(self._clock.seconds() - TOMBSTONE_SECONDS)
         self._saved.pop(session_id, None)
 
     def close(self):
@@ -393,6 +387,16 @@ class SQLiteStore:
             "last_activity = excluded.last_activity",
             row,
         )
+
+    def _purge(self, before):
+        """Forget whole every session that expired before `before`; returns
+        how many."""
+        ids = [r[0] for r in self._db.execute(
+            "SELECT id FROM sessions WHERE last_activity + timeout < ?", (before,)
+        ).fetchall()]
+        for session_id in ids:
+            self._delete(session_id)
+        return len(ids)
 
     def _delete(self, session_id):
         self._forget_state(session_id)

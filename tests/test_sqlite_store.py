@@ -192,6 +192,8 @@ async def test_an_expired_session_answers_410_after_a_restart(daemon_factory, tm
     while sid in daemon.server.hub.sessions:  # the sweep expires it
         await deferLater(daemon.reactor, 0.05)
     assert (await daemon.call("GET", f"/session/{sid}"))[0] == 410
+    exposition = daemon.server.metrics.exposition().decode()
+    assert 'lumora_reload_store_write_seconds_count{operation="expire_session"} 1.0' in exposition
     expired_at = daemon.server.hub.tombstones[sid]
     await daemon.stop()
 
