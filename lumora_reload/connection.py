@@ -74,6 +74,7 @@ class Flow(enum.Enum):
 
 
 _OPEN = (Phase.AWAITING_CONNECT, Phase.ATTACHED)
+_ATTACHED = Phase.ATTACHED
 # read on every frame sent: on Python 3.11 a module global is found ten
 # times faster than a member looked up on its Enum class
 _PAUSED, _CONGESTED = Flow.PAUSED, Flow.CONGESTED
@@ -227,6 +228,8 @@ class Connection:
 
     def received(self, data, binary=False):
         """One complete message arrived."""
+        if self.phase is _ATTACHED and not binary and self._usual_ack(data):
+            return
         if self.phase not in _OPEN:
             return
         if self.device is not None:
@@ -263,6 +266,23 @@ class Connection:
         except Exception:
             self._log.failure("handling a device message failed")
             self._send_error(LumoraError(errors.INTERNAL_ERROR, "Internal error"))
+
+    def _usual_ack(self, data):
+        """Take `data` in one step if it is what an attached device sends
+        most: an ack of an update it applied, which the steps of `received`
+        would take as it is (valid, of this session, a success, within the
+        session's sequence and the ack budget). Returns whether it did;
+        anything else is left to those steps, unchanged but for the ack
+        budget brought up to now (which they then read the same)."""
+        usual = messages.usual_ack(data)
+        if usual is None or usual[0] != self.session_id:
+            return False
+        payload = usual[1]
+        sequence, session = payload["sequenceNumber"], self._session
+        if not payload["success"] or not 0 <= sequence <= session.sequence or not self._guard.acks.take():
+            return False
+        self.hub.acked(session, self.device, sequence)
+        return True
 
     def ponged(self):
         """The device answered a WebSocket ping: liveness too."""
@@ -377,7 +397,7 @@ class Connection:
                 f"'sequenceNumber' must be between 0 and the session's {session.sequence}",
                 details={"path": "sequenceNumber"},
             )
-        self.hub.ack(self.device, payload)
+        self.hub.acked(session, self.device, sequence)
         if not payload["success"]:
             self._log.info(
                 "device {device} failed to apply update {sequence}: {error}; sending full schema",

@@ -153,6 +153,18 @@ def parse_envelope(data):
     return _checked(message)
 
 
+def usual_ack(data):
+    """``(session id, payload)`` when `data` is the text of an ack that
+    `parse_envelope` takes as it is, else None (`parse_envelope` then
+    decides, with its error). One step for what devices send most."""
+    try:
+        message = orjson.loads(data)
+    except (TypeError, ValueError):  # orjson's JSONDecodeError is a ValueError
+        return None
+    plain = _plain_ack(message)
+    return None if plain is None else plain[1:]
+
+
 def _plain_ack(message):
     """``("ack", session id, payload)`` when `message` is an ack that every
     check of `_checked` passes as it is, else None (then `_checked` decides,

@@ -36,10 +36,8 @@ from lumora_reload.model import (
     short_id,
 )
 
-__all__ = [
-    "EMPTY", "Device", "HistoryEntry", "Hub", "IDeviceLink", "Limits", "Outgoing", "PreparedUpdate",
-    "PushResult", "Session", "State", "short_id",
-]
+__all__ = ["EMPTY", "Device", "HistoryEntry", "Hub", "IDeviceLink", "Limits", "Outgoing", "PreparedUpdate",
+           "PushResult", "Session", "State", "short_id"]
 
 
 class Hub:
@@ -115,7 +113,6 @@ class Hub:
         """Register a new session, or one restored from a store."""
         self.sessions[session.id] = session
         self.tombstones.pop(session.id, None)
-
 
     def get_session(self, session_id):
         session = self.sessions.get(session_id)
@@ -468,8 +465,10 @@ class Hub:
         if session is not None:
             session.active_until(device.last_seen)
 
-    def ack(self, device, payload):
-        sequence = int(payload["sequenceNumber"])
+    def acked(self, session, device, sequence):
+        """`device` applied update `sequence`: a sign of life, and what it holds."""
+        now = device.last_seen = self.clock.seconds()
+        session.active_until(now)
         if sequence > device.last_ack_sequence:
             device.last_ack_sequence = sequence
 

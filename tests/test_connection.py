@@ -3,6 +3,9 @@ fake wire: no sockets, no Autobahn."""
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import task
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -307,6 +310,83 @@ def test_an_ack_is_checked_against_the_session_the_device_joined(clock):
         assert connection.phase is Phase.CLOSING and wire.closes
         connection.received(frame("ack", session.id, {"sequenceNumber": 1, "success": True}))
         assert wire.errors() == [] and connection.device.last_ack_sequence == 0
+
+
+_SID = "0123456789abcdef0123456789abcdef"
+# the usual ack, then at most two changes to it (each one a field that
+# must be checked: a value of another type, out of range, or missing)
+_CHANGES = st.sampled_from([
+    ("type", "ping"), ("type", "log"), ("sessionId", "other"), ("sessionId", 5), ("timestamp", 1.5),
+    ("timestamp", "now"), ("timestamp", None), ("version", "1.0"), ("version", "1.1"), ("version", "2.0"),
+    ("version", 1), ("payload", None), ("payload", []), ("sequenceNumber", -1), ("sequenceNumber", 9),
+    ("sequenceNumber", 2.0), ("sequenceNumber", 1.5), ("sequenceNumber", "2"), ("sequenceNumber", True),
+    ("success", False), ("success", 1), ("success", None), ("error", "no"), ("error", {"why": "x"}),
+    ("error", 3), ("applyTime", 3), ("applyTime", 2.5), ("applyTime", "soon"), ("extra", 1),
+])
+
+
+def _ack(sequence, changes):
+    payload = {"sequenceNumber": sequence, "success": True}
+    message = {"type": "ack", "sessionId": _SID, "timestamp": 1700000000000, "payload": payload}
+    for field, value in changes:
+        target = payload if field in ("sequenceNumber", "success", "error", "applyTime", "extra") else message
+        if value is None:
+            target.pop(field, None)
+        elif isinstance(message.get("payload"), dict) or target is message:
+            target[field] = value
+    return orjson.dumps(message)
+
+
+_ACKISH = st.builds(_ack, st.integers(0, 4), st.lists(_CHANGES, max_size=2))
+_SENT = st.one_of(
+    _ACKISH.map(lambda data: (data, False)),
+    st.sampled_from([(b"{not json", False), (b"\xff", False), (b'{"type":"ack"}', True), (b"[]", False)]),
+)
+
+
+def _attached_twin(clock):
+    hub = Hub(clock)
+    schema = make_schema()
+    hub.create_session(schema, session_id=_SID)
+    for text in ("one", "two", "three"):
+        push(hub, _SID, with_text(schema, text))
+    return (hub,) + attached(hub, _SID, clock, rate_limit=1, rate_burst=2)
+
+
+def _observed(hub, connection, wire):
+    guard, session = connection._guard, hub.sessions.get(_SID)
+    frames = [dict(f, payload=dict(f["payload"], connectionId=None)) if f["type"] == "connected" else f
+              for f in wire.frames]  # connection ids are random
+    return (frames, wire.closes, connection.phase, connection.device.last_ack_sequence,
+            connection.device.last_seen, session and session.last_activity,
+            guard.acks.tokens, guard.acks.stamp, guard.messages.tokens, guard._refused)
+
+
+@given(st.lists(st.tuples(_SENT, st.sampled_from([0, 0, 0.01, 0.3, 2.0])), max_size=40))
+def test_the_one_step_ack_ends_where_every_step_would(sent):
+    """An attached device's usual ack is taken in one step; whatever it
+    sends, the outcome (answers, closes, what it holds, liveness, the
+    session's expiry, the rate budgets) is what the full steps give."""
+    quick_clock, full_clock = task.Clock(), task.Clock()
+    quick = _attached_twin(quick_clock)
+    full = _attached_twin(full_clock)
+    full[1]._usual_ack = lambda data: False
+    for (data, binary), pause in sent:
+        for clock, (_, connection, _) in ((quick_clock, quick), (full_clock, full)):
+            clock.advance(pause)
+            connection.received(data, binary)
+        assert _observed(*quick) == _observed(*full)
+
+
+def test_an_ack_is_a_sign_of_life(clock):
+    """A device that only acks is alive, and keeps its session from expiring."""
+    hub = Hub(clock, Limits(connection_timeout=10))
+    session = hub.create_session(make_schema(), timeout_seconds=10)
+    push(hub, session.id, with_text(make_schema(), "one"))
+    connection, _ = attached(hub, session.id, clock)
+    clock.advance(9)
+    connection.received(frame("ack", session.id, {"sequenceNumber": 2, "success": True}))
+    assert connection.device.last_seen == 9 and session.last_activity == 9
 
 
 def test_what_a_device_sent_is_shown_in_the_log_cut_to_a_line():

@@ -182,6 +182,8 @@ def test_the_quick_ack_check_agrees_with_every_check(case):
         assert _outcome(messages.parse_envelope, data) == expected
         quick = messages._plain_ack(orjson.loads(data))
         assert quick is None or quick == expected
+        usual = messages.usual_ack(data)
+        assert usual is None if quick is None else ("ack",) + usual == expected
     finally:
         messages._GOOD_VERSIONS.clear()
         messages._GOOD_VERSIONS.update(saved)
@@ -225,3 +227,9 @@ def test_the_usual_ack_takes_the_quick_check(version_cache, monkeypatch):
     assert messages._plain_ack(_USUAL_ACK) == ("ack", "s", _USUAL_ACK["payload"])
     monkeypatch.setattr(messages, "_checked", lambda message: pytest.fail("every check ran"))
     assert messages.parse_envelope(orjson.dumps(_USUAL_ACK)) == ("ack", "s", _USUAL_ACK["payload"])
+
+
+@pytest.mark.parametrize("data", [b"{not json", b"\xff\xfe", b"", b"[]", b'{"type":"ping","sessionId":"s"}'])
+def test_what_is_not_the_usual_ack_is_left_to_every_check(data, version_cache):
+    """Text that is not JSON, not an object or not an ack is no usual ack: every check then says why."""
+    assert messages.usual_ack(data) is None

@@ -215,8 +215,9 @@ def test_ack_never_moves_backwards(clock):
     hub = Hub(clock)
     sid = hub.create_session().id
     device, _ = connect(hub, sid)
-    hub.ack(device, {"sequenceNumber": 5, "success": True})
-    hub.ack(device, {"sequenceNumber": 3, "success": True})
+    session = hub.get_session(sid)
+    hub.acked(session, device, 5)
+    hub.acked(session, device, 3)
     assert device.last_ack_sequence == 5
 
 
@@ -231,7 +232,7 @@ def test_ack_lag_marks_device_unhealthy(clock):
         push(hub, sid, schema)
     health = hub.device_health(session, device)
     assert health["healthy"] is False and health["ackLag"] == 4
-    hub.ack(device, {"sequenceNumber": 4, "success": True})
+    hub.acked(session, device, 4)
     assert hub.device_health(session, device)["healthy"] is True
 
 
