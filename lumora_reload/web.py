@@ -85,7 +85,9 @@ class Root(resource.Resource):
         return api.NotFound().render(request)
 
     def refusal(self, request, query_token=False):
-        refused = self._refusal(request, query_token)
+        return self._counted(self._refusal(request, query_token))
+
+    def _counted(self, refused):
         if refused is not None:
             self.hot.metrics.refused("api", refused.reason)
         return refused
@@ -114,7 +116,7 @@ class Root(resource.Resource):
         """The Host and Origin checks alone (what a device passes)."""
         if self.hot.policy.token_ok(_header(request, b"authorization")):
             return None
-        return self._host_origin_refusal(request)
+        return self._counted(self._host_origin_refusal(request))
 
     def _host_origin_refusal(self, request):
         local = getattr(request.getHost(), "host", None)

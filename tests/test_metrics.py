@@ -147,6 +147,19 @@ async def test_refused_hosts_and_origins_are_counted_per_endpoint(daemon):
 
 
 @ensure
+async def test_refused_preview_pages_are_counted_as_requests(daemon):
+    """A browser page (/preview, /assets) refused for its Host or Origin counts as a refused request."""
+    sid = await daemon.new_session()
+    status, _ = await daemon.call("GET", f"/preview/{sid}", headers={"Host": "evil.example"})
+    assert status == 403
+    status, _ = await daemon.call("GET", "/assets/preview.js", headers={"Origin": "http://evil.example"})
+    assert status == 403
+    _, _, found = await scrape(daemon)
+    assert found["lumora_reload_refused_requests_total{endpoint=api,reason=host}"] == 1
+    assert found["lumora_reload_refused_requests_total{endpoint=api,reason=origin}"] == 1
+
+
+@ensure
 async def test_metrics_refuse_a_foreign_host_like_every_control_endpoint(daemon):
     """/metrics is refused for a Host naming another machine, as the rest of the control API."""
     status, _, text = await scrape(daemon, headers={"Host": "evil.example"})
