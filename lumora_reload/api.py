@@ -305,7 +305,9 @@ class OpenApi(JsonResource):
     isLeaf = True
 
     def render_GET(self, request):
-        return openapi.document(self.hot.ws_path)
+        # mounted below a path of an embedding program's site, the paths
+        # in the document are below it too
+        return openapi.document(self.hot.ws_path, mount=getattr(request, "lumora_mount", ""))
 
 
 class Send(JsonResource):

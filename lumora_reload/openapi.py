@@ -91,8 +91,9 @@ def _links(*targets):
     }
 
 
-def document(ws_path="/ws"):
-    """The OpenAPI document of a daemon whose device WebSocket is at `ws_path`."""
+def document(ws_path="/ws", mount=""):
+    """The OpenAPI document of a daemon whose device WebSocket is at `ws_path`,
+    its resource found at path `mount` of its site ("": the root)."""
     ref = "#/components/schemas/"
     schema_body = {
         "required": True,
@@ -223,7 +224,7 @@ def document(ws_path="/ws"):
     ws["101"] = {"description": "Switching to the WebSocket protocol"}
     ws["400"] = {"description": "A request with a body is not an upgrade",
                  "content": {"application/json": {"schema": _ERROR}}}
-    return {
+    doc = {
         "openapi": "3.1.0",
         "info": {
             "title": "lumora-reload control API",
@@ -275,3 +276,7 @@ def document(ws_path="/ws"):
         },
         "security": [{}, {"bearer": []}],
     }
+    if mount:
+        # without `servers` the paths are taken from the root of the host
+        doc["servers"] = [{"url": mount}]
+    return doc

@@ -44,3 +44,22 @@ async def test_a_resource_mounted_with_putchild_serves_rest_and_devices_below_it
     finally:
         await hot.stopService()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_openapi_document_of_a_mounted_resource_names_its_path(reactor):
+    """Served below a path, /openapi.json says where its paths are (`servers`); at the root it names none."""
+    hot = HotReloadServer(reactor=reactor)
+    hot.startService()
+    root = resource.Resource()
+    root.putChild(b"lumora", hot.resource())
+    endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    port = await endpoint.listen(web_server.Site(root, reactor=reactor))
+    remote = Remote(reactor, f"http://127.0.0.1:{port.getHost().port}/lumora")
+    try:
+        status, document = await remote.call("GET", "/openapi.json")
+        assert status == 200 and document["servers"] == [{"url": "/lumora"}]
+        assert "/health" in document["paths"] and "/ws" in document["paths"]
+    finally:
+        await hot.stopService()
+        await port.stopListening()

@@ -89,6 +89,7 @@ def test_the_document_is_valid_openapi_3_1():
     doc = openapi.document()
     assert doc["openapi"] == "3.1.0"
     schemathesis.openapi.from_dict(doc).validate()
+    schemathesis.openapi.from_dict(openapi.document(mount="/tools/lumora")).validate()
     broken = openapi.document()
     broken["paths"]["/health"]["get"]["responses"] = "none"
     with pytest.raises(Exception):
