@@ -10,6 +10,8 @@ line on stderr."""
 
 import errno
 import ipaddress
+import re
+import socket
 import sys
 
 from twisted.application import service
@@ -120,6 +122,30 @@ def loopback_url(base):
     return base.startswith(("http://127.0.0.1:", "https://127.0.0.1:"))
 
 
+_DOMAINS = {socket.AF_INET: ("INET", "IPv4"), socket.AF_INET6: ("INET6", "IPv6"), socket.AF_UNIX: ("UNIX", "Unix")}
+
+
+def _family_mismatch(port, description):
+    """For a socket handed over by systemd: one line when its address
+    family is not the `domain=` the description names, else None. Twisted
+    takes the domain on trust, and an IPv6 socket read as IPv4 garbles
+    every peer address (no client is loopback any more)."""
+    sock = getattr(port, "socket", None)
+    if not isinstance(sock, socket.socket) or not hasattr(socket, "SO_DOMAIN"):
+        return None
+    declared = sock.family  # as the description named it (an adopted socket's family is not read)
+    try:
+        actual = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+    except OSError:
+        return None
+    if actual == declared or actual not in _DOMAINS or declared not in _DOMAINS:
+        return None
+    domain, name = _DOMAINS[actual]
+    fixed = re.sub(r"domain=\w+", f"domain={domain}", description)
+    return (f"the socket systemd passed is {name}, not {_DOMAINS[declared][1]}: use --port {fixed} "
+            f"(ListenStream=PORT alone is IPv6; ListenStream=0.0.0.0:PORT is IPv4)")
+
+
 class Listener(service.Service):
     """Listens on an endpoint description with a factory; tells `hot`
     (the `HotReloadServer`) how it listens, and logs the ready line."""
@@ -144,6 +170,10 @@ class Listener(service.Service):
             return defer.fail(ListenError(failure_line(self.description, e)))
 
         def listening(port):
+            wrong = _family_mismatch(port, self.description)
+            if wrong is not None:
+                port.stopListening()
+                raise ListenError(wrong)
             self.port = port
             self.hot.loopback_only = loopback_only(port.getHost())
             return port

@@ -157,6 +157,37 @@ async def test_restart_on_the_held_socket_refuses_no_connection(reactor, spawn_c
     await second.stop()
 
 
+@pytest.fixture
+def listening_ipv6():
+    """What `ListenStream=PORT` (a port alone) makes systemd hold: an IPv6 socket."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.bind(("::1", 0))
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    sock.listen(16)
+    yield sock
+    sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_of_another_family_than_the_port_names_is_refused_in_one_line(
+    reactor, spawn_child, listening_ipv6, tmp_path
+):
+    """Handed an IPv6 socket while --port says domain=INET, the daemon exits 1 naming the fix; it does not serve
+    with every peer address garbled (and every control request refused as not loopback)."""
+    child = activate(spawn_child, listening_ipv6, tmp_path / "state")
+    await child.wait_for(rb"listening on|lumora-reload: ")
+    if b"listening on" in child.output:
+        await child.stop()
+        pytest.fail("served on a socket of another family: " + child.output.decode())
+    assert await child.ended == 1, child.output.decode()
+    output = child.output.decode()
+    assert "Traceback" not in output, output
+    [line] = [line for line in output.splitlines() if line.startswith("lumora-reload: ")]
+    assert "IPv6" in line and "--port systemd:domain=INET6:index=0" in line, line
+
+
 def test_port_systemd_without_a_socket_says_what_to_do(tmp_path):
     """`--port systemd:...` outside socket activation exits with one line naming the missing socket."""
     result = subprocess.run(
