@@ -51,7 +51,7 @@ class HotReloadServer(service.Service):
         self.config = config
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
-        self.ws_path = "/" + config.ws_path.strip("/")
+        self.ws_path = "/" + "/".join(part for part in config.ws_path.split("/") if part)  # as it is routed
         self.public_url = config.public_url.rstrip("/") if config.public_url else None
         self.secure = config.secure
         self.verbose = config.verbose

@@ -16,7 +16,7 @@ from lumora_reload import api, openapi
 from lumora_reload.server import HotReloadServer
 from lumora_reload.store import MemoryStore, StoreUnavailable
 from lumora_reload.web import DeviceSocket
-from tests.helpers import connected_device, make_schema, with_text
+from tests.helpers import connected_device, make_schema, open_device, with_text
 
 ensure = pytest_twisted.ensureDeferred
 
@@ -228,3 +228,16 @@ async def test_the_daemon_serves_its_document(daemon_factory):
     assert "/devices" in body["paths"] and "/ws" not in body["paths"]
     status, _ = await daemon.call("GET", "/openapi.json", headers={"Host": "evil.example"})
     assert status == 403
+
+
+@ensure
+async def test_a_ws_path_with_doubled_slashes_is_where_wsurl_and_the_document_say(daemon_factory):
+    """--ws-path /a//b is served at /a/b, and wsUrl and the document say so (they said /a//b, a 404)."""
+    daemon = await daemon_factory(ws_path="/a//b/")
+    status, created = await daemon.call("POST", "/session/new")
+    assert status == 200 and created["wsUrl"].split("?")[0].endswith(":%d/a/b" % daemon.port.getHost().port)
+    device = await open_device(daemon.reactor, created["wsUrl"])
+    assert (await device.hello())["sequenceNumber"] == 0
+    status, document = await daemon.call("GET", "/openapi.json")
+    assert "/a/b" in document["paths"] and "/a//b" not in document["paths"]
+    device.dropConnection()
