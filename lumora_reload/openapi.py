@@ -127,6 +127,13 @@ def document(ws_path="/ws", mount=""):
             "getDashboard", "The dashboard page (HTML); the page alone also takes ?token=TOKEN",
             {"description": "The dashboard", "content": {"text/html": {"schema": {"type": "string"}}}},
             _CONTROL)},
+        "/preview/{sessionId}": {"get": _operation(
+            "getPreview", "The browser preview of a session (HTML): a device page, open to any client whose Host "
+            "and Origin are allowed; an unknown or expired session is told over the WebSocket",
+            {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}},
+            _CONTROL,
+            [{"name": "sessionId", "in": "path", "required": True, "description": "Any session id",
+              "schema": {"type": "string", "minLength": 1}}])},
         "/overview": {"get": _operation(
             "getOverview", "What the dashboard shows: every session with its devices, updates and logs",
             _ok("The overview", _obj(["sessions", "totalDevices"], sessions={"type": "array"},

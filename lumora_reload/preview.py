@@ -112,6 +112,8 @@ class Preview(resource.Resource):
     """/preview/:id -- the page for any id: an unknown or expired session is
     told over the WebSocket (close 4404 / 4410), where the page shows it."""
 
+    param = "sessionId"  # the name of the path segment below (OpenAPI)
+
     def __init__(self, server):
         super().__init__()
         self.hot = server

@@ -241,3 +241,17 @@ async def test_a_ws_path_with_doubled_slashes_is_where_wsurl_and_the_document_sa
     status, document = await daemon.call("GET", "/openapi.json")
     assert "/a/b" in document["paths"] and "/a//b" not in document["paths"]
     device.dropConnection()
+
+
+@ensure
+async def test_the_browser_preview_page_is_documented_as_it_answers(daemon):
+    """GET /preview/{sessionId} (a route of the tree) is in the document: HTML for any id, 403 for a foreign Host."""
+    operation = openapi.document()["paths"]["/preview/{sessionId}"]["get"]
+    assert set(operation["responses"]["200"]["content"]) == {"text/html"}
+    for sid in (await daemon.new_session(), SESSION_ID):
+        response = await treq.get(f"{daemon.url}/preview/{sid}", persistent=False)
+        await treq.content(response)
+        assert response.code == 200
+        assert response.headers.getRawHeaders("content-type")[0].startswith("text/html")
+    status, _ = await daemon.call("GET", f"/preview/{SESSION_ID}", headers={"Host": "evil.example"})
+    assert str(status) in operation["responses"]
