@@ -2,6 +2,7 @@
 answers (paths, methods, parameters, error statuses), and the answers of a
 live daemon match it."""
 
+import pathlib
 import re
 
 import jsonschema_rs
@@ -255,3 +256,16 @@ async def test_the_browser_preview_page_is_documented_as_it_answers(daemon):
         assert response.headers.getRawHeaders("content-type")[0].startswith("text/html")
     status, _ = await daemon.call("GET", f"/preview/{SESSION_ID}", headers={"Host": "evil.example"})
     assert str(status) in operation["responses"]
+
+
+def test_the_readmes_control_api_table_lists_every_operation_of_the_document():
+    """Each method and path of the document (the device WebSocket aside) is a row of the README's table, and no other."""
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("\n## Control API\n"):readme.index("\n## Metrics\n")]
+    rows = {
+        (method, re.sub(r":(\w+)", lambda m: "{sessionId}" if m.group(1) == "id" else "{%s}" % m.group(1), path))
+        for method, path in re.findall(r"^\| `([A-Z]+) (/[^`]*)`", section, re.M)
+    }
+    doc = openapi.document()
+    documented = {(m.upper(), path) for path, item in doc["paths"].items() for m in item if path != "/ws"}
+    assert rows == documented
