@@ -329,10 +329,14 @@ class SendTo(JsonResource):
         self.session_id = session_id
 
     def render_POST(self, request):
-        schema = read_json(request, self.hot.max_body_size)
-        if schema is None:
-            raise LumoraError(errors.BAD_REQUEST, "Body must be a Lumora IR schema", status=400,
-                              details={"path": ""})
+        try:
+            schema = read_json(request, self.hot.max_body_size)
+            if schema is None:
+                raise LumoraError(errors.BAD_REQUEST, "Body must be a Lumora IR schema", status=400,
+                                  details={"path": ""})
+        except LumoraError as e:
+            self.hot.metrics.push_refused(e.code)
+            raise
         preserve = _flag(request, "preserveState", True)
         # parsed just now: nothing else holds its objects
         d = self.hot.push_update(self.session_id, schema, preserve_state=preserve, fresh=True)

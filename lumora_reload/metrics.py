@@ -47,6 +47,10 @@ class Events:
     def frame_sent(self, size):
         """One message of `size` bytes was handed to a device's socket."""
 
+    def push_refused(self, code):
+        """A push refused (or failed) with error `code`, before or in the push."""
+        self.push_failures.labels(code).inc()
+
     def refused(self, endpoint, reason):
         """A request (`endpoint` "api" or "websocket") was refused for its
         `reason`: "host", "origin" or "token"."""
@@ -135,6 +139,10 @@ class Metrics(Events):
         self.frames_sent += 1
         self.bytes_sent += size
 
+    def push_refused(self, code):
+        """A push refused (or failed) with error `code`, before or in the push."""
+        self.push_failures.labels(code).inc()
+
     def refused(self, endpoint, reason):
         self.refusals.labels(endpoint, reason).inc()
 
@@ -157,8 +165,7 @@ class Metrics(Events):
 
         def done(result):
             if isinstance(result, Failure):
-                code = result.value.code if result.check(LumoraError) else "INTERNAL_ERROR"
-                self.push_failures.labels(code).inc()
+                self.push_refused(result.value.code if result.check(LumoraError) else "INTERNAL_ERROR")
             else:
                 self.pushes.labels(result.update_type).inc()
                 self.push_seconds.observe(_now() - started)

@@ -270,6 +270,7 @@ class Request(server.Request):
     _answered = False
     _received = 0
     _unless_empty = None  # the answer, should a chunked body hold any byte
+    _target = None  # the resource found from the head
 
     def gotLength(self, length):
         # bodies are bounded by --max-body-size: memory, never temp files
@@ -361,7 +362,7 @@ class Request(server.Request):
         self.postpath = [http.unquote(p) for p in self.path[1:].split(b"/")]
         if self.path == b"*":  # as process() answers it
             return api.NotFound()
-        target = site.getResourceFor(self)
+        target = self._target = site.getResourceFor(self)
         if isinstance(target, (api.Refused, api.NotFound)):
             return target
         if isinstance(target, api.JsonResource):
@@ -402,6 +403,8 @@ class Request(server.Request):
         self._answered = True
         self.requestHeaders.removeHeader(b"expect")  # no "100 Continue" after this
         channel = self.channel
+        if isinstance(self._target, api.SendTo) and isinstance(answer, api.Refused):  # its body refused
+            channel.site.hot_reload.metrics.push_refused(answer.code)
         channel.persistent = False
         _ignore_rest(channel)
         self.site = channel.site

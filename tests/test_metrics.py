@@ -210,6 +210,22 @@ async def test_store_write_failures_and_push_failures_are_counted(daemon_factory
     assert found["lumora_reload_push_seconds_count{}"] == 0
 
 
+@ensure
+async def test_a_push_refused_for_its_body_is_counted_under_its_code(daemon_factory):
+    """A /send body refused before any push starts (too large, not JSON, not
+    sent as JSON, a number no device can read) is a refused push too."""
+    daemon = await daemon_factory(max_body_size=4096)
+    sid = await daemon.new_session()
+    for data, content_type, status in [(b"[" * 5000, "application/json", 413), (b"{nope", "application/json", 400),
+                                       (b"{}", "text/plain", 415), (b'{"n": 1e400}', "application/json", 400)]:
+        code, _ = await daemon.call("POST", f"/send/{sid}", data=data, headers={"Content-Type": content_type})
+        assert code == status
+    _, _, found = await scrape(daemon)
+    assert found["lumora_reload_push_failures_total{code=PAYLOAD_TOO_LARGE}"] == 1
+    assert found["lumora_reload_push_failures_total{code=BAD_REQUEST}"] == 2
+    assert found["lumora_reload_push_failures_total{code=SCHEMA_VALIDATION_FAILED}"] == 1
+
+
 def test_rate_limit_closes_and_slow_devices_are_counted(clock):
     """A device closed for flooding and a device switched to latest-wins are each counted once."""
     hub = Hub(clock)
