@@ -7,6 +7,7 @@ pair, or a Deferred of either; a `LumoraError` anywhere becomes
 
 import functools
 import json
+from urllib.parse import urlsplit
 
 import orjson
 from twisted.internet import defer
@@ -306,8 +307,11 @@ class OpenApi(JsonResource):
 
     def render_GET(self, request):
         # mounted below a path of an embedding program's site, the paths
-        # in the document are below it too
-        return openapi.document(self.hot.ws_path, mount=getattr(request, "lumora_mount", ""))
+        # in the document are below it too; behind --public-url, below its
+        # path, as wsUrl is
+        public_url = self.hot.public_url
+        mount = urlsplit(public_url).path.rstrip("/") if public_url else getattr(request, "lumora_mount", "")
+        return openapi.document(self.hot.ws_path, mount=mount)
 
 
 class Send(JsonResource):

@@ -269,3 +269,18 @@ def test_the_readmes_control_api_table_lists_every_operation_of_the_document():
     doc = openapi.document()
     documented = {(m.upper(), path) for path, item in doc["paths"].items() for m in item if path != "/ws"}
     assert rows == documented
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_a_public_url_with_a_path_the_document_names_that_path(daemon_factory):
+    """Reached through --public-url https://host/lumora (a proxy that serves
+    the daemon below /lumora), the paths are below /lumora there, as wsUrl
+    says; without a path the document names no servers."""
+    daemon = await daemon_factory(public_url="https://tunnel.example/lumora/")
+    _, document = await daemon.call("GET", "/openapi.json")
+    _, made = await daemon.call("POST", "/session/new")
+    assert made["wsUrl"].startswith("wss://tunnel.example/lumora/ws?")
+    assert document["servers"] == [{"url": "/lumora"}]
+    plain = await daemon_factory(public_url="https://tunnel.example")
+    _, document = await plain.call("GET", "/openapi.json")
+    assert "servers" not in document
