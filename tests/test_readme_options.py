@@ -1,6 +1,7 @@
 """The README's options table lists every option of the daemon."""
 
 import pathlib
+import re
 
 from lumora_reload.tap import Options
 
@@ -23,3 +24,31 @@ def test_help_gives_the_data_dir_defaults_the_readme_gives():
     help_text = " ".join(str(Options()).split())
     for default in ("$XDG_STATE_HOME/lumora-reload", "~/.local/state/lumora-reload"):
         assert default in row and default in help_text, default
+
+
+def test_the_options_table_gives_the_daemon_defaults():
+    """Each default in the README's options table is the one the daemon takes."""
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("\n## Options\n"):readme.index("\n## Control API\n")]
+    options = Options()
+    options.parseOptions([])
+    checked = []
+    for line in table.splitlines():
+        if not line.startswith("| `--"):
+            continue
+        option_cell, default_cell = line.split(" | ")[:2]
+        flags = re.findall(r"`--([a-z-]+)", option_cell)
+        if flags == ["data-dir"] or flags == ["public-url"]:
+            continue  # their own tests: the XDG fallback, the request's Host
+        defaults = re.findall(r"`([^`]*)`", default_cell) or [default_cell.strip()] * len(flags)
+        assert len(defaults) == len(flags), line
+        for flag, text in zip(flags, defaults):
+            value = options[{"allowed-host": "allowed-hosts", "allowed-origin": "allowed-origins"}.get(flag, flag)]
+            if text in ("none", "off"):
+                assert not value, (flag, value)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                assert type(value)(text) == value, (flag, text, value)
+            else:
+                assert text == value, (flag, text, value)
+            checked.append(flag)
+    assert len(checked) == len(set(checked)) >= 28, checked
