@@ -2,9 +2,18 @@
 knowing" that no other test pins, each on a live daemon over real HTTP and
 WebSocket on loopback."""
 
-import pytest_twisted
+import os
+import pathlib
+import re
+import sys
 
-from tests.helpers import connected_device, make_schema
+import orjson
+import pytest_twisted
+import treq
+from twisted.internet import task
+
+from tests.helpers import WAIT, connected_device, make_schema
+from tests.processes import spawn_child, start_daemon  # noqa: F401 (fixtures)
 
 ensure = pytest_twisted.ensureDeferred
 
@@ -68,3 +77,63 @@ async def test_a_second_connect_is_invalid_message_and_the_device_stays(daemon):
     device.send("ping", {})
     pong = await device.next_of("pong")
     assert pong["payload"]["sequenceNumber"] == 1
+
+
+# -- "A walk-through with curl", as written ------------------------------------
+
+
+def walkthrough():
+    """The walk-through's shell block and its device.py."""
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("\n## A walk-through with curl\n"):readme.index("\n## Options\n")]
+    shell = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    device_py = section.split("```python\n", 1)[1].split("```", 1)[0]
+    return shell, device_py
+
+
+@ensure
+async def test_the_curl_walkthrough_runs_as_written(reactor, start_daemon, spawn_child, tmp_path):
+    """Create a session as curl does, run device.py, push the README's schema:
+    the answers are the ones the README shows and the device prints and acks
+    the update."""
+    shell, device_py = walkthrough()
+    assert "twistd -n lumora-reload --in-memory" in shell
+    child, remote = await start_daemon("twistd")
+    port = remote.url.rsplit(":", 1)[1]
+
+    # 1. `curl -s -X POST localhost:8080/session/new`: no body, no type
+    assert "curl -s -X POST localhost:8080/session/new\n" in shell
+    response = await treq.post(f"{remote.url}/session/new", headers={"Host": [f"localhost:{port}"]},
+                               persistent=False)
+    created = orjson.loads(await treq.content(response))
+    assert response.code == 200
+    shown = re.search(r"# (\{\"sessionId\".*\})\n", shell).group(1)
+    assert list(created) == re.findall(r'"(\w+)":', shown)
+    sid = created["sessionId"]
+    assert created["wsUrl"] == f"ws://localhost:{port}/ws?session={sid}"
+
+    # 2. `python device.py 3f0c…`, its URL pointed at this daemon's port
+    assert "ws://127.0.0.1:8080/ws?session=" in device_py
+    script = tmp_path / "device.py"
+    script.write_text(device_py.replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
+    device = spawn_child([sys.executable, str(script), sid], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    await device.wait_for(rb"(?m)^connected ", timeout=WAIT)
+
+    # 3. the push with the README's body and header
+    body = re.search(r"-d '(\{.*?\})'", shell, re.S).group(1)
+    assert "-H 'Content-Type: application/json'" in shell
+    response = await treq.post(f"{remote.url}/send/{sid}", data=body.encode(),
+                               headers={"Content-Type": ["application/json"]}, persistent=False)
+    answer = await treq.content(response)
+    assert response.code == 200
+    assert orjson.loads(answer) == orjson.loads(re.search(r"# (\{\"success\".*\})\n", shell).group(1))
+    printed = await device.wait_for(rb"(?m)^update (.*)$", timeout=WAIT)
+    assert printed.group(1).startswith(b'{"type": "full"'), printed.group(1)  # cut to 200 characters
+    for _ in range(100):  # the ack arrives after the print
+        _, info = await remote.call("GET", f"/session/{sid}")
+        if info["devices"][0]["lastAckSequence"] == 1:
+            break
+        await task.deferLater(reactor, 0.05, lambda: None)
+    assert info["devices"][0] == {**info["devices"][0], "deviceId": "my-phone", "platform": "ios",
+                                  "lastAckSequence": 1}
+    await child.stop()
