@@ -12,7 +12,7 @@ import pytest_twisted
 import treq
 from twisted.internet import task
 
-from tests.helpers import WAIT, connected_device, make_schema
+from tests.helpers import WAIT, connected_device, make_schema, with_text
 from tests.processes import spawn_child, start_daemon  # noqa: F401 (fixtures)
 
 ensure = pytest_twisted.ensureDeferred
@@ -137,3 +137,39 @@ async def test_the_curl_walkthrough_runs_as_written(reactor, start_daemon, spawn
     assert info["devices"][0] == {**info["devices"][0], "deviceId": "my-phone", "platform": "ios",
                                   "lastAckSequence": 1}
     await child.stop()
+
+
+@ensure
+async def test_the_session_limit_answers_429_rate_limit_exceeded(daemon_factory):
+    daemon = await daemon_factory(max_sessions=1)
+    await daemon.new_session()
+    status, body = await daemon.call("POST", "/session/new")
+    assert status == 429 and body["code"] == "RATE_LIMIT_EXCEEDED"
+
+
+@ensure
+async def test_a_device_is_healthy_while_it_spoke_within_the_connection_timeout(daemon_factory, clock):
+    """Healthy: spoke within --connection-timeout and lags at most --max-ack-lag updates."""
+    daemon = await daemon_factory(clock=clock, connection_timeout=60, heartbeat_interval=1000, max_ack_lag=1)
+    sid = await daemon.new_session(make_schema())
+    device, _ = await connected_device(daemon, sid)
+
+    async def healthy():
+        _, body = await daemon.call("GET", f"/session/{sid}/health")
+        (entry,) = body["devices"]
+        return entry["healthy"], entry["ackLag"]
+
+    device.send("ack", {"sequenceNumber": 1, "success": True})  # the schema `connected` brought
+    device.send("ping", {})
+    await device.next_of("pong")
+    await daemon.push(sid, with_text(make_schema(), "two"))
+    await device.next_of("update")
+    assert await healthy() == (True, 1)  # one behind: at most --max-ack-lag
+    clock.advance(60)
+    assert await healthy() == (True, 1)
+    clock.advance(1)  # silent past the timeout (no ping to answer), before any sweep drops it
+    assert await healthy() == (False, 1)
+    device.send("ack", {"sequenceNumber": 2, "success": True})
+    device.send("ping", {})
+    await device.next_of("pong")
+    assert await healthy() == (True, 0)
