@@ -173,3 +173,20 @@ async def test_a_device_is_healthy_while_it_spoke_within_the_connection_timeout(
     device.send("ping", {})
     await device.next_of("pong")
     assert await healthy() == (True, 0)
+
+
+@ensure
+async def test_the_session_log_keeps_the_last_1000_lines(daemon_factory):
+    daemon = await daemon_factory(rate_limit=5000, rate_burst=5000)
+    sid = await daemon.new_session()
+    device, _ = await connected_device(daemon, sid, deviceName="Pixel")
+    for i in range(1005):
+        device.send("log", {"level": "info", "message": f"line {i}"})
+    device.send("ping", {})
+    await device.next_of("pong")
+    status, body = await daemon.call("GET", f"/session/{sid}/logs")
+    assert status == 200 and body["sessionId"] == sid
+    lines = body["lines"]
+    assert [line["message"] for line in lines] == [f"line {i}" for i in range(5, 1005)]
+    assert set(lines[0]) == {"time", "deviceId", "deviceName", "level", "message"}
+    assert (lines[0]["deviceId"], lines[0]["deviceName"], lines[0]["level"]) == ("phone-1", "Pixel", "info")
