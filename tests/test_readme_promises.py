@@ -190,3 +190,31 @@ async def test_the_session_log_keeps_the_last_1000_lines(daemon_factory):
     assert [line["message"] for line in lines] == [f"line {i}" for i in range(5, 1005)]
     assert set(lines[0]) == {"time", "deviceId", "deviceName", "level", "message"}
     assert (lines[0]["deviceId"], lines[0]["deviceName"], lines[0]["level"]) == ("phone-1", "Pixel", "info")
+
+
+# -- "Device client", its example as written ------------------------------------
+
+
+@ensure
+async def test_the_device_client_example_runs_as_written(daemon, reactor, spawn_child, tmp_path):
+    """The README's DeviceClient program gets the schema, logs a line the
+    session shows, and ends when the session is deleted (a final close)."""
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("\n## Device client\n"):readme.index("\n## Benchmarks\n")]
+    program = section.split("```python\n", 1)[1].split("```", 1)[0]
+    sid = await daemon.new_session(make_schema())
+    assert "ws://127.0.0.1:8080/ws?session=3f0c8e…" in program
+    script = tmp_path / "preview.py"
+    script.write_text(program.replace("ws://127.0.0.1:8080/ws?session=3f0c8e…", f"{daemon.ws}?session={sid}"))
+    child = spawn_child([sys.executable, str(script)], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    await child.wait_for(rb"now at 1 1 top-level nodes\n", timeout=WAIT)
+    for _ in range(100):  # the log line follows the schema
+        _, logs = await daemon.call("GET", f"/session/{sid}/logs")
+        if logs["lines"]:
+            break
+        await task.deferLater(reactor, 0.05, lambda: None)
+    assert [(line["deviceName"], line["level"], line["message"]) for line in logs["lines"]] == [
+        ("My preview", "info", "preview ready")]
+    assert (await daemon.call("DELETE", f"/session/{sid}"))[0] == 200
+    await child.wait_for(rb"closed 1000 Session closed retry in None\ngave up: 1000 Session closed\n", timeout=WAIT)
+    assert await child.ended.addTimeout(WAIT, reactor) == 0, child.output.decode()
