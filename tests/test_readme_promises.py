@@ -218,3 +218,28 @@ async def test_the_device_client_example_runs_as_written(daemon, reactor, spawn_
     assert (await daemon.call("DELETE", f"/session/{sid}"))[0] == 200
     await child.wait_for(rb"closed 1000 Session closed retry in None\ngave up: 1000 Session closed\n", timeout=WAIT)
     assert await child.ended.addTimeout(WAIT, reactor) == 0, child.output.decode()
+
+
+# -- "Five-minute tour": the command's global options -----------------------------
+
+
+@ensure
+async def test_the_commands_send_the_api_token_from_the_option_or_the_environment(daemon_factory):
+    """`--api-token` (or LUMORA_RELOAD_TOKEN) reaches the daemon, and global
+    options go before the command or after it."""
+    from tests.test_cli import one_error_line
+    from tests.test_cli_urls import cli
+
+    # Host is the --public-url host (whatever the port): the control API
+    # needs the token even from loopback
+    daemon = await daemon_factory(api_token="s3cret", public_url="https://localhost")
+    url = f"http://localhost:{daemon.port.getHost().port}"
+    sid = await daemon.new_session(make_schema())
+    code, out, err = await cli(daemon, "--url", url, "status", sid)
+    line = one_error_line(code, out, err)
+    assert "--api-token" in line, line
+    code, out, err = await cli(daemon, "--url", url, "status", sid, env={"LUMORA_RELOAD_TOKEN": "s3cret"})
+    assert code == 0 and f"Session {sid}: state #1" in out, err
+    code, out, err = await cli(daemon, "status", sid, "--json", "--api-token", "s3cret", "--url", url)
+    assert code == 0, err
+    assert orjson.loads(out.splitlines()[0])["sessionId"] == sid
