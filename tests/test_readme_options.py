@@ -52,3 +52,25 @@ def test_the_options_table_gives_the_daemon_defaults():
                 assert text == value, (flag, text, value)
             checked.append(flag)
     assert len(checked) == len(set(checked)) >= 28, checked
+
+
+def test_the_security_limits_table_gives_the_daemon_defaults():
+    """The README's limits table names each limit's option and its default; both are the daemon's."""
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("\n**Limits**"):readme.index("\n**Behind a tunnel**")]
+    options = Options()
+    options.parseOptions([])
+    units = {"": 1, "MiB": 1024 * 1024, "s": 1, "/s": 1}
+    checked = []
+    for line in section.splitlines():
+        cells = line.split(" | ")
+        flags = re.findall(r"`--([a-z-]+)`", cells[1]) if len(cells) > 2 else []
+        if not flags:
+            continue
+        texts = [t for group in re.findall(r"\(([^)]*)\)", cells[1]) for t in group.split(", ")]
+        texts += texts[-1:] * (len(flags) - len(texts))  # one default for several options
+        for flag, text in zip(flags, texts):
+            number, unit = re.fullmatch(r"(\d+) ?(MiB|s|/s|)", text).groups()
+            assert int(number) * units[unit] == options[flag], (flag, text, options[flag])
+            checked.append(flag)
+    assert len(checked) == 14, checked
