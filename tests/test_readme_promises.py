@@ -243,3 +243,12 @@ async def test_the_commands_send_the_api_token_from_the_option_or_the_environmen
     code, out, err = await cli(daemon, "status", sid, "--json", "--api-token", "s3cret", "--url", url)
     assert code == 0, err
     assert orjson.loads(out.splitlines()[0])["sessionId"] == sid
+
+
+@ensure
+async def test_a_device_disconnected_over_rest_is_closed_1000_disconnected_by_server(daemon):
+    """The reason tells a device (and DeviceClient) not to come back on its own."""
+    sid = await daemon.new_session()
+    device, info = await connected_device(daemon, sid)
+    assert (await daemon.call("DELETE", f"/session/{sid}/devices/{info['connectionId']}"))[0] == 200
+    assert await device.wait_closed() == (1000, "Disconnected by server")
