@@ -252,3 +252,80 @@ async def test_a_device_disconnected_over_rest_is_closed_1000_disconnected_by_se
     device, info = await connected_device(daemon, sid)
     assert (await daemon.call("DELETE", f"/session/{sid}/devices/{info['connectionId']}"))[0] == 200
     assert await device.wait_closed() == (1000, "Disconnected by server")
+
+
+# -- "Control API": the answers carry the fields the README's table lists --------
+
+
+def documented_fields(text):
+    """{path of keys: [field names]} of the table's notation, such as
+    {"a","b":[{"c"}]} -> {(): ["a", "b"], ("b",): ["c"]}."""
+    fields, stack, last, prev, i = {}, [], None, "", 0
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            end = text.index('"', i + 1)
+            if prev in "{," and stack:  # a name, not a value such as "ok"
+                last = text[i + 1:end]
+                fields.setdefault(stack[-1], []).append(last)
+            prev, i = '"', end + 1
+            continue
+        if c == "{":
+            stack.append(() if not stack else stack[-1] + ((last,) if prev in ":[" else ()))
+        elif c == "}":
+            stack.pop()
+        if not c.isspace():
+            prev = c
+        i += 1
+    return fields
+
+
+def control_api_table():
+    """(method, path, answer as written, its fields) for each row whose answer is JSON."""
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("\n## Control API\n"):readme.index("\nStatus codes:")]
+    rows = []
+    for line in table.splitlines():
+        row = re.match(r"\| `(GET|POST|DELETE) ([^`]+)` \| [^|]* \| [^`]*`(\{.*?\})`", line.replace("\\|", "/"))
+        if row:
+            rows.append((row.group(1), row.group(2), row.group(3), documented_fields(row.group(3))))
+    return rows
+
+
+def fields_of(answer, keys):
+    """The field names of `answer` at the path `keys` (through lists)."""
+    for key in keys:
+        answer = answer[key]
+        answer = answer[0] if isinstance(answer, list) else answer
+    return set(answer)
+
+
+@ensure
+async def test_every_answer_has_the_fields_the_control_api_table_lists(start_daemon):
+    """Exactly those fields, or at least those where the row ends in "…"."""
+    child, remote = await start_daemon("twistd")
+    sid = await remote.new_session(make_schema())
+    device, info = await connected_device(remote, sid, deviceName="Pixel")
+    device.send("log", {"level": "info", "message": "hello"})
+    device.send("ping", {})
+    await device.next_of("pong")
+    targets = {":id": sid, ":connectionId": info["connectionId"]}
+    bodies = {"/send/:id": with_text(make_schema(), "two")}
+    rows = control_api_table()
+    order = [row for row in rows if row[0] != "DELETE"] + sorted(
+        (row for row in rows if row[0] == "DELETE"), key=lambda row: -len(row[1]))  # the device, then the session
+    assert len(order) == 12, [row[:2] for row in rows]
+    row_text = {(method, path): text for method, path, text, _ in rows}
+    for method, path, _, documented in order:
+        target = path
+        for name, value in targets.items():
+            target = target.replace(name, value)
+        status, answer = await remote.call(method, target, bodies.get(path))
+        assert status == 200, (method, path, answer)
+        for keys, names in documented.items():
+            got = fields_of(answer, keys)
+            if "…" in row_text[method, path]:  # the row lists some fields only
+                assert set(names) <= got, (method, path, keys, set(names) - got)
+            else:
+                assert set(names) == got, (method, path, keys, set(names) ^ got)
+    await child.stop()
