@@ -74,3 +74,15 @@ def test_the_security_limits_table_gives_the_daemon_defaults():
             assert int(number) * units[unit] == options[flag], (flag, text, options[flag])
             checked.append(flag)
     assert len(checked) == 14, checked
+
+
+def test_the_ready_line_of_the_default_port_is_the_one_the_readme_shows():
+    """`twistd -n lumora-reload` (every interface, port 8080) logs the line the Options section quotes."""
+    from twisted.internet.address import IPv4Address
+
+    from lumora_reload.listen import ready_line
+
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("\n## Options\n"):readme.index("\n## Control API\n")]
+    shown = section.split("what to do next:\n\n```\n", 1)[1].split("\n```", 1)[0]
+    assert ready_line(IPv4Address("TCP", "0.0.0.0", 8080)) == shown
