@@ -329,3 +329,27 @@ async def test_every_answer_has_the_fields_the_control_api_table_lists(start_dae
             else:
                 assert set(names) == got, (method, path, keys, set(names) ^ got)
     await child.stop()
+
+
+@ensure
+async def test_logs_follow_prints_new_device_lines_coloured_by_level(daemon):
+    """`lumora-reload logs SID --follow`: what the devices log, as it comes, coloured by level."""
+    from tests.test_cli import Proc
+
+    sid = await daemon.new_session()
+    device, _ = await connected_device(daemon, sid, deviceName="Pixel 8")
+    device.send("log", {"level": "warn", "message": "low battery"})
+    proc = Proc(daemon.reactor, ["-m", "lumora_reload", "--url", daemon.url, "logs", sid[:8], "--follow",
+                                 "--color", "always", "--interval", "0.05"])
+    try:
+        warn = await proc.wait_line(lambda line: "low battery" in line)
+        device.send("log", {"level": "error", "message": "render failed"})
+        error = await proc.wait_line(lambda line: "render failed" in line)
+        device.send("log", {"level": "info", "message": "fine"})
+        info = await proc.wait_line(lambda line: "fine" in line)
+    finally:
+        await proc.stop()
+    assert "\x1b[33mWARN \x1b[0m [Pixel 8] \x1b[33mlow battery\x1b[0m" in warn
+    assert "\x1b[31mERROR\x1b[0m [Pixel 8] \x1b[31mrender failed\x1b[0m" in error
+    assert info.endswith("INFO  [Pixel 8] fine")
+    assert proc.lines.count(warn) == 1  # each line once, though polled again and again
