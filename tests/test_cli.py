@@ -41,7 +41,7 @@ async def run(daemon, *args, stdin=None, url=None):
 class Proc(protocol.ProcessProtocol):
     """A running CLI whose stdout lines can be awaited."""
 
-    def __init__(self, reactor, argv, stdin=None):
+    def __init__(self, reactor, argv, stdin=None, cwd=None):
         self.reactor = reactor
         self.out = b""
         self.err = b""
@@ -49,7 +49,7 @@ class Proc(protocol.ProcessProtocol):
         self._waiters = []
         self.exited = defer.Deferred()
         self._stdin = stdin
-        self.transport = reactor.spawnProcess(self, sys.executable, [sys.executable, *argv], env=ENV)
+        self.transport = reactor.spawnProcess(self, sys.executable, [sys.executable, *argv], env=ENV, path=cwd)
 
     def connectionMade(self):
         if self._stdin is not None:

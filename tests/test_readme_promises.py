@@ -353,3 +353,37 @@ async def test_logs_follow_prints_new_device_lines_coloured_by_level(daemon):
     assert "\x1b[31mERROR\x1b[0m [Pixel 8] \x1b[31mrender failed\x1b[0m" in error
     assert info.endswith("INFO  [Pixel 8] fine")
     assert proc.lines.count(warn) == 1  # each line once, though polled again and again
+
+
+@ensure
+async def test_the_tour_watch_and_device_print_what_the_readme_shows(daemon, tmp_path):
+    """The tour's app.json, `watch` and `device`: a full update #1, then an
+    edit of "Hello" goes out as incremental update #2 which the device applies
+    with its checksum ok."""
+    from tests.test_cli import Proc
+
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    tour = readme[readme.index("\n## Five-minute tour\n"):readme.index("\n## Browser preview and dashboard\n")]
+    app_json = tour.split("cat > app.json <<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    sid = await daemon.new_session()
+    url = ["-m", "lumora_reload", "--url", daemon.url]
+    device = Proc(daemon.reactor, [*url, "device", sid[:6]])
+    watch = None
+    try:
+        await device.wait_line(lambda line: "connected" in line)
+        path = tmp_path / "app.json"
+        path.write_text(app_json)
+        watch = Proc(daemon.reactor, [*url, "watch", sid[:6], "app.json"], cwd=str(tmp_path))
+        first = await watch.wait_line(lambda line: "pushed" in line)
+        assert re.fullmatch(r"\d\d:\d\d:\d\d pushed app\.json: full update #1 -> 1 device in \d+ ms", first), first
+        applied = device.wait_line(lambda line: "#2" in line)
+        pushed = watch.wait_line(lambda line: "pushed" in line)
+        (tmp_path / "app.json.tmp").write_text(app_json.replace('"Hello"', '"Hello, Lumora"'))
+        os.replace(tmp_path / "app.json.tmp", path)
+        assert re.search(r"pushed app\.json: incremental update #2 -> 1 device in \d+ ms$", await pushed)
+        assert re.search(r"#2 incremental applied in \d+\.\d ms, 1 nodes, checksum ok", await applied)
+    finally:
+        await device.stop()
+        if watch is not None:
+            await watch.stop()
+    assert daemon.server.get_session(sid).schema["nodes"][0]["props"]["text"] == "Hello, Lumora"
