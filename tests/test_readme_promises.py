@@ -387,3 +387,25 @@ async def test_the_tour_watch_and_device_print_what_the_readme_shows(daemon, tmp
         if watch is not None:
             await watch.stop()
     assert daemon.server.get_session(sid).schema["nodes"][0]["props"]["text"] == "Hello, Lumora"
+
+
+@ensure
+async def test_watch_json_prints_one_json_object_per_line(daemon, tmp_path):
+    from tests.test_cli import Proc
+
+    sid = await daemon.new_session()
+    path = tmp_path / "app.json"
+    path.write_text(orjson.dumps(make_schema()).decode())
+    proc = Proc(daemon.reactor, ["-m", "lumora_reload", "--url", daemon.url, "watch", sid, str(path), "--json"])
+    try:
+        await proc.wait_line(lambda line: '"push"' in line)
+        reported = proc.wait_line(lambda line: '"invalid"' in line)
+        path.write_text('{"version": "1.0", "nodes": [')
+        await reported
+    finally:
+        await proc.stop()
+    events = [orjson.loads(line) for line in proc.lines]  # every line is one JSON object
+    push = next(e for e in events if e["event"] == "push")
+    assert (push["sequenceNumber"], push["updateType"], push["devicesUpdated"]) == (1, "full", 0)
+    assert [e["event"] for e in events].count("invalid") == 1
+    assert daemon.server.get_session(sid).sequence == 1
