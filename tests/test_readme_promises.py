@@ -409,3 +409,18 @@ async def test_watch_json_prints_one_json_object_per_line(daemon, tmp_path):
     assert (push["sequenceNumber"], push["updateType"], push["devicesUpdated"]) == (1, "full", 0)
     assert [e["event"] for e in events].count("invalid") == 1
     assert daemon.server.get_session(sid).sequence == 1
+
+
+@ensure
+async def test_connect_requires_device_id_platform_and_client_version_as_strings(daemon):
+    sid = await daemon.new_session(make_schema())
+    good = {"deviceId": "phone-1", "platform": "ios", "clientVersion": "1.1.0"}
+    for name in good:
+        for payload in ({k: v for k, v in good.items() if k != name}, {**good, name: 7}):
+            device = await daemon.device(sid)
+            device.send("connect", payload)
+            error = await device.next()
+            assert (error["type"], error["payload"]["code"]) == ("error", "INVALID_MESSAGE"), payload
+            assert name in error["payload"]["message"], error
+            device.sendClose()
+            await device.wait_closed()
