@@ -424,3 +424,17 @@ async def test_connect_requires_device_id_platform_and_client_version_as_strings
             assert name in error["payload"]["message"], error
             device.sendClose()
             await device.wait_closed()
+
+
+# -- "Where state lives" ------------------------------------------------------------
+
+
+@ensure
+async def test_the_data_dir_holds_the_database_and_a_lock_with_the_daemons_pid(start_daemon, tmp_path):
+    data_dir = tmp_path / "state"
+    child, remote = await start_daemon("twistd", "--data-dir", str(data_dir))
+    await remote.push(await remote.new_session(), make_schema())
+    assert set(os.listdir(data_dir)) == {"sessions.sqlite3", "sessions.sqlite3-wal", "sessions.sqlite3-shm", "lock"}
+    assert (data_dir / "lock").read_text().strip() == str(child.transport.pid)
+    await child.stop()
+    assert set(os.listdir(data_dir)) <= {"sessions.sqlite3", "lock"}  # -wal and -shm only while running
