@@ -317,9 +317,9 @@ class SQLiteStore:
         self._saved[session.id] = row
 
     def commit_push(self, update):
-        """Store a push's new state and its history entry in one
-        transaction, after checking that the stored state is the one the
-        push was planned from; returns once committed."""
+        """Store a push's new state, its history entry and the session's
+        activity in one transaction, after checking that the stored state
+        is the one the push was planned from; returns once committed."""
         db = self._connect()
         state, entry = update.state, update.entry
         with self._transaction("store a push in"):
@@ -347,6 +347,15 @@ class SQLiteStore:
                 "DELETE FROM history WHERE session_id = ? AND sequence < ?",
                 (update.session_id, state.history[0].sequence),
             )
+            # a push is activity: after a crash the expiry counts from it
+            now = float(self._clock.seconds())
+            db.execute(
+                "UPDATE sessions SET last_activity = MAX(last_activity, ?) WHERE id = ?",
+                (now, update.session_id),
+            )
+        saved = self._saved.get(update.session_id)
+        if saved is not None:
+            self._saved[update.session_id] = (*saved[:3], max(saved[3], now))
 
     def delete_session(self, session_id):
         self._connect()

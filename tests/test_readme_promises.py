@@ -438,3 +438,35 @@ async def test_the_data_dir_holds_the_database_and_a_lock_with_the_daemons_pid(s
     assert (data_dir / "lock").read_text().strip() == str(child.transport.pid)
     await child.stop()
     assert set(os.listdir(data_dir)) <= {"sessions.sqlite3", "lock"}  # -wal and -shm only while running
+
+
+@ensure
+async def test_a_crash_keeps_the_expiry_as_of_the_last_push_extend_or_cleanup_sweep(daemon_factory, clock, tmp_path):
+    """What SQLite holds of a session's times: device activity is stored at
+    the next cleanup sweep, a push and an extend at once."""
+    import sqlite3
+
+    from lumora_reload.sqlite_store import SQLiteStore
+
+    store = SQLiteStore.open(str(tmp_path), clock=clock)
+    daemon = await daemon_factory(store=store, clock=clock, cleanup_interval=60, heartbeat_interval=1000,
+                                  connection_timeout=1000)
+    sid = await daemon.new_session(timeoutSeconds=600)
+
+    def stored_activity():
+        with sqlite3.connect(tmp_path / "sessions.sqlite3") as db:
+            return db.execute("SELECT last_activity FROM sessions WHERE id = ?", (sid,)).fetchone()[0]
+
+    clock.advance(10)
+    await daemon.push(sid, make_schema())
+    assert stored_activity() == 10
+    clock.advance(10)
+    assert (await daemon.call("POST", f"/session/{sid}/extend"))[0] == 200
+    assert stored_activity() == 20
+    device, _ = await connected_device(daemon, sid)
+    clock.advance(25)
+    device.send("ping", {})
+    await device.next_of("pong")
+    assert daemon.server.get_session(sid).last_activity == 45 and stored_activity() == 20
+    clock.advance(15)  # the cleanup sweep at 60 s stores the session its device keeps alive
+    assert stored_activity() == 60

@@ -123,6 +123,32 @@ def test_extend_and_touch_are_stored_without_rewriting_the_schema(tmp_path):
     assert back.last_activity == 500.0 and back.sequence == 1
 
 
+def test_a_push_stores_the_session_activity_and_never_moves_it_back(tmp_path):
+    """After a crash a session's expiry counts from its last push (an
+    extended expiry ahead of it stays)."""
+    clock = task.Clock()
+    store = open_store(tmp_path, clock)
+    s = session(last_activity=500.0)  # extended ahead of the clock
+    store.save_session(s)
+    push(store, s, make_schema())
+    clock.advance(700)
+    push(store, s, with_text(make_schema(), "later"))
+    before = store._db.total_changes
+    s.last_activity = 700.0  # the service touches the session as the push applies
+    store.save_session(s)
+    assert store._db.total_changes == before  # that row is already stored
+    store.close()
+    store = open_store(tmp_path, task.Clock())
+    [s] = store.load()
+    assert s.last_activity == 700.0 and s.sequence == 2
+    push(store, s, with_text(make_schema(), "even later"))  # at 0: behind what is stored
+    store.close()
+    store = open_store(tmp_path)
+    [back] = store.load()
+    store.close()
+    assert back.last_activity == 700.0 and back.sequence == 3
+
+
 def test_delete_removes_every_row(tmp_path):
     store = open_store(tmp_path)
     s, other = session("a" * 32), session("b" * 32)
