@@ -470,3 +470,17 @@ async def test_a_crash_keeps_the_expiry_as_of_the_last_push_extend_or_cleanup_sw
     assert daemon.server.get_session(sid).last_activity == 45 and stored_activity() == 20
     clock.advance(15)  # the cleanup sweep at 60 s stores the session its device keeps alive
     assert stored_activity() == 60
+
+
+def test_the_device_clients_defaults_are_the_readmes():
+    """Pings every 20 s, a silent daemon given 3 pings, backoff 1 s doubling to 30 s with a quarter jitter."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from lumora_reload.client import Backoff, DeviceClient
+
+    client = DeviceClient("ws://127.0.0.1:9/ws?session=s", reactor=MemoryReactorClock())
+    assert (client.ping_interval, client.receive_timeout) == (20.0, 60.0)
+    assert client.backoff == Backoff(initial=1, maximum=30, factor=2, jitter=0.25)
+    assert client.replica.legacy is False
+    old = DeviceClient("ws://127.0.0.1:9/ws?session=s", client_version="1.0.0", reactor=MemoryReactorClock())
+    assert old.replica.legacy is True  # applies deltas as a protocol-1.0 device
