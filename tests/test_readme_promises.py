@@ -314,7 +314,7 @@ async def test_every_answer_has_the_fields_the_control_api_table_lists(start_dae
     rows = control_api_table()
     order = [row for row in rows if row[0] != "DELETE"] + sorted(
         (row for row in rows if row[0] == "DELETE"), key=lambda row: -len(row[1]))  # the device, then the session
-    assert len(order) == 12, [row[:2] for row in rows]
+    assert len(order) == 13, [row[:2] for row in rows]
     row_text = {(method, path): text for method, path, text, _ in rows}
     for method, path, _, documented in order:
         target = path
