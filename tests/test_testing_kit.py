@@ -2,6 +2,9 @@
 and every misbehaviour against the project's own DeviceClient."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import pytest_twisted
@@ -11,6 +14,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from lumora_reload.client import Backoff
 from lumora_reload.testing import LumoraServer
+from lumora_reload.testing.server import STOP_TIMEOUT
 from tests.helpers import make_schema, with_text
 
 FAST = Backoff(initial=0.02, maximum=0.1)
@@ -81,6 +85,50 @@ def test_stop_leaves_nothing(reactor):
     assert not left, left
     with pytest.raises(error.ConnectionRefusedError):
         yield TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(protocol.Factory.forProtocol(protocol.Protocol))
+
+
+
+@pytest_twisted.inlineCallbacks
+def test_stopping_one_server_does_not_wait_for_anothers_timers(reactor):
+    first = yield LumoraServer(heartbeat_interval=0.05).start()
+    second = yield LumoraServer().start()
+    client = yield first.device(first.create_session(), ping_interval=0.05)
+    for _ in range(3):  # the first server's and its device's timers have come round since
+        yield client.when("pong")
+    started = reactor.seconds()
+    yield second.stop()
+    assert reactor.seconds() - started < STOP_TIMEOUT / 2
+    yield first.stop()
+    assert not first.pending_calls()
+
+
+TWO_SERVERS = """
+import pytest
+import pytest_twisted
+
+
+@pytest.mark.lumora(heartbeat_interval=0.05)
+@pytest_twisted.inlineCallbacks
+def test_two_servers(lumora_server, lumora_device, lumora_server_factory):
+    yield lumora_server_factory()
+    client = yield lumora_device(ping_interval=0.05)
+    for _ in range(3):
+        yield client.when("pong")
+"""
+
+
+def test_fixtures_stop_two_servers_cleanly(tmp_path):
+    """The timers of the first server, still running when the second one
+    is stopped, are neither a leak of the second nor cancelled twice."""
+    (tmp_path / "test_two.py").write_text(TWO_SERVERS)
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_two.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "1 passed" in out and "error" not in out, out
 
 
 # -- misbehaviour ------------------------------------------------------------

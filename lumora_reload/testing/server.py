@@ -20,6 +20,8 @@ every device of the session. Each docstring says what the protocol
 (docs/protocol.md) expects a device client to do about it.
 """
 
+import weakref
+
 from twisted.internet import defer, endpoints, task
 
 from lumora_reload import web
@@ -30,6 +32,9 @@ from lumora_reload.testing.misbehave import WRONG_CHECKSUM  # noqa: F401  (its o
 
 # how long `stop` waits for connections to go before it gives up
 STOP_TIMEOUT = 5.0
+
+# the started servers: one server's timers cannot be told from another's
+_running: "weakref.WeakSet[LumoraServer]" = weakref.WeakSet()
 
 
 class LumoraServer(misbehave.Misbehaviours):
@@ -56,6 +61,7 @@ class LumoraServer(misbehave.Misbehaviours):
     def start(self):
         """Start the daemon and listen; a Deferred of this object."""
         self._before = {id(c) for c in self.reactor.getDelayedCalls()}
+        _running.add(self)
         self.server.startService()
         site = web.site(self.server, self.reactor)
         endpoint = endpoints.TCP4ServerEndpoint(self.reactor, self._port_number, interface="127.0.0.1")
@@ -66,6 +72,7 @@ class LumoraServer(misbehave.Misbehaviours):
     @defer.inlineCallbacks
     def stop(self):
         """Stop devices, daemon and port; fires when nothing is left."""
+        _running.discard(self)
         clients, self.devices = self.devices, []
         yield defer.gatherResults([c.stop() for c in clients], consumeErrors=True)
         self.remove_misbehaviours()
@@ -80,16 +87,20 @@ class LumoraServer(misbehave.Misbehaviours):
     def _quiet(self):
         """Wait until no device connection is left and no daemon or
         Autobahn timer they scheduled is pending (Trial's dirty-reactor
-        check counts every one)."""
+        check counts every one). While another server runs on the reactor
+        its timers look the same: then only the connections are waited
+        for, and the timers by the last server to stop."""
         deadline = self.reactor.seconds() + STOP_TIMEOUT
         while self.reactor.seconds() < deadline:
-            if not self.server.ws_factory.connections and not self.pending_calls():
+            alone = not any(s.reactor is self.reactor for s in _running)
+            if not self.server.ws_factory.connections and not (alone and self.pending_calls()):
                 return
             yield task.deferLater(self.reactor, 0.01, lambda: None)
 
     def pending_calls(self):
         """Daemon and Autobahn timers scheduled since `start` and still
-        pending (after `stop`, a non-empty list is a leak)."""
+        pending, this server's or another's (after `stop` of every server
+        started since, a non-empty list is a leak)."""
         return [
             c for c in self.reactor.getDelayedCalls()
             if id(c) not in self._before and c.active() and _ours(c)
