@@ -389,3 +389,26 @@ def test_stall_pings_over_real_sockets(lumora_server, reactor):
     yield _pings(quiet, len(quiet.pings) + 2)
     for p in (quiet_protocol, other_protocol):
         p.dropConnection(abort=True)
+
+
+def test_docstrings_name_what_exists():
+    """Every `name` a kit method's docstring points a test author at is a
+    method or attribute of the servers, or a parameter of that method."""
+    import inspect
+    import re
+
+    from lumora_reload.testing import MemoryNetwork, misbehave
+
+    network = MemoryNetwork()
+    try:
+        servers = (LumoraServer(), network)
+        for cls in (misbehave.Misbehaviours, LumoraServer, MemoryNetwork):
+            for method_name, method in vars(cls).items():
+                if not inspect.isfunction(method):
+                    continue
+                parameters = inspect.signature(method).parameters
+                for name in re.findall(r"(?<!`)`([a-z_]+)`(?!`)", method.__doc__ or ""):
+                    known = name in parameters or any(hasattr(s, name) for s in servers)
+                    assert known, f"{cls.__name__}.{method_name} names `{name}`, which does not exist"
+    finally:
+        network.stop()

@@ -249,8 +249,7 @@ class Misbehaviours:
 
     def stall_device(self, session_id, device=None, reading=True, sending=True):
         """Stop reading from the device and/or stop sending to it; returns
-        the `Stall` objects (``.resume()`` each, or
-        `resume_devices`).
+        the `Stall` objects (``.resume()`` each).
 
         Expected: a client that hears nothing (no update, no ``pong``) for
         its receive timeout gives the connection up and reconnects,
