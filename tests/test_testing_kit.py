@@ -87,6 +87,20 @@ def test_stop_leaves_nothing(reactor):
         yield TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(protocol.Factory.forProtocol(protocol.Protocol))
 
 
+@pytest_twisted.inlineCallbacks
+def test_a_started_server_says_so_when_started_again(reactor):
+    """A second `start` before `stop` is refused with a message that says
+    so (it failed deep in Twisted, on a timer already running); after
+    `stop` it starts again."""
+    server = yield LumoraServer().start()
+    try:
+        with pytest.raises(RuntimeError, match="already started; stop it first"):
+            yield server.start()
+    finally:
+        yield server.stop()
+    yield server.start()
+    yield server.stop()
+
 
 @pytest_twisted.inlineCallbacks
 def test_stopping_one_server_does_not_wait_for_anothers_timers(reactor):

@@ -60,6 +60,8 @@ class LumoraServer(misbehave.Misbehaviours):
     @defer.inlineCallbacks
     def start(self):
         """Start the daemon and listen; a Deferred of this object."""
+        if self in _running:
+            raise RuntimeError("this LumoraServer is already started; stop it first")
         self._before = {id(c) for c in self.reactor.getDelayedCalls()}
         _running.add(self)
         self.server.startService()
