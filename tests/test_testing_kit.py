@@ -103,6 +103,16 @@ def test_a_started_server_says_so_when_started_again(reactor):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_device_stopped_before_it_is_connected_says_so(reactor):
+    """Not "device refused: None stopped": nothing refused it."""
+    server = yield LumoraServer().start()
+    joining = server.device(server.create_session(make_schema()))
+    yield server.stop()
+    with pytest.raises(ConnectionError, match="^device stopped before it was connected$"):
+        yield joining
+
+
+@pytest_twisted.inlineCallbacks
 def test_stopping_one_server_does_not_wait_for_anothers_timers(reactor):
     first = yield LumoraServer(heartbeat_interval=0.05).start()
     second = yield LumoraServer().start()

@@ -142,6 +142,8 @@ class LumoraServer(misbehave.Misbehaviours):
         def which(result):
             value, index = result
             if index == 1:
+                if value.code is None:  # stopped here (`stop`, a test's end) before the server answered
+                    raise ConnectionError("device stopped before it was connected")
                 raise ConnectionError(f"device refused: {value.code} {value.reason}")
             return client
 
