@@ -14,6 +14,7 @@ from twisted.internet import reactor
 from twisted.web import server as web_server
 
 from lumora_reload import HotReloadServer
+from lumora_reload.accesslog import access_log_line
 
 PORT = int(os.environ.get("PORT", "9000"))
 SCHEMA = {
@@ -25,7 +26,8 @@ SCHEMA = {
 hot = HotReloadServer(session_timeout=3600)
 application = service.Application("my-tool")
 hot.setServiceParent(application)
-site = web_server.Site(hot.resource())
+# the daemon's access-log lines: session ids cut, as a device joins with one
+site = web_server.Site(hot.resource(), logFormatter=access_log_line)
 strports.service(f"tcp:{PORT}:interface=127.0.0.1", site).setServiceParent(application)
 
 

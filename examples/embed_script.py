@@ -13,6 +13,7 @@ from twisted.internet import defer, endpoints, task
 from twisted.web import server as web_server
 
 from lumora_reload import HotReloadServer
+from lumora_reload.accesslog import access_log_line
 
 SCHEMA = {
     "version": "1.0",
@@ -24,7 +25,7 @@ SCHEMA = {
 async def main(reactor, port=9000, exit_after=None):
     hot = HotReloadServer(reactor=reactor, session_timeout=3600)
     hot.startService()
-    site = web_server.Site(hot.resource(), reactor=reactor)
+    site = web_server.Site(hot.resource(), reactor=reactor, logFormatter=access_log_line)
     listening = await endpoints.TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(site)
     port = listening.getHost().port
     print(f"serving on http://127.0.0.1:{port}", flush=True)

@@ -54,6 +54,10 @@ async def test_tac_example_serves_under_twistd(reactor, spawn_child, tmp_path):
     child = spawn_child([TWISTD, "-ny", str(EXAMPLES / "embed.tac"), "--pidfile="], env=env, path=str(tmp_path))
     await check_serves(reactor, child)
     assert b"Traceback" not in child.output, child.output.decode()
+    # its access log cuts session ids, as the daemon's does
+    sid = re.search(WS_URL, child.output).group(3)
+    pushes = [line for line in child.output.splitlines() if b'"POST /send/' in line]
+    assert pushes and not [line for line in pushes if sid in line], pushes
 
 
 @pytest_twisted.ensureDeferred
