@@ -310,7 +310,12 @@ class OpenApi(JsonResource):
         # in the document are below it too; behind --public-url, below its
         # path, as wsUrl is
         public_url = self.hot.public_url
-        mount = urlsplit(public_url).path.rstrip("/") if public_url else getattr(request, "lumora_mount", "")
+        if public_url and urlsplit(public_url).path.rstrip("/"):
+            # whole: a client that read the document on loopback is sent
+            # there too, not to this host's /path, where nothing answers
+            mount = public_url.rstrip("/")
+        else:
+            mount = getattr(request, "lumora_mount", "")
         return openapi.document(self.hot.ws_path, mount=mount)
 
 

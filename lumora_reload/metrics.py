@@ -49,7 +49,6 @@ class Events:
 
     def push_refused(self, code):
         """A push refused (or failed) with error `code`, before or in the push."""
-        self.push_failures.labels(code).inc()
 
     def refused(self, endpoint, reason):
         """A request (`endpoint` "api" or "websocket") was refused for its

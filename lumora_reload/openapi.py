@@ -93,7 +93,8 @@ def _links(*targets):
 
 def document(ws_path="/ws", mount=""):
     """The OpenAPI document of a daemon whose device WebSocket is at `ws_path`,
-    its resource found at path `mount` of its site ("": the root)."""
+    its resource found at path `mount` of its site, or at URL `mount` from
+    outside ("": the root of the host the document was read from)."""
     ref = "#/components/schemas/"
     schema_body = {
         "required": True,

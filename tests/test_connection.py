@@ -378,6 +378,17 @@ def test_the_one_step_ack_ends_where_every_step_would(sent):
         assert _observed(*quick) == _observed(*full)
 
 
+def test_an_attached_devices_usual_ack_is_taken_in_one_step(clock, monkeypatch):
+    """It never reaches the full parse; a failed ack still does."""
+    _, connection, wire = _attached_twin(clock)
+    parsed = []
+    monkeypatch.setattr(messages, "parse_envelope", lambda data: parsed.append(data) or pytest.fail("every step"))
+    connection.received(_ack(3, []))
+    assert connection.device.last_ack_sequence == 3 and parsed == [] and wire.errors() == []
+    with pytest.raises(pytest.fail.Exception):
+        connection.received(_ack(4, [("success", False)]))
+
+
 def test_an_ack_is_a_sign_of_life(clock):
     """A device that only acks is alive, and keeps its session from expiring."""
     hub = Hub(clock, Limits(connection_timeout=10))

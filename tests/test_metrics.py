@@ -399,3 +399,13 @@ def test_a_ws_path_hiding_the_new_endpoints_is_refused(ws_path):
     """--ws-path cannot take the place of /metrics or /openapi.json."""
     with pytest.raises(ValueError, match="would hide the control API"):
         ws_path_parts(ws_path)
+
+
+def test_the_events_base_ignores_every_event():
+    """`Events` (what a connection built without a daemon reports to) does nothing, whatever the event."""
+    from lumora_reload.metrics import NO_EVENTS, Events
+    for name in [n for n in vars(Events) if not n.startswith("_")]:
+        method = getattr(NO_EVENTS, name)
+        args = {"frame_sent": (10,), "push_refused": ("BAD_REQUEST",), "refused": ("api", "host"),
+                "resumed": (True,)}.get(name, ())
+        assert method(*args) is None, name

@@ -280,7 +280,7 @@ async def test_behind_a_public_url_with_a_path_the_document_names_that_path(daem
     _, document = await daemon.call("GET", "/openapi.json")
     _, made = await daemon.call("POST", "/session/new")
     assert made["wsUrl"].startswith("wss://tunnel.example/lumora/ws?")
-    assert document["servers"] == [{"url": "/lumora"}]
+    assert document["servers"] == [{"url": "https://tunnel.example/lumora"}]  # read on loopback too
     plain = await daemon_factory(public_url="https://tunnel.example")
     _, document = await plain.call("GET", "/openapi.json")
     assert "servers" not in document

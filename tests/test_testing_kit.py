@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, error, protocol
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 
 from lumora_reload.client import Backoff
 from lumora_reload.testing import LumoraServer
@@ -98,6 +98,21 @@ def test_a_started_server_says_so_when_started_again(reactor):
             yield server.start()
     finally:
         yield server.stop()
+    yield server.start()
+    yield server.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_server_that_could_not_listen_is_not_left_started(reactor):
+    """Its port taken, `start` fails; the server is not counted as running
+    (another server's stop would then not wait for timers), and starts
+    once the port is free."""
+    taken = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(protocol.Factory())
+    server = LumoraServer(port=taken.getHost().port)
+    with pytest.raises(error.CannotListenError):
+        yield server.start()
+    assert not server.server.running
+    yield taken.stopListening()
     yield server.start()
     yield server.stop()
 

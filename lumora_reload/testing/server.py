@@ -67,7 +67,13 @@ class LumoraServer(misbehave.Misbehaviours):
         self.server.startService()
         site = web.site(self.server, self.reactor)
         endpoint = endpoints.TCP4ServerEndpoint(self.reactor, self._port_number, interface="127.0.0.1")
-        self.port = yield endpoint.listen(site)
+        try:
+            self.port = yield endpoint.listen(site)
+        except Exception:
+            # nothing listens: nothing of this start is left running
+            _running.discard(self)
+            yield self.server.stopService()
+            raise
         self.url = f"http://127.0.0.1:{self.port.getHost().port}"
         return self
 
