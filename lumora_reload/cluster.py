@@ -368,7 +368,7 @@ class RedisStore:
         return (
             PUSH, [self._key(update.session_id), self._history_key(update.session_id)],
             [update.base.sequence, state.sequence, state.wire_bytes(), state.checksum,
-             int(state.preserve_state), repr(float(self.reactor.seconds())), _entry_to_json(entry),
+             int(state.preserve_state), repr(float(update.planned_at)), _entry_to_json(entry),
              len(state.history), self.channel, event],
         )
 

@@ -191,6 +191,9 @@ class PreparedUpdate:
     outgoing: Outgoing  # what protocol-1.1 devices receive
     entry: HistoryEntry
     legacy_ok: bool  # protocol-1.0 devices may take `outgoing` too
+    # the hub's clock when it was planned: the session's activity the store
+    # keeps with it (0: none)
+    planned_at: float = 0.0
 
     @property
     def sequence(self):

@@ -279,7 +279,8 @@ class Hub:
         if full and entry.payload is not None:
             state._cache[messages.UPDATE_FULL] = Outgoing(entry.payload, entry.sequence)
         outgoing = self._full_update(session_id, state) if full else Outgoing(entry.payload, entry.sequence)
-        return PreparedUpdate(session_id, base, state, entry.update_type, outgoing, entry, full or entry.legacy_ok)
+        return PreparedUpdate(session_id, base, state, entry.update_type, outgoing, entry, full or entry.legacy_ok,
+                              self.now())
 
     def apply_update(self, update):
         """Make a committed update the session's state and send it to the

@@ -348,7 +348,8 @@ class SQLiteStore:
                 (update.session_id, state.history[0].sequence),
             )
             # a push is activity: after a crash the expiry counts from it
-            now = float(self._clock.seconds())
+            # (the hub's time, as every other time stored)
+            now = float(update.planned_at)
             db.execute(
                 "UPDATE sessions SET last_activity = MAX(last_activity, ?) WHERE id = ?",
                 (now, update.session_id),

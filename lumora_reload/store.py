@@ -45,8 +45,9 @@ class ISessionStore(Interface):
         by another writer."""
 
     def commit_push(update):
-        """Make a `PreparedUpdate` durable: the new state and its history
-        entry, at once. Raise (or fail with) `StoreConflict` when the
+        """Make a `PreparedUpdate` durable: the new state, its history
+        entry and the session's activity as of ``update.planned_at`` (never
+        moved back), at once. Raise (or fail with) `StoreConflict` when the
         stored sequence number is not ``update.base.sequence``."""
 
     def delete_session(session_id):

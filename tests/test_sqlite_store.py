@@ -12,6 +12,7 @@ from twisted.internet.task import deferLater
 
 from lumora_reload import sqlite_store
 from lumora_reload.schema import encode_schema
+from lumora_reload.server import HotReloadServer
 from lumora_reload.model import EMPTY, TOMBSTONE_SECONDS
 from lumora_reload.sessions import HistoryEntry, Outgoing, PreparedUpdate, Session, State
 from lumora_reload.sqlite_store import SQLiteStore, StoreError
@@ -26,15 +27,16 @@ def session(session_id="s" * 32, last_activity=100.0, timeout=60.0, **extra):
     return Session(id=session_id, created_at=1700000000000, timeout=timeout, last_activity=last_activity, **extra)
 
 
-def push(store, s, schema, update_type="incremental", history_size=64, preserve_state=True):
-    """What the service does for one push: plan from the committed state,
-    commit it to the store, then make it the session's state."""
+def push(store, s, schema, update_type="incremental", history_size=64, preserve_state=True, at=0.0):
+    """What the service does for one push: plan from the committed state (at
+    `at` on the hub's clock), commit it to the store, then make it the
+    session's state."""
     sequence = s.sequence + 1
     payload = f"frame-{sequence}".encode() if update_type == "incremental" else None
     entry = HistoryEntry(sequence, update_type, sequence % 2 == 0, payload, f"sum-{sequence}")
     history = (s.history + (entry,))[-history_size:]
     state = State(sequence, schema, f"sum-{sequence}", preserve_state, encode_schema(schema), history)
-    store.commit_push(PreparedUpdate(s.id, s.state, state, update_type, Outgoing(b""), entry, True))
+    store.commit_push(PreparedUpdate(s.id, s.state, state, update_type, Outgoing(b""), entry, True, at))
     s.state = state
     return entry
 
@@ -130,9 +132,9 @@ def test_a_push_stores_the_session_activity_and_never_moves_it_back(tmp_path):
     store = open_store(tmp_path, clock)
     s = session(last_activity=500.0)  # extended ahead of the clock
     store.save_session(s)
-    push(store, s, make_schema())
+    push(store, s, make_schema(), at=clock.seconds())
     clock.advance(700)
-    push(store, s, with_text(make_schema(), "later"))
+    push(store, s, with_text(make_schema(), "later"), at=clock.seconds())
     before = store._db.total_changes
     s.last_activity = 700.0  # the service touches the session as the push applies
     store.save_session(s)
@@ -147,6 +149,23 @@ def test_a_push_stores_the_session_activity_and_never_moves_it_back(tmp_path):
     [back] = store.load()
     store.close()
     assert back.last_activity == 700.0 and back.sequence == 3
+
+
+def test_a_push_is_stored_as_activity_on_the_daemons_clock(tmp_path):
+    """The time stored with a push is the daemon's, as every other stored
+    time is, whatever clock the store was opened with."""
+    clock = task.Clock()
+    clock.advance(100)
+    hot = HotReloadServer(store=SQLiteStore.open(str(tmp_path)), clock=clock)  # the store on the wall clock
+    hot.startService()
+    session = hot.create_session(make_schema())
+    clock.advance(250)
+    assert hot.push_update(session.id, with_text(make_schema(), "two")).sequence_number == 2
+    hot.store.close()
+    store = open_store(tmp_path)
+    [back] = store.load()
+    store.close()
+    assert back.last_activity == 350.0
 
 
 def test_delete_removes_every_row(tmp_path):
