@@ -455,3 +455,11 @@ async def test_ctrl_c_on_device_ends_cleanly_without_a_traceback(daemon, reactor
         await proc.stop()
     assert code == 0
     assert "Traceback" not in proc.err.decode(), proc.err.decode()
+
+
+def test_the_device_command_joins_at_the_path_the_daemon_serves():
+    """`--ws-path /a//b/` is served at /a/b (doubled and trailing slashes
+    dropped), so `device` connects there, below any path of --url."""
+    from lumora_reload.cli.device import ws_base
+    assert ws_base("http://127.0.0.1:9000", "/a//b/") == "ws://127.0.0.1:9000/a/b"
+    assert ws_base("https://tunnel.example/lumora/", "/ws") == "wss://tunnel.example/lumora/ws"

@@ -17,7 +17,8 @@ def ws_base(http_url, ws_path="/ws"):
     """The daemon's WebSocket URL (no query) from its HTTP base URL."""
     parts = urlsplit(http_url)
     scheme = "wss" if parts.scheme == "https" else "ws"
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/" + ws_path.strip("/"), "", ""))
+    path = "/".join(part for part in ws_path.split("/") if part)  # as the daemon routes it
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/" + path, "", ""))
 
 
 def cmd_device(args, api, out):
