@@ -231,6 +231,18 @@ async def test_push_errors_are_one_line_and_non_zero(daemon, tmp_path):
     assert daemon.server.get_session(sid).sequence == 0  # nothing was pushed
 
 
+@ensure
+async def test_push_of_a_schema_too_large_for_the_daemon_says_so(daemon_factory, tmp_path):
+    """The daemon answers 413 before the body is all sent, then closes: the
+    answer is read, not taken for a daemon that cannot be reached."""
+    daemon = await daemon_factory(max_body_size=4096)
+    sid = await daemon.new_session()
+    big = tmp_path / "big.json"
+    write_json(big, make_schema([node(f"n{i}", text="x" * 100) for i in range(150_000)]))  # ~20 MB
+    line = one_error_line(*await run(daemon, "push", sid, str(big)))
+    assert f"{big}: Body is larger than 4096 bytes (the daemon's --max-body-size)" in line, line
+
+
 # -- watch ----------------------------------------------------------------------
 
 

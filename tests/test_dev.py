@@ -17,7 +17,7 @@ import segno
 from twisted.internet import defer
 
 from lumora_reload.cli.lan import device_url
-from tests.helpers import make_schema, open_device, with_text
+from tests.helpers import make_schema, node, open_device, with_text
 from tests.test_cli import ENV, Proc, free_port
 
 ensure = pytest_twisted.ensureDeferred
@@ -276,6 +276,26 @@ async def test_dev_uses_the_daemon_already_running_at_url(daemon, tmp_path, reac
     finally:
         await proc.stop()
     assert not (tmp_path / "d" / "sessions.sqlite3").exists()  # no daemon of its own
+
+
+@ensure
+async def test_dev_reports_a_schema_too_large_for_the_daemon_and_does_not_retry_it(daemon_factory, tmp_path, reactor):
+    """The daemon refuses an oversized body at once (413) and closes: that is
+    said as such, not taken for a daemon that is down and sent again."""
+    daemon = await daemon_factory(max_body_size=4096)
+    big = make_schema([node(f"n{i}", text="x" * 100) for i in range(150_000)])  # ~20 MB: more than the socket buffers
+    path = project(tmp_path, big)
+    proc = Dev(reactor, ["--url", daemon.url, "dev", "app.json", "--no-qr", "--data-dir", str(tmp_path / "d")],
+               tmp_path)
+    try:
+        line = await proc.wait_line(lambda line: "not pushed" in line or "cannot reach" in line, timeout=60)
+        assert "app.json: Body is larger than 4096 bytes (the daemon's --max-body-size)" in line, line
+        pushed = proc.wait_line(has("pushed app.json: full update #1"))
+        path.write_text(json.dumps(make_schema()))
+        await pushed
+    finally:
+        await proc.stop()
+    assert "cannot reach" not in proc.text()
 
 
 def dev_fails(tmp_path, *args):

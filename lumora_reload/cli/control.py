@@ -1,6 +1,7 @@
 """The daemon's control API, called synchronously (stdlib urllib, no proxies:
 the daemon is local), and its errors as one line naming what the user gave."""
 
+import http.client
 import json
 import os
 import socket
@@ -34,6 +35,50 @@ class ApiError(CliError):
         self.api = None  # the Api that got it: hints name its --url
 
 
+class _EarlyAnswer:
+    """A connection that still reads the daemon's answer when the daemon
+    answered before the body was all sent: an oversized body is refused
+    (413) as soon as its Content-Length is read, and the connection closed,
+    so the rest of the body meets a closed socket. The answer is already
+    here; only a connection that gives none is an error."""
+
+    _send_failed: OSError | None = None
+
+    def send(self, data):
+        if self._send_failed is not None:
+            return
+        try:
+            super().send(data)  # type: ignore[misc]
+        except (BrokenPipeError, ConnectionResetError) as e:
+            self._send_failed = e
+
+    def getresponse(self):
+        try:
+            return super().getresponse()  # type: ignore[misc]
+        except (OSError, http.client.HTTPException):
+            if self._send_failed is None:
+                raise
+            raise self._send_failed from None
+
+
+class _HTTPConnection(_EarlyAnswer, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_EarlyAnswer, http.client.HTTPSConnection):
+    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_HTTPConnection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_HTTPSConnection, req, context=self._context)
+
+
 class Api:
     """The daemon's REST API, synchronously."""
 
@@ -43,7 +88,7 @@ class Api:
         self.timeout = timeout
         self.default = (default or default_url()).rstrip("/")
         # a daemon on this machine: never go through an HTTP proxy
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _HTTPHandler(), _HTTPSHandler())
 
     def call(self, method, path, body=None, raw=None):
         """One request; returns the parsed JSON answer or raises `CliError`."""
@@ -127,6 +172,9 @@ def describe(error, session_id=None, source=None):
         prefix = f"{source}: " if source else ""
         kind = "schema error" if code == "SCHEMA_VALIDATION_FAILED" else "bad request"
         return f"{prefix}{kind} at {where}: {error.message}"
+    if code == "PAYLOAD_TOO_LARGE":
+        prefix = f"{source}: " if source else ""
+        return f"{prefix}{error.message} (the daemon's --max-body-size)"
     if code == "FORBIDDEN":
         return f"refused by the daemon: {error.message} (pass --api-token or set {TOKEN_ENV})"
     suffix = f" ({code})" if code else ""
