@@ -298,6 +298,28 @@ async def test_dev_reports_a_schema_too_large_for_the_daemon_and_does_not_retry_
     assert "cannot reach" not in proc.text()
 
 
+@ensure
+async def test_dev_prints_working_urls_when_url_ends_with_a_slash(daemon, tmp_path, reactor):
+    """`--url http://host:port/` names the same daemon: the preview and
+    dashboard URLs it prints are pages that daemon serves."""
+    import treq
+
+    project(tmp_path)
+    proc = Dev(reactor, ["--url", daemon.url + "/", "--json", "dev", "app.json", "--data-dir", str(tmp_path / "d")],
+               tmp_path)
+    try:
+        await proc.wait_line(has('"event": "push"'))
+    finally:
+        await proc.stop()
+    ready = json.loads(proc.text().splitlines()[0])
+    sid = ready["sessionId"]
+    assert ready["previewUrl"] == f"{daemon.url}/preview/{sid}" and ready["dashboardUrl"] == f"{daemon.url}/"
+    for url in (ready["previewUrl"], ready["dashboardUrl"]):
+        response = await treq.get(url, persistent=False)
+        await treq.content(response)
+        assert response.code == 200, url
+
+
 def dev_fails(tmp_path, *args):
     """`dev` that cannot start: (status, stderr lines)."""
     project(tmp_path)

@@ -360,7 +360,7 @@ def cmd_dev(args, api, out):
             port = endpoint_description(args.port)
         except ValueError as e:
             raise CliError(str(e))
-    url = args.url
+    url = args.url.rstrip("/")  # the base the page URLs are made from
     if port is not None and not explicit_url and port.startswith("tcp:") and port.split(":")[1].isdigit():
         url = f"http://127.0.0.1:{port.split(':')[1]}"
     data_dir = args.data_dir or tap.default_data_dir()
