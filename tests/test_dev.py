@@ -320,6 +320,26 @@ async def test_dev_prints_working_urls_when_url_ends_with_a_slash(daemon, tmp_pa
         assert response.code == 200, url
 
 
+@ensure
+async def test_dev_shows_the_device_url_of_a_daemon_with_its_own_ws_path(daemon_factory, tmp_path, reactor):
+    """A daemon started with --ws-path: the device URL (and its QR code) is
+    the one the daemon gives, for a new session and for a reused one."""
+    daemon = await daemon_factory(ws_path="/live")
+    project(tmp_path)
+    for run in ("new", "reused"):
+        proc = Dev(reactor, ["--url", daemon.url, "--json", "dev", "app.json", "--data-dir", str(tmp_path / "d")],
+                   tmp_path)
+        try:
+            await proc.wait_line(has('"event": "push"'))
+        finally:
+            await proc.stop()
+        ready = json.loads(proc.text().splitlines()[0])
+        sid = ready["sessionId"]
+        assert ready["reused"] is (run == "reused")
+        assert ready["localWsUrl"] == f"{daemon.ws}?session={sid}"
+        assert ready["deviceUrl"] == device_url(f"{daemon.ws}?session={sid}")[0]
+
+
 def dev_fails(tmp_path, *args):
     """`dev` that cannot start: (status, stderr lines)."""
     project(tmp_path)

@@ -100,7 +100,7 @@ class Dev:
     keys, and the devices and their logs. `start` returns a Deferred that
     fires with the exit status (on `q`, Ctrl-C or SIGTERM)."""
 
-    def __init__(self, reactor, args, api, out, base, session_id, reused, local):
+    def __init__(self, reactor, args, api, out, base, session_id, reused, local, ws_url=None):
         from twisted.internet import defer
 
         self.reactor = reactor
@@ -122,7 +122,7 @@ class Dev:
         self.logs = []
         self.devices = {}
         self.ticker = None
-        self.ws_url, self.lan_url, self.note = self._urls()
+        self.ws_url, self.lan_url, self.note = self._urls(ws_url)
         self.warning = None  # why the device URL cannot work, when the daemon says so
         self.keys = False  # keys are read (a terminal)
 
@@ -160,8 +160,10 @@ class Dev:
 
     # -- the banner --------------------------------------------------------
 
-    def _urls(self):
-        local = f"{ws_base(self.base)}?session={quote(self.session_id, safe='')}"
+    def _urls(self, given):
+        # the daemon's own URL knows its --ws-path and --public-url; this
+        # guess is for a daemon that does not say
+        local = given or f"{ws_base(self.base)}?session={quote(self.session_id, safe='')}"
         url, note = device_url(local, self.args.host)
         return local, url, note
 
@@ -395,8 +397,9 @@ def cmd_dev(args, api, out):
             root.startService()
             reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
         pool = reactor.getThreadPool()
-        session_id, reused = await threads.deferToThreadPool(reactor, pool, project_session, api, memory, project)
-        dev = Dev(reactor, args, api, out, url, session_id, reused, local)
+        session_id, reused, ws_url = await threads.deferToThreadPool(reactor, pool, project_session, api, memory,
+                                                                     project)
+        dev = Dev(reactor, args, api, out, url, session_id, reused, local, ws_url)
         dev.keys = keys
         dev.warning = await threads.deferToThreadPool(reactor, pool, loopback_warning, api, dev.lan_url)
         if keys:

@@ -94,14 +94,16 @@ class SessionMemory:
 
 
 def project_session(api, memory, project):
-    """``(session id, reused)``: the session this project used last if the
-    daemon still has it, else a new one (remembered). Blocking: call it
-    from a thread when the daemon runs in this process."""
+    """``(session id, reused, device WebSocket URL)``: the session this
+    project used last if the daemon still has it, else a new one
+    (remembered). The URL is the one the daemon gives (its --ws-path, its
+    --public-url), None if it does not say. Blocking: call it from a thread
+    when the daemon runs in this process."""
     remembered = memory.get(project) if memory is not None else None
     if remembered:
         try:
             api.call("GET", f"/session/{quote(remembered, safe='')}")
-            return remembered, True
+            return remembered, True, _ws_url(api, remembered)
         except ApiError as e:
             if e.code not in ("SESSION_NOT_FOUND", "SESSION_EXPIRED"):
                 raise CliError(describe(e, remembered))
@@ -115,4 +117,17 @@ def project_session(api, memory, project):
             memory.put(project, session_id)
         except OSError as e:
             raise CliError(f"cannot remember the session in {memory.path}: {e.strerror or e}")
-    return session_id, False
+    return session_id, False, answer.get("wsUrl")
+
+
+def _ws_url(api, session_id):
+    """The device URL of an existing session, as the dashboard's overview
+    gives it (only a new session's answer carries one)."""
+    try:
+        overview = api.call("GET", "/overview")
+    except CliError:
+        return None
+    for session in overview.get("sessions", []) if isinstance(overview, dict) else []:
+        if isinstance(session, dict) and session.get("sessionId") == session_id:
+            return session.get("localUrl")
+    return None
