@@ -196,6 +196,47 @@ def test_full_push_renders_and_one_leaf_change_patches_in_place(page, daemon):
     print(f"push to DOM: {state['changedAt'] - sent_ms:.0f} ms end to end, {state['inPage']:.1f} ms in the page")
 
 
+def shown_app(page):
+    """What the page shows of the app: its elements, their attributes and
+    text, and the state of its inputs."""
+    return page.evaluate("""() => {
+        const app = document.getElementById('lr-app');
+        const describe = e => ({tag: e.tagName, attributes: [...e.attributes].map(a => [a.name, a.value]),
+            type: e.type, text: e.children.length ? null : e.textContent, children: [...e.children].map(describe)});
+        return describe(app);
+    }""")
+
+
+def test_a_patched_page_shows_what_a_fresh_page_shows(page, chromium, daemon):
+    """What a push takes away goes from the page too: a list's `data` items
+    (the props gone, or child nodes shown instead), a password field's
+    masking, a multi-line field's second line."""
+    sid = daemon.new_session()
+    steps = [
+        [node("list", "FlatList", data=["one", "two"]),
+         node("secret", "TextInput", secureTextEntry=True, placeholder="Password"),
+         node("note", "TextInput", multiline=True)],
+        [node("list", "FlatList"), node("secret", "TextInput", placeholder="Password"), node("note", "TextInput")],
+        [node("list", "FlatList", data=["one", "two"]), node("secret", "TextInput", placeholder="Password"),
+         node("note", "TextInput")],
+        [node("list", "FlatList", [node("item", text="a child")], data=["one", "two"]),
+         node("secret", "TextInput", placeholder="Password"), node("note", "TextInput")],
+    ]
+    fresh = chromium.new_page()
+    fresh.set_default_timeout(WAIT)
+    try:
+        for sequence, nodes in enumerate(steps, 1):
+            daemon.push(sid, make_schema([node("screen", "View", nodes)]))
+            if sequence == 1:
+                open_preview(page, daemon, sid, sequence=1)
+                assert page.locator('[data-lumora-id="list"] li').count() == 2
+            wait_sequence(page, sequence)
+            open_preview(fresh, daemon, sid, sequence=sequence)
+            assert shown_app(page) == shown_app(fresh), f"after push #{sequence}"
+    finally:
+        fresh.close()
+
+
 def test_sample_app_renders_every_family_and_is_photographed(page, daemon, tmp_path):
     """The sample app renders each node family (unknown types as labelled boxes) from local files only; a screenshot is written."""
     sid = daemon.new_session()

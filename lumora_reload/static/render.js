@@ -116,6 +116,13 @@
 
   // -- elements ----------------------------------------------------------
 
+  /* What the element of `node` is built as: a node whose shape changes
+   * gets a new element (an <input> cannot become a <textarea>). */
+  function shapeOf(node) {
+    var multiline = familyOf(node.type) === "input" && (node.type === "TextArea" || !!(node.props || {}).multiline);
+    return node.type + (multiline ? "/multiline" : "");
+  }
+
   function create(node) {
     var family = familyOf(node.type);
     var el;
@@ -152,7 +159,7 @@
     el.className = "lr-node lr-" + family + " lr-type-" + node.type.replace(/[^A-Za-z0-9_-]/g, "_");
     el.dataset.lumoraId = node.id;
     el.dataset.lumoraType = node.type;
-    el._lr = { props: null, kids: new Map() };
+    el._lr = { props: null, kids: new Map(), shape: shapeOf(node) };
     return el;
   }
 
@@ -169,7 +176,8 @@
   function update(el, node) {
     var props = node.props || {};
     var family = familyOf(node.type);
-    var sig = JSON.stringify([props, node.state || null]);
+    // a list shows its `data` only while it has no child nodes
+    var sig = JSON.stringify([props, node.state || null, family === "list" && !(node.children || []).length]);
     if (el._lr.props === sig) return;
     var fresh = el._lr.props === null;
     var before = el._lr.before || {};
@@ -187,7 +195,9 @@
       el.firstChild.textContent = firstString(props.label, props.labelText) || "";
       var input = el.lastChild;
       input.placeholder = firstString(props.placeholder, props.hintText, props.hint) || "";
-      if (props.secureTextEntry === true || props.obscureText === true) input.type = "password";
+      if (input.tagName === "INPUT") {
+        input.type = props.secureTextEntry === true || props.obscureText === true ? "password" : "text";
+      }
       var value = firstString(props.value, props.defaultValue, props.initialValue);
       // the user's typing wins until the schema itself changes the value
       var old = firstString(before.value, before.defaultValue, before.initialValue);
@@ -224,6 +234,11 @@
           JSON.stringify(item)) : String(item);
         return li;
       }));
+    } else if (family === "list") {
+      // no data shown now: items of an earlier `data` go (child nodes stay)
+      Array.prototype.slice.call(el.querySelectorAll(":scope > .lr-list-item")).forEach(function (li) {
+        el.removeChild(li);
+      });
     }
   }
 
@@ -235,7 +250,7 @@
     (nodes || []).forEach(function (node) {
       if (!isObj(node) || typeof node.id !== "string" || typeof node.type !== "string") return;
       var el = kids.get(node.id);
-      if (!el || el.dataset.lumoraType !== node.type) {
+      if (!el || el._lr.shape !== shapeOf(node)) {
         el = create(node);
         stats.created++;
       }
