@@ -9,7 +9,6 @@ then sends it as ``Authorization: Bearer`` on every call and drops it from
 the address bar.
 """
 
-import collections
 from urllib.parse import urlsplit
 
 import segno
@@ -22,7 +21,6 @@ from lumora_reload.preview import Page, static_file
 
 LOG_TAIL = 20
 RECENT_UPDATES = 8
-_QR_CACHE = 256
 
 
 class DashboardPage(Page):
@@ -35,7 +33,10 @@ class Overview(JsonResource):
 
     def __init__(self, server):
         super().__init__(server)
-        self._qr = collections.OrderedDict()
+        # (session id, device URL) -> its QR code as SVG: drawn once, not on
+        # every poll (a drawing takes milliseconds of the reactor); only the
+        # sessions of the last overview are kept
+        self._qr = {}
 
     def render_GET(self, request):
         hub = self.hot.hub
@@ -48,6 +49,9 @@ class Overview(JsonResource):
                 continue
             sessions.append(self._session(session, health, request, lan))
         sessions.sort(key=lambda s: -s["createdAt"])
+        listed = {s["sessionId"] for s in sessions}
+        for key in [key for key in self._qr if key[0] not in listed]:
+            del self._qr[key]
         return {"sessions": sessions, "totalDevices": hub.total_devices(), "wsPath": self.hot.ws_path}
 
     def _session(self, session, health, request, lan):
@@ -67,7 +71,7 @@ class Overview(JsonResource):
             "checksum": session.checksum,
             "deviceUrl": device_url,
             "localUrl": local,
-            "qrSvg": self._qr_svg(device_url),
+            "qrSvg": self._qr_svg(session.id, device_url),
             "healthyDevices": health["healthyDevices"],
             "devices": devices,
             "updates": [
@@ -77,13 +81,11 @@ class Overview(JsonResource):
             "logs": list(session.logs)[-LOG_TAIL:],
         }
 
-    def _qr_svg(self, url):
-        svg = self._qr.get(url)
+    def _qr_svg(self, session_id, url):
+        svg = self._qr.get((session_id, url))
         if svg is None:
             svg = segno.make(url, error="m").svg_inline(scale=3, border=2, dark="#1c1f24", light="#fff")
-            self._qr[url] = svg
-            if len(self._qr) > _QR_CACHE:
-                self._qr.popitem(last=False)
+            self._qr[session_id, url] = svg
         return svg
 
 

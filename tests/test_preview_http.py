@@ -126,6 +126,7 @@ def render(server, path, peer="192.168.1.50", headers=None, query=None):
     request = DummyRequest(path.lstrip("/").encode().split(b"/"))
     request.method = b"GET"
     request.client = IPv4Address("TCP", peer, 50000)
+    request.isSecure = lambda: False
     request.args = {k.encode(): [v.encode()] for k, v in (query or {}).items()}
     for name, value in (headers or {}).items():
         request.requestHeaders.setRawHeaders(name, [value])
@@ -187,3 +188,25 @@ def test_pip_install_ships_the_page_files(tmp_path):
     built = {p.name for p in (tmp_path / "lumora_reload" / "static").iterdir()}
     assert built == {p.name for p in (ROOT / "lumora_reload" / "static").iterdir()}
     assert set(preview.ASSETS) | {"preview.html", "dashboard.html"} <= built
+
+
+def test_the_dashboard_draws_each_session_qr_code_once(clock, monkeypatch):
+    """The dashboard asks for the overview every second: each session's QR
+    code is drawn once, not on every poll, however many sessions there are
+    (drawing one takes milliseconds of the daemon's only thread)."""
+    import segno
+
+    drawn = []
+    original = segno.make
+
+    def make(text, **kw):
+        drawn.append(text)
+        return original("x", **kw)  # small and quick: only the count matters
+
+    monkeypatch.setattr(segno, "make", make)
+    server = HotReloadServer(reactor=clock, clock=clock)
+    ids = {server.create_session().id for _ in range(300)}
+    for _ in range(3):
+        status, body = render(server, "/overview", peer="127.0.0.1", headers=LAN)
+        assert status == 200 and {s["sessionId"] for s in orjson.loads(body)["sessions"]} == ids
+    assert len(drawn) == 300
