@@ -13,7 +13,14 @@ from urllib.parse import quote
 
 from lumora_reload.cli.control import Api, default_url
 from lumora_reload.cli.device import run_reactor, ws_base
-from lumora_reload.cli.devserver import SessionMemory, answers, build_daemon, loopback_port, project_session
+from lumora_reload.cli.devserver import (
+    SessionMemory,
+    answers,
+    build_daemon,
+    loopback_port,
+    project_session,
+    session_ws_url,
+)
 from lumora_reload.cli.lan import device_url, print_qr
 from lumora_reload.cli.output import EXIT_OK, CliError
 from lumora_reload.cli.session import log_line, loopback_warning, new_lines
@@ -399,6 +406,8 @@ def cmd_dev(args, api, out):
         pool = reactor.getThreadPool()
         session_id, reused, ws_url = await threads.deferToThreadPool(reactor, pool, project_session, api, memory,
                                                                      project)
+        if ws_url is None and not local:  # the daemon run here has no --ws-path or --public-url of its own
+            ws_url = await threads.deferToThreadPool(reactor, pool, session_ws_url, api, session_id)
         dev = Dev(reactor, args, api, out, url, session_id, reused, local, ws_url)
         dev.keys = keys
         dev.warning = await threads.deferToThreadPool(reactor, pool, loopback_warning, api, dev.lan_url)

@@ -96,14 +96,14 @@ class SessionMemory:
 def project_session(api, memory, project):
     """``(session id, reused, device WebSocket URL)``: the session this
     project used last if the daemon still has it, else a new one
-    (remembered). The URL is the one the daemon gives (its --ws-path, its
-    --public-url), None if it does not say. Blocking: call it from a thread
-    when the daemon runs in this process."""
+    (remembered). The URL is the one the daemon gave a new session (its
+    --ws-path, its --public-url), else None (`session_ws_url` asks).
+    Blocking: call it from a thread when the daemon runs in this process."""
     remembered = memory.get(project) if memory is not None else None
     if remembered:
         try:
             api.call("GET", f"/session/{quote(remembered, safe='')}")
-            return remembered, True, _ws_url(api, remembered)
+            return remembered, True, None
         except ApiError as e:
             if e.code not in ("SESSION_NOT_FOUND", "SESSION_EXPIRED"):
                 raise CliError(describe(e, remembered))
@@ -120,9 +120,9 @@ def project_session(api, memory, project):
     return session_id, False, answer.get("wsUrl")
 
 
-def _ws_url(api, session_id):
+def session_ws_url(api, session_id):
     """The device URL of an existing session, as the dashboard's overview
-    gives it (only a new session's answer carries one)."""
+    gives it (only a new session's answer carries one), or None. Blocking."""
     try:
         overview = api.call("GET", "/overview")
     except CliError:
