@@ -340,6 +340,34 @@ async def test_dev_shows_the_device_url_of_a_daemon_with_its_own_ws_path(daemon_
         assert ready["deviceUrl"] == device_url(f"{daemon.ws}?session={sid}")[0]
 
 
+@ensure
+async def test_dev_shows_what_a_device_sends_without_passing_on_terminal_controls(daemon, tmp_path, reactor):
+    """A device's name and log lines are its own text: escape sequences in
+    them (clear the screen, retitle the window, write the clipboard) are
+    shown, not sent to the terminal."""
+    project(tmp_path)
+    proc = Dev(reactor, ["--url", daemon.url, "dev", "app.json", "--no-qr", "--data-dir", str(tmp_path / "d")],
+               tmp_path)
+    device = None
+    try:
+        await proc.wait_line(has("pushed app.json"))
+        sid = proc.value("Session:")
+        arrived = proc.wait_line(has("(android) connected"))
+        device = await open_device(reactor, f"{daemon.ws}?session={sid}")
+        await device.hello(device_id="pixel", platform="android", deviceName="Pixel\x1b]0;owned\x07 8")
+        await arrived
+        logged = proc.wait_line(has("after"))
+        device.send("log", {"level": "error", "message": "boom\x1b[2J\x1b[H\x1b]52;c;cHduZWQ=\x07\r after"})
+        line = await logged
+    finally:
+        if device is not None:
+            device.sendClose()
+            await device.wait_closed()
+        await proc.stop()
+    assert "\\x1b[2J\\x1b[H\\x1b]52;c;cHduZWQ=\\x07\\x0d after" in line and "[Pixel\\x1b]0;owned\\x07 8]" in line
+    assert not any(c in proc.text() for c in "\x1b\x07\r")  # no colour either: NO_COLOR
+
+
 def dev_fails(tmp_path, *args):
     """`dev` that cannot start: (status, stderr lines)."""
     project(tmp_path)

@@ -22,7 +22,7 @@ from lumora_reload.cli.devserver import (
     session_ws_url,
 )
 from lumora_reload.cli.lan import device_url, print_qr
-from lumora_reload.cli.output import EXIT_OK, CliError
+from lumora_reload.cli.output import EXIT_OK, CliError, printable
 from lumora_reload.cli.session import log_line, loopback_warning, new_lines
 from lumora_reload.cli.watch import Pusher, check_watchable, read_file, run_converter, stamp
 from lumora_reload.cli.watcher import Debouncer, FileWatcher
@@ -310,12 +310,12 @@ class Dev:
         devices = {d["connectionId"]: d for d in info.get("devices", [])}
         for cid in devices.keys() - self.devices.keys():
             d = devices[cid]
-            name = d.get("deviceName") or d.get("deviceId")
-            self.out.event(self.out.paint(f"{stamp()} device {name} ({d.get('platform')}) connected", "ok"),
+            name = printable(d.get("deviceName") or d.get("deviceId"))
+            self.out.event(self.out.paint(f"{stamp()} device {name} ({printable(d.get('platform'))}) connected", "ok"),
                            event="device", state="connected", **d)
         for cid in self.devices.keys() - devices.keys():
             d = self.devices[cid]
-            name = d.get("deviceName") or d.get("deviceId")
+            name = printable(d.get("deviceName") or d.get("deviceId"))
             self.out.event(f"{stamp()} device {name} left", event="device", state="left", **d)
         self.devices = devices
         lines = logs.get("lines", [])

@@ -3,6 +3,7 @@ tables and times."""
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -19,6 +20,19 @@ class CliError(Exception):
 def print_error(message):
     """The one line on stderr that reports a failure."""
     print(f"lumora-reload: {message}", file=sys.stderr, flush=True)
+
+
+# C0 and C1 controls but tab and newline: what starts an escape sequence,
+# moves the cursor back or rings the bell
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text):
+    """Text a device sent (its name, its log lines), safe to print: control
+    characters are shown as ``\\xNN`` instead of reaching the terminal,
+    where an escape sequence could clear the screen, retitle the window or
+    write the clipboard."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 _COLOURS = {

@@ -6,7 +6,7 @@ from urllib.parse import quote, urlsplit
 
 from lumora_reload.cli.control import ApiError, describe, session_info
 from lumora_reload.cli.lan import device_url, is_loopback_name, print_qr
-from lumora_reload.cli.output import EXIT_OK, CliError, clock_time, relative, table
+from lumora_reload.cli.output import EXIT_OK, CliError, clock_time, printable, relative, table
 from lumora_reload.cli.push import read_schema
 
 
@@ -130,8 +130,8 @@ def cmd_status(args, api, out):
     if devices:
         rows = [
             (
-                d.get("deviceName") or d.get("deviceId"),
-                d.get("platform", ""),
+                printable(d.get("deviceName") or d.get("deviceId")),
+                printable(d.get("platform", "")),
                 out.paint("healthy", "ok") if d.get("healthy") else out.paint("UNHEALTHY", "error"),
                 f"#{d.get('lastAckSequence', 0)}",
                 d.get("ackLag", 0),
@@ -145,11 +145,11 @@ def cmd_status(args, api, out):
 
 
 def log_line(line, out):
-    level = str(line.get("level", "info")).lower()
-    who = line.get("deviceName") or line.get("deviceId") or "?"
+    level = printable(line.get("level", "info")).lower()
+    who = printable(line.get("deviceName") or line.get("deviceId") or "?")
     stamp = clock_time(line.get("time", 0))
     return f"{out.paint(stamp, 'dim')} {out.paint(level.upper()[:5].ljust(5), level)} [{who}] " + out.paint(
-        str(line.get("message", "")), level if level in ("error", "fatal", "warn", "warning") else ""
+        printable(line.get("message", "")), level if level in ("error", "fatal", "warn", "warning") else ""
     )
 
 
