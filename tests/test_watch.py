@@ -77,6 +77,43 @@ async def test_a_missing_file_is_reported_and_pushed_when_it_appears(daemon, tmp
 
 
 @ensure
+async def test_a_save_to_the_file_a_symlink_names_is_pushed(daemon, tmp_path, reactor):
+    """PATH a symbolic link to a file in another folder (a build output):
+    a save of that file is pushed, and so is one after the link is pointed
+    at a file in a third folder."""
+    sid = await daemon.new_session()
+    session = daemon.server.get_session(sid)
+    (tmp_path / "build").mkdir()
+    target = tmp_path / "build" / "out.json"
+    target.write_text(json.dumps(make_schema()))
+    link = tmp_path / "app.json"
+    link.symlink_to(target)
+    proc = watch(reactor, daemon, sid, link)
+    try:
+        await proc.wait_line(lambda l: "pushed" in l)
+        pushed = proc.wait_line(lambda l: "pushed" in l)
+        target.write_text(json.dumps(with_text(make_schema(), "built")))
+        await pushed
+        assert session.schema == with_text(make_schema(), "built")
+
+        (tmp_path / "other").mkdir()
+        moved = tmp_path / "other" / "out.json"
+        moved.write_text(json.dumps(with_text(make_schema(), "moved")))
+        pushed = proc.wait_line(lambda l: "pushed" in l)
+        tmp = tmp_path / "app.json.new"
+        tmp.symlink_to(moved)
+        os.replace(tmp, link)
+        await pushed
+        assert session.schema == with_text(make_schema(), "moved")
+        pushed = proc.wait_line(lambda l: "pushed" in l)
+        moved.write_text(json.dumps(with_text(make_schema(), "moved, then saved")))
+        await pushed
+        assert session.schema == with_text(make_schema(), "moved, then saved")
+    finally:
+        await proc.stop()
+
+
+@ensure
 async def test_a_save_made_while_the_daemon_was_down_is_pushed_when_it_is_back(daemon, tmp_path, reactor):
     """The latest content goes out once the daemon answers again."""
     sid = await daemon.new_session()

@@ -27,9 +27,10 @@ def is_scratch(path, root):
 
 class FileWatcher:
     """Watches `path` — one file (its directory is watched, so a file
-    replaced by rename or created later is seen) or a directory tree — and
-    calls ``on_change(kind, changed_path)`` on the reactor thread, `kind`
-    being "changed" or "deleted"."""
+    replaced by rename or created later is seen; for a symbolic link, the
+    directory of the file it names too) or a directory tree — and calls
+    ``on_change(kind, changed_path)`` on the reactor thread, `kind` being
+    "changed" or "deleted"."""
 
     def __init__(self, reactor, path, on_change):
         self.reactor = reactor
@@ -37,6 +38,9 @@ class FileWatcher:
         self.on_change = on_change
         self.is_dir = os.path.isdir(self.path)
         self._observer = None
+        self._handler = None
+        self._target = self.path  # the file a symbolic link names
+        self._folders = set()
 
     def start(self):
         from watchdog.events import FileSystemEventHandler
@@ -51,9 +55,29 @@ class FileWatcher:
         root = self.path if self.is_dir else os.path.dirname(self.path)
         observer = Observer()
         observer.daemon = True
-        observer.schedule(Handler(), root, recursive=self.is_dir)
-        observer.start()
+        self._handler = Handler()
+        observer.schedule(self._handler, root, recursive=self.is_dir)
+        self._folders.add(os.path.realpath(root))
         self._observer = observer
+        if not self.is_dir:
+            self._follow_link()
+        observer.start()
+
+    def _follow_link(self):
+        """Watch the folder of the file `path` names, should it be a link
+        (again on each event: the link may name another file now). On the
+        observer's thread once it runs."""
+        target = os.path.realpath(self.path)
+        self._target = target
+        folder = os.path.dirname(target)
+        observer = self._observer
+        if observer is None or folder in self._folders or not os.path.isdir(folder):
+            return
+        try:
+            observer.schedule(self._handler, folder, recursive=False)
+        except OSError:
+            return  # a folder that cannot be watched: changes to the link itself still are
+        self._folders.add(folder)
 
     def stop(self):
         observer, self._observer = self._observer, None
@@ -65,7 +89,7 @@ class FileWatcher:
         path = os.fsdecode(path)
         if self.is_dir:
             return path.startswith(self.path + os.sep) and not is_scratch(path, self.path)
-        return path == self.path
+        return path == self.path or os.path.realpath(path) == self._target
 
     def _event(self, event):
         # on the observer's thread: decide, then hand over to the reactor
@@ -82,6 +106,9 @@ class FileWatcher:
             self._deliver(kind, os.fsdecode(event.src_path))
 
     def _deliver(self, kind, path):
+        if not self.is_dir:
+            self._follow_link()
+            path = self.path  # what the user named, link or not
         self.reactor.callFromThread(self.on_change, kind, path)
 
 
