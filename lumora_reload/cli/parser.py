@@ -120,7 +120,8 @@ def build_parser():
     dev.add_argument("--run", dest="converter", metavar="CMD",
                      help="converter run on each change ({file} = the changed file); its stdout is pushed")
     dev.add_argument("--port", metavar="PORT",
-                     help="port (or endpoint) of the daemon run here when none answers (default 8080)")
+                     help="port (or endpoint) of the daemon run here when none answers "
+                          "(default: the port of --url, 8080)")
     dev.add_argument("--data-dir", metavar="D", help="where sessions live (default: the daemon's default)")
     dev.add_argument("--in-memory", action="store_true", help="the daemon run here keeps nothing on disk")
     dev.add_argument("--host", help="host name or address phones use to reach this machine")
