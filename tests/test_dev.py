@@ -368,6 +368,30 @@ async def test_dev_shows_what_a_device_sends_without_passing_on_terminal_control
     assert not any(c in proc.text() for c in "\x1b\x07\r")  # no colour either: NO_COLOR
 
 
+@ensure
+async def test_a_save_by_rename_is_a_save_and_a_deletion_is_reported(daemon, tmp_path, reactor):
+    """An editor that renames the file away and writes a new one (vim's
+    backup) has saved it: pushed, not reported as deleted. A file really
+    deleted is reported."""
+    path = project(tmp_path)
+    proc = Dev(reactor, ["--url", daemon.url, "dev", "app.json", "--no-qr", "--data-dir", str(tmp_path / "d")],
+               tmp_path)
+    try:
+        await proc.wait_line(has("pushed app.json: full update #1"))
+        pushed = proc.wait_line(has("pushed app.json: incremental update #2"))
+        backup = tmp_path / "app.json~"
+        os.rename(path, backup)
+        path.write_text(json.dumps(with_text(make_schema(), "saved by vim")))
+        backup.unlink()
+        await pushed
+        deleted = proc.wait_line(has("app.json was deleted; waiting for it"))
+        path.unlink()
+        await deleted
+    finally:
+        await proc.stop()
+    assert proc.text().count("was deleted") == 1, proc.text()
+
+
 def dev_fails(tmp_path, *args):
     """`dev` that cannot start: (status, stderr lines)."""
     project(tmp_path)

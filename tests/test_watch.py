@@ -77,6 +77,29 @@ async def test_a_missing_file_is_reported_and_pushed_when_it_appears(daemon, tmp
 
 
 @ensure
+async def test_a_save_by_rename_is_not_reported_as_a_deletion(daemon, tmp_path, reactor):
+    """An editor that renames the file away and writes a new one (vim's
+    backup) has saved it: pushed, and nothing said about a deletion."""
+    sid = await daemon.new_session()
+    session = daemon.server.get_session(sid)
+    path = tmp_path / "app.json"
+    path.write_text(json.dumps(make_schema()))
+    proc = watch(reactor, daemon, sid, path)
+    try:
+        await proc.wait_line(lambda l: "pushed" in l)
+        pushed = proc.wait_line(lambda l: "pushed" in l)
+        backup = tmp_path / "app.json~"
+        os.rename(path, backup)
+        path.write_text(json.dumps(with_text(make_schema(), "saved by vim")))
+        backup.unlink()
+        await pushed
+        assert session.schema == with_text(make_schema(), "saved by vim")
+    finally:
+        await proc.stop()
+    assert "deleted" not in proc.out.decode(), proc.out.decode()
+
+
+@ensure
 async def test_a_save_to_the_file_a_symlink_names_is_pushed(daemon, tmp_path, reactor):
     """PATH a symbolic link to a file in another folder (a build output):
     a save of that file is pushed, and so is one after the link is pointed

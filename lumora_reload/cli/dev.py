@@ -261,14 +261,17 @@ class Dev:
             self.out.line(f"{stamp()} waiting for a change in {path}")
 
     def _changed(self, kind, path):
-        if kind == "deleted":
-            if not self.watcher.is_dir:
-                self.out.line(self.out.paint(f"{stamp()} {self.args.path} was deleted; waiting for it", "warn"))
+        if kind == "deleted" and self.watcher.is_dir:
             return
+        # a deletion too waits for the burst to settle: an editor that
+        # renames the file away and writes a new one has saved it
         self.changed_file = path
         self.debouncer.poke()
 
     def _settled(self):
+        if not os.path.isdir(self.args.path) and not os.path.exists(self.args.path):
+            self.out.line(self.out.paint(f"{stamp()} {self.args.path} was deleted; waiting for it", "warn"))
+            return
         run = self.args.converter
         if run:
             path = self.changed_file if not os.path.isdir(self.args.path) or "{file}" in run else None

@@ -237,6 +237,9 @@ class Watch:
         self.pusher.stop()
 
     def push(self):
+        if not os.path.exists(self.path):
+            self._missing("was deleted")
+            return
         self.pusher.submit(lambda: read_file(self.path))
 
     def _missing(self, what="does not exist yet"):
@@ -246,10 +249,8 @@ class Watch:
         )
 
     def _changed(self, kind, path):
-        if kind == "deleted":
-            self.debouncer.cancel()
-            self._missing("was deleted")
-            return
+        # a deletion too waits for the burst to settle: an editor that
+        # renames the file away and writes a new one has saved it
         self.debouncer.poke()
 
     def _gone(self, message):
