@@ -392,6 +392,43 @@ async def test_a_save_by_rename_is_a_save_and_a_deletion_is_reported(daemon, tmp
     assert proc.text().count("was deleted") == 1, proc.text()
 
 
+@ensure
+async def test_dev_json_says_everything_as_json(daemon, tmp_path, reactor):
+    """--json: a file not there yet, a deletion, a session deleted under it,
+    a folder waiting for a change: every line is a JSON object."""
+    path = tmp_path / "app.json"
+    proc = Dev(reactor, ["--url", daemon.url, "--json", "dev", "app.json", "--data-dir", str(tmp_path / "d")],
+               tmp_path)
+    try:
+        await proc.wait_line(has('"event": "missing"'))
+        pushed = proc.wait_line(has('"event": "push"'))
+        path.write_text(json.dumps(make_schema()))
+        await pushed
+        deleted = proc.wait_line(has('"event": "missing"'))
+        path.unlink()
+        await deleted
+        sid = json.loads(proc.text().splitlines()[0])["sessionId"]
+        daemon.server.delete_session(sid)
+        gone = proc.wait_line(has('"event": "gone"'))
+        path.write_text(json.dumps(with_text(make_schema(), "again")))
+        await gone
+    finally:
+        await proc.stop()
+    events = [json.loads(line) for line in proc.text().splitlines()]  # each one JSON
+    assert [e["event"] for e in events] == ["ready", "missing", "push", "missing", "rejected", "gone"]
+    assert events[1]["file"] == events[3]["file"] == "app.json"
+
+    os.mkdir(tmp_path / "src")
+    proc = Dev(reactor, ["--url", daemon.url, "--json", "dev", "src", "--run", "cat {file}", "--data-dir",
+                         str(tmp_path / "d")], tmp_path)
+    try:
+        await proc.wait_line(has('"event": "waiting"'))
+    finally:
+        await proc.stop()
+    events = [json.loads(line) for line in proc.text().splitlines()]
+    assert [e["event"] for e in events] == ["ready", "waiting"] and events[1]["folder"] == "src"
+
+
 def dev_fails(tmp_path, *args):
     """`dev` that cannot start: (status, stderr lines)."""
     project(tmp_path)

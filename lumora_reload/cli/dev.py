@@ -97,7 +97,8 @@ def show_daemon_log(out, verbose):
         failure = event.get("log_failure")
         if failure is not None:
             text = f"{text}: {failure.getErrorMessage()}"
-        out.line(out.paint(f"{stamp()} daemon: {text}", "dim" if level < LogLevel.warn else "warn"))
+        out.event(out.paint(f"{stamp()} daemon: {text}", "dim" if level < LogLevel.warn else "warn"),
+                  event="daemon", level=level.name, message=text)
 
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False, discardBuffer=True)
 
@@ -163,7 +164,8 @@ class Dev:
 
     def _gone(self, message):
         # the session was deleted under us: the next run of dev makes a new one
-        self.out.line(self.out.paint("the session is gone; run `lumora-reload dev` again for a new one", "error"))
+        self.out.event(self.out.paint("the session is gone; run `lumora-reload dev` again for a new one", "error"),
+                       event="gone", sessionId=self.session_id, error=message)
 
     # -- the banner --------------------------------------------------------
 
@@ -180,7 +182,8 @@ class Dev:
         if out.as_json:
             out.json({"event": "ready", "sessionId": self.session_id, "reused": self.reused,
                       "deviceUrl": self.lan_url, "localWsUrl": self.ws_url, "previewUrl": self.preview,
-                      "dashboardUrl": self.dashboard, "daemon": self.base, "inProcess": self.local})
+                      "dashboardUrl": self.dashboard, "daemon": self.base, "inProcess": self.local,
+                      "note": self.note, "warning": self.warning})
             return
         out.line(out.paint("lumora-reload dev", "bold") + f" · daemon {self.base} ({where})")
         out.line(f"  Session:     {self.session_id} ({'reused' if self.reused else 'new'})")
@@ -253,12 +256,13 @@ class Dev:
     def _first_push(self):
         path, run = self.args.path, self.args.converter
         if not os.path.exists(path):
-            self.out.line(self.out.paint(f"{stamp()} {path} does not exist yet; waiting for it", "warn"))
+            self.out.event(self.out.paint(f"{stamp()} {path} does not exist yet; waiting for it", "warn"),
+                           event="missing", file=path)
         elif os.path.isfile(path) or (run and "{file}" not in run):
             self.changed_file = path if os.path.isfile(path) else None
             self._settled()
         else:
-            self.out.line(f"{stamp()} waiting for a change in {path}")
+            self.out.event(f"{stamp()} waiting for a change in {path}", event="waiting", folder=path)
 
     def _changed(self, kind, path):
         if kind == "deleted" and self.watcher.is_dir:
@@ -270,7 +274,8 @@ class Dev:
 
     def _settled(self):
         if not os.path.isdir(self.args.path) and not os.path.exists(self.args.path):
-            self.out.line(self.out.paint(f"{stamp()} {self.args.path} was deleted; waiting for it", "warn"))
+            self.out.event(self.out.paint(f"{stamp()} {self.args.path} was deleted; waiting for it", "warn"),
+                           event="missing", file=self.args.path)
             return
         run = self.args.converter
         if run:
@@ -302,8 +307,8 @@ class Dev:
 
     def _poll_error(self, failure):
         if not failure.check(CliError):  # a daemon that is down: the pusher says so
-            self.out.line(self.out.paint(f"{stamp()} reading device logs failed: {failure.getErrorMessage()}",
-                                         "error"))
+            message = f"reading device logs failed: {failure.getErrorMessage()}"
+            self.out.event(self.out.paint(f"{stamp()} {message}", "error"), event="error", error=message)
 
     def _poll_done(self, _):
         self.polling = False
@@ -330,7 +335,8 @@ class Dev:
         self.logs = lines
 
     def _poll_failed(self, failure):
-        self.out.line(self.out.paint(f"device log polling stopped: {failure.getErrorMessage()}", "error"))
+        message = f"device log polling stopped: {failure.getErrorMessage()}"
+        self.out.event(self.out.paint(message, "error"), event="error", error=message)
 
 
 def stop_on_signals(reactor, quit):
