@@ -202,7 +202,8 @@ def shown_app(page):
     return page.evaluate("""() => {
         const app = document.getElementById('lr-app');
         const describe = e => ({tag: e.tagName, attributes: [...e.attributes].map(a => [a.name, a.value]),
-            type: e.type, text: e.children.length ? null : e.textContent, children: [...e.children].map(describe)});
+            type: e.type, value: e.value, checked: e.checked, text: e.children.length ? null : e.textContent,
+            children: [...e.children].map(describe)});
         return describe(app);
     }""")
 
@@ -210,15 +211,15 @@ def shown_app(page):
 def test_a_patched_page_shows_what_a_fresh_page_shows(page, chromium, daemon):
     """What a push takes away goes from the page too: a list's `data` items
     (the props gone, or child nodes shown instead), a password field's
-    masking, a multi-line field's second line."""
+    masking, a multi-line field's second line, a field's value."""
     sid = daemon.new_session()
     steps = [
         [node("list", "FlatList", data=["one", "two"]),
          node("secret", "TextInput", secureTextEntry=True, placeholder="Password"),
-         node("note", "TextInput", multiline=True)],
+         node("note", "TextInput", multiline=True, value="first")],
         [node("list", "FlatList"), node("secret", "TextInput", placeholder="Password"), node("note", "TextInput")],
         [node("list", "FlatList", data=["one", "two"]), node("secret", "TextInput", placeholder="Password"),
-         node("note", "TextInput")],
+         node("note", "TextInput", value="second")],
         [node("list", "FlatList", [node("item", text="a child")], data=["one", "two"]),
          node("secret", "TextInput", placeholder="Password"), node("note", "TextInput")],
     ]

@@ -200,8 +200,9 @@
       }
       var value = firstString(props.value, props.defaultValue, props.initialValue);
       // the user's typing wins until the schema itself changes the value
+      // (taking it away too: the field is then empty, as on a fresh page)
       var old = firstString(before.value, before.defaultValue, before.initialValue);
-      if (value !== null && (fresh || value !== old)) input.value = value;
+      if (fresh ? value !== null : value !== old) input.value = value === null ? "" : value;
       input.disabled = props.editable === false || props.enabled === false;
     } else if (family === "toggle") {
       var on = props.value === true || props.checked === true || props.isOn === true;
