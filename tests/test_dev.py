@@ -6,6 +6,7 @@ clients in this test's reactor."""
 import io
 import json
 import os
+import pathlib
 import socket
 import stat
 import subprocess
@@ -427,6 +428,32 @@ async def test_dev_json_says_everything_as_json(daemon, tmp_path, reactor):
         await proc.stop()
     events = [json.loads(line) for line in proc.text().splitlines()]
     assert [e["event"] for e in events] == ["ready", "waiting"] and events[1]["folder"] == "src"
+
+
+@ensure
+async def test_dev_watches_a_folder_with_more_subfolders_than_the_event_queue_holds(daemon, tmp_path, reactor):
+    """A project folder with node_modules: more folders than the kernel's
+    inotify queue has room for. Watching them reads each folder, which must
+    not flood the queue (an overflow sets off another reading of every
+    folder: the CPU busy for good and changes lost)."""
+    queued = pathlib.Path("/proc/sys/fs/inotify/max_queued_events")
+    if not queued.exists() or int(queued.read_text()) > 40_000:
+        pytest.skip("needs Linux inotify with a queue of at most 40,000 events")
+    for i in range(int(queued.read_text()) + 1000):
+        os.makedirs(tmp_path / "node_modules" / f"p{i // 100}" / f"d{i}")
+    os.mkdir(tmp_path / "src")
+    (tmp_path / "out.json").write_text(json.dumps(make_schema()))
+    converter = "cat out.json; : {file}"
+    proc = Dev(reactor, ["--url", daemon.url, "dev", ".", "--run", converter, "--no-qr", "--data-dir",
+                         str(tmp_path / "d")], tmp_path)
+    try:
+        await proc.wait_line(has("waiting for a change"))
+        pushed = proc.wait_line(has("pushed `"))
+        (tmp_path / "src" / "App.tsx").write_text("export default 1")
+        await pushed
+    finally:
+        await proc.stop()
+    assert "overflow" not in proc.text() + proc.err.decode()
 
 
 def dev_fails(tmp_path, *args):

@@ -39,12 +39,27 @@ class FileWatcher:
         self.is_dir = os.path.isdir(self.path)
         self._observer = None
         self._handler = None
+        self._events = None
         self._target = self.path  # the file a symbolic link names
         self._folders = set()
 
     def start(self):
-        from watchdog.events import FileSystemEventHandler
+        from watchdog.events import (
+            FileClosedEvent,
+            FileCreatedEvent,
+            FileDeletedEvent,
+            FileModifiedEvent,
+            FileMovedEvent,
+            FileSystemEventHandler,
+        )
         from watchdog.observers import Observer
+
+        # writes, creations, deletions and renames only: not a file or
+        # folder opened or closed unwritten, which watching a tree itself
+        # causes (reading each folder), enough of them to overflow the
+        # kernel's queue in a tree with node_modules, and an overflow means
+        # reading every folder again
+        events = [FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent]
 
         watcher = self
 
@@ -56,7 +71,8 @@ class FileWatcher:
         observer = Observer()
         observer.daemon = True
         self._handler = Handler()
-        observer.schedule(self._handler, root, recursive=self.is_dir)
+        self._events = events
+        observer.schedule(self._handler, root, recursive=self.is_dir, event_filter=events)
         self._folders.add(os.path.realpath(root))
         self._observer = observer
         if not self.is_dir:
@@ -74,7 +90,7 @@ class FileWatcher:
         if observer is None or folder in self._folders or not os.path.isdir(folder):
             return
         try:
-            observer.schedule(self._handler, folder, recursive=False)
+            observer.schedule(self._handler, folder, recursive=False, event_filter=self._events)
         except OSError:
             return  # a folder that cannot be watched: changes to the link itself still are
         self._folders.add(folder)
