@@ -492,6 +492,14 @@ def test_dev_with_a_port_it_cannot_have_fails_with_one_line(tmp_path, port, word
     assert words in line
 
 
+@pytest.mark.parametrize("debounce", ["-1", "nan", "inf"])
+def test_dev_refuses_a_debounce_that_is_no_time(tmp_path, debounce):
+    """--debounce is a number of milliseconds: NaN (no save was ever
+    pushed) and infinity (none would be) are refused like a negative one."""
+    code, line = dev_fails(tmp_path, "--debounce", debounce)
+    assert code == 1 and "--debounce must be 0 or more milliseconds" in line
+
+
 def test_dev_refuses_a_folder_without_a_converter(tmp_path):
     """A folder needs --run: said in one line."""
     os.mkdir(tmp_path / "src")

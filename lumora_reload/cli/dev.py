@@ -24,7 +24,7 @@ from lumora_reload.cli.devserver import (
 from lumora_reload.cli.lan import device_url, print_qr
 from lumora_reload.cli.output import EXIT_OK, CliError, printable
 from lumora_reload.cli.session import log_line, loopback_warning, new_lines
-from lumora_reload.cli.watch import Pusher, check_watchable, read_file, run_converter, stamp
+from lumora_reload.cli.watch import Pusher, check_debounce, check_watchable, read_file, run_converter, stamp
 from lumora_reload.cli.watcher import Debouncer, FileWatcher
 
 DEVICE_LOG_FORMAT = "[{device}] {message}"  # how the daemon logs a device's log line
@@ -352,8 +352,7 @@ def stop_on_signals(reactor, quit):
 
 
 def _check_args(args):
-    if args.debounce < 0:
-        raise CliError("--debounce must be 0 or more milliseconds")
+    check_debounce(args.debounce)
     if args.path is None:
         if args.converter:
             raise CliError("--run needs a PATH to watch")

@@ -6,6 +6,7 @@ pushed as soon as it answers again.
 Runs on the reactor: file events come from `watcher.FileWatcher`, HTTP
 calls (blocking urllib) run in the reactor's thread pool."""
 
+import math
 import os
 import shlex
 import time
@@ -259,6 +260,13 @@ class Watch:
             self.finished.callback(EXIT_ERROR)
 
 
+def check_debounce(milliseconds):
+    """--debounce: a finite number of milliseconds, 0 or more (NaN would
+    stop every push, infinity hold them all)."""
+    if not 0 <= milliseconds < math.inf:
+        raise CliError("--debounce must be 0 or more milliseconds")
+
+
 def check_watchable(path):
     """A path whose folder does not exist cannot be waited for."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -269,8 +277,7 @@ def check_watchable(path):
 def cmd_watch(args, api, out):
     from lumora_reload.cli.device import run_reactor
 
-    if args.debounce < 0:
-        raise CliError("--debounce must be 0 or more milliseconds")
+    check_debounce(args.debounce)
     check_watchable(args.path)
     # fail early and clearly on an unknown session or a daemon that is down
     session_info(api, args.session)
