@@ -3,6 +3,7 @@
 line on stderr and a non-zero exit status."""
 
 import argparse
+import math
 import os
 import sys
 from urllib.parse import urlsplit
@@ -142,6 +143,8 @@ def main(argv=None):
     if parts.scheme not in ("http", "https") or not parts.netloc:
         where = f"${URL_ENV}" if args.url == os.environ.get(URL_ENV, "").strip() else "--url"
         parser.error(f"{where} must look like {DEFAULT_URL}, not {args.url!r}")
+    if not 0 < args.http_timeout < math.inf:
+        parser.error("--http-timeout must be more than 0 seconds")
     api = Api(args.url, token=token or None, timeout=args.http_timeout)
     out = Output(as_json=args.json, colour=args.color)
     try:

@@ -1,6 +1,7 @@
 """The session commands that are one HTTP call or a poll loop: `session new`,
 `status`, `logs` and `reload`."""
 
+import math
 import time
 from urllib.parse import quote, urlsplit
 
@@ -166,6 +167,8 @@ def new_lines(previous, current):
 
 
 def cmd_logs(args, api, out):
+    if not 0 < args.interval < math.inf:
+        raise CliError("--interval must be more than 0 seconds")
     sid = args.session
     path = f"/session/{quote(sid, safe='')}/logs"
     previous = []
