@@ -375,11 +375,17 @@ async def test_logs_show_device_lines(daemon, reactor):
 @ensure
 @pytest.mark.parametrize("seconds", ["-1", "nan", "inf", "0"])
 async def test_a_time_that_is_no_time_is_one_line(daemon, seconds):
-    """`logs --interval` and `--http-timeout` take a number of seconds: a
-    negative one, NaN, infinity or 0 is an error line, not a traceback."""
+    """`logs --interval`, `device --ping-interval`, `session new --timeout`
+    and `--http-timeout` take a number of seconds: a negative one, NaN,
+    infinity or 0 is an error line, not a traceback, a reconnecting device
+    or a body that is not JSON."""
     sid = await daemon.new_session()
     line = one_error_line(*await run(daemon, "logs", sid, "-f", "--interval", seconds))
     assert "--interval must be more than 0 seconds" in line
+    line = one_error_line(*await run(daemon, "device", sid, "--ping-interval", seconds))
+    assert "--ping-interval must be more than 0 seconds" in line
+    line = one_error_line(*await run(daemon, "session", "new", "--timeout", seconds))
+    assert "--timeout must be a number of seconds" in line
     code, out, err = await run(daemon, "--http-timeout", seconds, "status")
     assert code == 2 and "Traceback" not in err  # a usage error, as a --url that is no URL
     assert err.strip().splitlines()[-1] == "lumora-reload: error: --http-timeout must be more than 0 seconds"

@@ -5,6 +5,7 @@ Twisted is imported only when this command runs, so the simple commands
 start quickly."""
 
 import functools
+import math
 import secrets
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -24,6 +25,8 @@ def ws_base(http_url, ws_path="/ws"):
 def cmd_device(args, api, out):
     if args.count < 1:
         raise CliError("--count must be at least 1")
+    if not 0 < args.ping_interval < math.inf:
+        raise CliError("--ping-interval must be more than 0 seconds")
     session_info(api, args.session)
     url = f"{ws_base(args.url, args.ws_path)}?session={quote(args.session, safe='')}"
     return run_reactor(lambda reactor: Simulator(reactor, args, url, out).start())

@@ -16,6 +16,8 @@ def cmd_session_new(args, api, out):
     if args.schema:
         body["schema"] = read_schema(args.schema)[1]
     if args.timeout is not None:
+        if not 0 < args.timeout < math.inf:  # NaN would not even be JSON
+            raise CliError("--timeout must be a number of seconds, more than 0")
         body["timeoutSeconds"] = args.timeout
     try:
         answer = api.call("POST", "/session/new", body or None)
