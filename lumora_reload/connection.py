@@ -197,9 +197,10 @@ class Connection:
 
     # -- events ----------------------------------------------------------
 
-    def opened(self, refusal=None):
+    def opened(self, refusal=None, unread=False):
         """The WebSocket handshake completed. `refusal` says why the
-        request's Host or Origin is not accepted (None: accepted)."""
+        request's Host or Origin is not accepted (None: accepted); `unread`:
+        the shared store could not be asked about a session unknown here."""
         if self.phase is not Phase.NEW:
             return
         if refusal is not None:
@@ -217,6 +218,8 @@ class Connection:
         except LumoraError as e:
             if e.code == errors.SESSION_EXPIRED:
                 self.close(messages.CLOSE_EXPIRED, "Session expired")
+            elif unread:  # it may well exist: the device must come back
+                self.close(messages.CLOSE_TRY_AGAIN, "Session store unavailable; try again later")
             else:
                 self.close(messages.CLOSE_NOT_FOUND, "Session not found")
             return

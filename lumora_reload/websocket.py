@@ -74,7 +74,7 @@ class _BufferWatch:
 @implementer(IWire)
 class DeviceProtocol(LeanServerProtocol):
     # thousands of these stay open all day: no instance dict for our state
-    __slots__ = ("connection", "_session_id", "_refusal", "_pending", "_on_refused")
+    __slots__ = ("connection", "_session_id", "_refusal", "_pending", "_on_refused", "_unread")
     _log = Logger()
 
     def __init__(self):
@@ -82,6 +82,7 @@ class DeviceProtocol(LeanServerProtocol):
         self.connection = None  # a Connection once the handshake is done
         self._session_id = None
         self._refusal = None
+        self._unread = False  # cluster mode: the session could not be read from Redis
         self._pending = 0  # bytes of the message being received
         self._on_refused = None  # told (status, body length) of a refused handshake
 
@@ -118,7 +119,9 @@ class DeviceProtocol(LeanServerProtocol):
         if self._refusal is None and self._session_id and self.factory.lookup is not None:
             # cluster mode: a session created on another daemon a moment
             # ago is read from the shared store before anyone hears 4404
-            return self.factory.lookup(self._session_id).addBoth(lambda _: None)
+            d = self.factory.lookup(self._session_id)
+            d.addErrback(lambda _: setattr(self, "_unread", True))
+            return d.addBoth(lambda _: None)
         return None
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
@@ -158,7 +161,7 @@ class DeviceProtocol(LeanServerProtocol):
             events=factory.events,
         )
         factory.opened(self)
-        self.connection.opened(self._refusal)
+        self.connection.opened(self._refusal, unread=self._unread)
         if self.connection.phase is Phase.AWAITING_CONNECT:
             self._watch_buffer()
 

@@ -191,3 +191,27 @@ async def test_a_deleted_session_is_never_brought_back_by_a_late_save(in_process
         await store.commit_push(update)
     assert getattr(e.value, "code", None) == "SESSION_NOT_FOUND"
     assert await store.fetch(sid) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_a_daemon_cannot_look_up_yet_is_told_to_try_again_not_4404(reactor, in_process, redis):
+    """A daemon that has not reached Redis yet (just started, or Redis is
+    down) cannot know a session created elsewhere: its device is closed
+    with 1013, which devices retry, never with 4404, which they take as
+    the session being gone for good."""
+    a = await in_process()
+    sid = await a.new_session(make_schema())
+    redis.stop()
+    b = _InProcess(reactor, redis_store.RedisStore(redis_store.parse_url(redis.url), reactor))
+    await b.start()
+    try:
+        device = await b.device(sid)
+        code, reason = await device.wait_closed()
+        assert (code, reason) == (1013, "Session store unavailable; try again later")
+        redis.start()
+        await until(b.server.store.available, reactor)
+        device, hello = await connected_device(b, sid)
+        assert hello["sequenceNumber"] == 1
+        device.dropConnection()
+    finally:
+        await b.stop()
