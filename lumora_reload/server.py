@@ -102,12 +102,14 @@ class HotReloadServer(service.Service):
                                config.max_ack_lag)
         self.ws_factory.events = self.metrics
         self.hub.on_resume = self.metrics.resumed
+        # a session's first device and its last leaving: the activity they
+        # brought is stored, even with no sweep while they were connected
+        self.hub.on_devices_changed = self._save_times
         if self.shared:  # cluster mode: other daemons' changes come in here
             # a daemon holding devices of a session claims it for twice its
             # sweep interval, renewed at every sweep: no other daemon expires it
             self.store.bind(self, hold_seconds=2 * cleanup_interval)
             self.ws_factory.lookup = self.lookup
-            self.hub.on_devices_changed = self._save_times
 
     # -- IService --------------------------------------------------------
 

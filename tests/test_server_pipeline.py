@@ -66,6 +66,7 @@ def test_nothing_is_seen_before_the_store_commits():
     server, _ = make_server(store)
     session = server.hub.create_session(make_schema())
     _, link = connect(server.hub, session.id)
+    store.succeed()  # the session's activity, stored as its first device joins
     link.sent.clear()
     pushed = results(server.push_update(session.id, with_text(make_schema(), "x")))
     assert not pushed and not link.sent
@@ -81,6 +82,7 @@ def test_a_failed_commit_changes_nothing_and_the_next_push_takes_the_next_number
     server, _ = make_server(store)
     session = server.hub.create_session(make_schema())
     _, link = connect(server.hub, session.id)
+    store.succeed()  # the session's activity, stored as its first device joins
     link.sent.clear()
     before = (session.state, session.expires_at(), server.session_info(session.id))
     failed = results(server.push_update(session.id, with_text(make_schema(), "lost")))
@@ -98,6 +100,7 @@ def test_two_pushes_in_flight_commit_and_deliver_in_order(logged_failures):
     server, _ = make_server(store)
     session = server.hub.create_session(make_schema())
     _, link = connect(server.hub, session.id)
+    store.succeed()  # the session's activity, stored as its first device joins
     link.sent.clear()
     first = results(server.push_update(session.id, with_text(make_schema(), "one")))
     second = results(server.push_update(session.id, with_text(make_schema(), "two")))
@@ -133,6 +136,7 @@ def test_a_delete_the_store_refuses_keeps_the_session_and_its_devices(logged_fai
     server, _ = make_server(store)
     session = server.hub.create_session(make_schema())
     _, link = connect(server.hub, session.id)
+    store.succeed()  # the session's activity, stored as its first device joins
     deleted = results(server.delete_session(session.id))
     assert link.closed is None  # not before the store has it
     store.fail()

@@ -523,3 +523,43 @@ async def test_a_restarted_daemon_holds_the_history_its_own_limits_allow(daemon_
 
     daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path)), max_history_bytes=1)
     assert [e.sequence for e in daemon.server.hub.get_session(sid).history] == [7]
+
+
+def _killed(data_dir, to):
+    """The data dir as a SIGKILL now would leave it: the database and its
+    WAL as written so far, nothing saved on the way out."""
+    to.mkdir()
+    for name in os.listdir(data_dir):
+        if name.startswith(sqlite_store.DB_NAME):
+            with open(os.path.join(data_dir, name), "rb") as src, open(to / name, "wb") as dst:
+                dst.write(src.read())
+    return to
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_that_came_and_went_between_sweeps_keeps_the_session_alive_after_a_crash(
+        daemon_factory, tmp_path):
+    """A device's activity counts toward expiry in the store too, not only
+    while the daemon runs: stored when the session's last device leaves,
+    even if no cleanup sweep ran while it was connected."""
+    clock = task.Clock()
+    clock.advance(1_000_000)
+    daemon = await daemon_factory(store=SQLiteStore.open(str(tmp_path / "state"), clock=clock), clock=clock,
+                                  cleanup_interval=60)
+    status, made = await daemon.call("POST", "/session/new", {"schema": make_schema(), "timeoutSeconds": 100})
+    sid = made["sessionId"]
+    clock.advance(50)  # no sweep yet (the first runs at 60)
+    device, _ = await connected_device(daemon, sid)
+    device.dropConnection()
+    while daemon.server.hub.sessions[sid].devices:
+        await deferLater(daemon.reactor, 0.01)
+    expires = (await daemon.call("GET", f"/session/{sid}"))[1]["expiresAt"]
+    assert expires == made["expiresAt"] + 50_000
+
+    crashed = _killed(tmp_path / "state", tmp_path / "crashed")
+    clock.advance(70)  # past the expiry at creation, before the one the device set
+    store = SQLiteStore.open(str(crashed), clock=clock)
+    [back] = store.load()
+    store.close()
+    assert not back.idle_past_expiry(clock.seconds())
+    assert back.expires_at() == expires
