@@ -395,6 +395,31 @@ class _SessionPart(JsonResource):
         super().__init__(server)
         self.session_id = session_id
 
+    def render(self, request):
+        # cluster mode: a session this daemon does not know (made on another
+        # one) is read from Redis first; 503 while Redis cannot be read
+        if route_refusal(self, request) is not None:
+            return super().render(request)
+        known = []
+        d = self.hot.lookup(self.session_id).addBoth(known.append)
+        if known and not isinstance(known[0], Failure):
+            return super().render(request)
+
+        def answer(_):
+            if request._disconnected or request.finished:
+                return
+            if isinstance(known[0], Failure):
+                body = _finish(request, known[0])
+            else:
+                body = JsonResource.render(self, request)
+            if body is not server.NOT_DONE_YET:
+                request.setHeader(b"content-length", b"%d" % len(body))
+                request.write(body)
+                request.finish()
+
+        d.addCallback(answer)
+        return server.NOT_DONE_YET
+
 
 class SessionResource(_SessionPart):
     """/session/:id and its children."""

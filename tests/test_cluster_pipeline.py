@@ -215,3 +215,29 @@ async def test_a_device_a_daemon_cannot_look_up_yet_is_told_to_try_again_not_440
         device.dropConnection()
     finally:
         await b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_call_about_a_session_created_on_another_daemon_reads_it_from_redis(in_process, redis):
+    """A session made on one daemon without a schema is news to the others
+    (nothing was published): asked about it, they read it from Redis, so
+    a delete or an extend sent to them is not lost with a 404."""
+    a, b = await in_process(), await in_process()
+    sid = await a.new_session()
+    device, _ = await connected_device(a, sid)
+    status, info = await b.call("GET", f"/session/{sid}")
+    assert (status, info["sequenceNumber"]) == (200, 0), info
+    status, extended = await b.call("POST", f"/session/{sid}/extend", {"seconds": 90000})
+    assert status == 200, extended
+    assert (await a.call("GET", f"/session/{sid}"))[1]["expiresAt"] == extended["expiresAt"]
+    other = await a.new_session()
+    status, body = await b.call("DELETE", f"/session/{other}")
+    assert status == 200, body
+    assert (await a.call("GET", f"/session/{other}"))[0] == 404
+    assert (await b.call("GET", f"/session/{'f' * 32}"))[0] == 404
+    unknown = await a.new_session()
+    redis.stop()
+    status, body = await b.call("GET", f"/session/{unknown}/health")
+    assert (status, body["code"]) == (503, "INTERNAL_ERROR"), body
+    redis.start()
+    device.dropConnection()
