@@ -237,6 +237,7 @@ async def test_every_call_about_a_session_created_on_another_daemon_reads_it_fro
     assert (await b.call("GET", f"/session/{'f' * 32}"))[0] == 404
     unknown = await a.new_session()
     redis.stop()
+    await until(lambda: not b.server.store.available(), b.reactor)
     status, body = await b.call("GET", f"/session/{unknown}/health")
     assert (status, body["code"]) == (503, "INTERNAL_ERROR"), body
     redis.start()
