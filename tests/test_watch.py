@@ -48,6 +48,27 @@ async def test_a_same_size_save_within_the_timestamp_resolution_is_pushed(daemon
 
 
 @ensure
+async def test_a_touch_is_a_change(tmp_path, reactor):
+    """`touch app.json` (its times changed, nothing written) reports a
+    change: the usual way to have a file read again, say after it was
+    written where the kernel reports no writes (a network or container
+    mount). `watch` then pushes it if its content changed."""
+    from twisted.internet import defer
+
+    from lumora_reload.cli.watcher import FileWatcher
+    path = tmp_path / "app.json"
+    path.write_text("{}")
+    seen = defer.Deferred()
+    watcher = FileWatcher(reactor, str(path), lambda kind, changed: seen.called or seen.callback((kind, changed)))
+    watcher.start()
+    try:
+        reactor.callLater(0.2, os.utime, path)
+        assert await seen.addTimeout(10, reactor) == ("changed", str(path))
+    finally:
+        watcher.stop()
+
+
+@ensure
 async def test_a_missing_file_is_reported_and_pushed_when_it_appears(daemon, tmp_path, reactor):
     """Watching a file that does not exist says so, then pushes it once
     created; deleted and written again, the same."""

@@ -45,6 +45,7 @@ class FileWatcher:
 
     def start(self):
         from watchdog.events import (
+            FileAttribEvent,
             FileClosedEvent,
             FileCreatedEvent,
             FileDeletedEvent,
@@ -54,12 +55,14 @@ class FileWatcher:
         )
         from watchdog.observers import Observer
 
-        # writes, creations, deletions and renames only: not a file or
-        # folder opened or closed unwritten, which watching a tree itself
-        # causes (reading each folder), enough of them to overflow the
-        # kernel's queue in a tree with node_modules, and an overflow means
-        # reading every folder again
-        events = [FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent]
+        # writes, creations, deletions, renames and changed times (`touch`,
+        # the usual way to have a file read again) only: not a file or
+        # folder opened or closed unwritten, which
+        # watching a tree itself causes (reading each folder), enough of
+        # them to overflow the kernel's queue in a tree with node_modules,
+        # and an overflow means reading every folder again
+        events = [FileAttribEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileModifiedEvent,
+                  FileMovedEvent]
 
         watcher = self
 
