@@ -21,6 +21,7 @@ from lumora_reload.preview import Page, static_file
 
 LOG_TAIL = 20
 RECENT_UPDATES = 8
+QR_URLS_PER_SESSION = 4  # dashboards opened on localhost, the LAN address, ...
 
 
 class DashboardPage(Page):
@@ -33,9 +34,10 @@ class Overview(JsonResource):
 
     def __init__(self, server):
         super().__init__(server)
-        # (session id, device URL) -> its QR code as SVG: drawn once, not on
-        # every poll (a drawing takes milliseconds of the reactor); only the
-        # sessions of the last overview are kept
+        # session id -> {device URL: its QR code as SVG}: drawn once, not on
+        # every poll (a drawing takes milliseconds of the reactor); for the
+        # sessions of the last overview, and a few device URLs each (the URL
+        # follows the Host the dashboard was opened with)
         self._qr = {}
 
     def render_GET(self, request):
@@ -50,8 +52,8 @@ class Overview(JsonResource):
             sessions.append(self._session(session, health, request, lan))
         sessions.sort(key=lambda s: -s["createdAt"])
         listed = {s["sessionId"] for s in sessions}
-        for key in [key for key in self._qr if key[0] not in listed]:
-            del self._qr[key]
+        for session_id in [session_id for session_id in self._qr if session_id not in listed]:
+            del self._qr[session_id]
         return {"sessions": sessions, "totalDevices": hub.total_devices(), "wsPath": self.hot.ws_path}
 
     def _session(self, session, health, request, lan):
@@ -82,10 +84,12 @@ class Overview(JsonResource):
         }
 
     def _qr_svg(self, session_id, url):
-        svg = self._qr.get((session_id, url))
+        drawn = self._qr.setdefault(session_id, {})
+        svg = drawn.get(url)
         if svg is None:
-            svg = segno.make(url, error="m").svg_inline(scale=3, border=2, dark="#1c1f24", light="#fff")
-            self._qr[session_id, url] = svg
+            if len(drawn) >= QR_URLS_PER_SESSION:
+                del drawn[next(iter(drawn))]  # the oldest
+            svg = drawn[url] = segno.make(url, error="m").svg_inline(scale=3, border=2, dark="#1c1f24", light="#fff")
         return svg
 
 

@@ -370,6 +370,31 @@ async def test_dev_shows_what_a_device_sends_without_passing_on_terminal_control
 
 
 @ensure
+async def test_dev_shows_its_own_daemons_lines_about_a_device_without_terminal_controls(tmp_path, reactor):
+    """The in-process daemon's warnings repeat what a device sent (its
+    name, an error it reports): shown escaped as well."""
+    project(tmp_path)
+    port = free_port()
+    proc = Dev(reactor, dev_args(port, tmp_path / "data", "app.json", "--no-qr"), tmp_path)
+    device = None
+    try:
+        await proc.wait_line(has("pushed app.json"))
+        sid = proc.value("Session:")
+        device = await open_device(reactor, f"ws://127.0.0.1:{port}/ws?session={sid}")
+        await device.hello(device_id="pixel", platform="android", deviceName="Pixel\x1b]0;owned\x07 8")
+        reported = proc.wait_line(has("daemon:"))
+        device.send("error", {"code": "RENDER_ERROR", "message": "boom\x1b[2J\x1b]52;c;cHduZWQ=\x07 after"})
+        line = await reported
+    finally:
+        if device is not None:
+            device.sendClose()
+            await device.wait_closed()
+        await proc.stop()
+    assert "boom\\x1b[2J\\x1b]52;c;cHduZWQ=\\x07 after" in line and "Pixel\\x1b]0;owned\\x07 8" in line
+    assert not any(c in proc.text() for c in "\x1b\x07")
+
+
+@ensure
 async def test_a_save_by_rename_is_a_save_and_a_deletion_is_reported(daemon, tmp_path, reactor):
     """An editor that renames the file away and writes a new one (vim's
     backup) has saved it: pushed, not reported as deleted. A file really

@@ -210,3 +210,10 @@ def test_the_dashboard_draws_each_session_qr_code_once(clock, monkeypatch):
         status, body = render(server, "/overview", peer="127.0.0.1", headers=LAN)
         assert status == 200 and {s["sessionId"] for s in orjson.loads(body)["sessions"]} == ids
     assert len(drawn) == 300
+    # one drawing kept per session, whatever Host the dashboard is asked with
+    # (its device URL follows the Host: any port of localhost is allowed)
+    for port in range(1000, 1040):
+        status, _ = render(server, "/overview", peer="127.0.0.1", headers={"Host": f"localhost:{port}"})
+        assert status == 200
+    overview = server.resource().children[b"overview"]
+    assert len(overview._qr) == 300 and {len(urls) for urls in overview._qr.values()} == {4}

@@ -49,7 +49,7 @@ class _EarlyAnswer:
             return
         try:
             super().send(data)  # type: ignore[misc]
-        except (BrokenPipeError, ConnectionResetError) as e:
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as e:  # the last: Windows
             self._send_failed = e
 
     def getresponse(self):

@@ -97,6 +97,7 @@ def show_daemon_log(out, verbose):
         failure = event.get("log_failure")
         if failure is not None:
             text = f"{text}: {failure.getErrorMessage()}"
+        text = printable(text)  # it may repeat what a device sent
         out.event(out.paint(f"{stamp()} daemon: {text}", "dim" if level < LogLevel.warn else "warn"),
                   event="daemon", level=level.name, message=text)
 

@@ -57,10 +57,10 @@ class FileWatcher:
 
         # writes, creations, deletions, renames and changed times (`touch`,
         # the usual way to have a file read again) only: not a file or
-        # folder opened or closed unwritten, which
-        # watching a tree itself causes (reading each folder), enough of
-        # them to overflow the kernel's queue in a tree with node_modules,
-        # and an overflow means reading every folder again
+        # folder opened or closed unwritten, which watching a tree itself
+        # causes (reading each folder), enough of them to overflow the
+        # kernel's queue in a tree with node_modules, and an overflow means
+        # reading every folder again
         events = [FileAttribEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileModifiedEvent,
                   FileMovedEvent]
 
