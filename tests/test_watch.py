@@ -4,6 +4,7 @@ yet, and a daemon that was down when the file was saved."""
 
 import json
 import os
+import shutil
 
 import pytest_twisted
 from twisted.internet import endpoints
@@ -153,6 +154,30 @@ async def test_a_save_to_the_file_a_symlink_names_is_pushed(daemon, tmp_path, re
         moved.write_text(json.dumps(with_text(make_schema(), "moved, then saved")))
         await pushed
         assert session.schema == with_text(make_schema(), "moved, then saved")
+    finally:
+        await proc.stop()
+
+
+@ensure
+async def test_a_symlink_into_a_rebuilt_folder_is_followed(daemon, tmp_path, reactor):
+    """PATH a link to build/out.json, and the build removes and makes its
+    folder again (a clean build): the new file is pushed, and so is every
+    save after it; so too when the folder did not exist at the start."""
+    sid = await daemon.new_session()
+    session = daemon.server.get_session(sid)
+    build, link = tmp_path / "build", tmp_path / "app.json"
+    link.symlink_to(build / "out.json")  # dangling: nothing built yet
+    proc = watch(reactor, daemon, sid, link)
+    try:
+        await proc.wait_line(lambda l: "does not exist" in l)
+        for text in ("first build", "clean build", "saved"):
+            pushed = proc.wait_line(lambda l: "pushed" in l)
+            if text == "clean build":
+                shutil.rmtree(build)
+            build.mkdir(exist_ok=True)
+            (build / "out.json").write_text(json.dumps(with_text(make_schema(), text)))
+            await pushed
+            assert session.schema == with_text(make_schema(), text)
     finally:
         await proc.stop()
 

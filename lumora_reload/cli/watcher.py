@@ -41,10 +41,15 @@ class FileWatcher:
         self._handler = None
         self._events = None
         self._target = self.path  # the file a symbolic link names
-        self._folders = set()
+        self._root = None  # the folder watched from the start
+        self._link_folder = None  # the folder a link names, and its watch
+        self._link_watch = None
 
     def start(self):
         from watchdog.events import (
+            DirCreatedEvent,
+            DirDeletedEvent,
+            DirMovedEvent,
             FileAttribEvent,
             FileClosedEvent,
             FileCreatedEvent,
@@ -62,7 +67,7 @@ class FileWatcher:
         # kernel's queue in a tree with node_modules, and an overflow means
         # reading every folder again
         events = [FileAttribEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent, FileModifiedEvent,
-                  FileMovedEvent]
+                  FileMovedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent]  # the folder a link names
 
         watcher = self
 
@@ -76,27 +81,43 @@ class FileWatcher:
         self._handler = Handler()
         self._events = events
         observer.schedule(self._handler, root, recursive=self.is_dir, event_filter=events)
-        self._folders.add(os.path.realpath(root))
+        self._root = os.path.realpath(root)
         self._observer = observer
         if not self.is_dir:
             self._follow_link()
         observer.start()
 
-    def _follow_link(self):
+    def _follow_link(self, announce=False):
         """Watch the folder of the file `path` names, should it be a link
-        (again on each event: the link may name another file now). On the
-        observer's thread once it runs."""
+        (again on each event: the link may name another file now, or its
+        folder may have been removed and made again by a clean build). On
+        the observer's thread once it runs."""
         target = os.path.realpath(self.path)
         self._target = target
         folder = os.path.dirname(target)
         observer = self._observer
-        if observer is None or folder in self._folders or not os.path.isdir(folder):
+        if observer is None or folder == self._root or folder == self._link_folder:
             return
+        self._unfollow()
+        if not os.path.isdir(folder):
+            return  # not there yet: its creation in the watched folder brings us back
         try:
-            observer.schedule(self._handler, folder, recursive=False, event_filter=self._events)
+            self._link_watch = observer.schedule(self._handler, folder, recursive=False, event_filter=self._events)
         except OSError:
             return  # a folder that cannot be watched: changes to the link itself still are
-        self._folders.add(folder)
+        self._link_folder = folder
+        if announce and os.path.exists(target):
+            # written before its new folder was watched (a build makes the
+            # folder and writes at once): that write went unseen
+            self.reactor.callFromThread(self.on_change, "changed", self.path)
+
+    def _unfollow(self):
+        watch, self._link_watch, self._link_folder = self._link_watch, None, None
+        if watch is not None and self._observer is not None:
+            try:
+                self._observer.unschedule(watch)
+            except Exception:  # a folder already gone: its watch went with it
+                pass
 
     def stop(self):
         observer, self._observer = self._observer, None
@@ -112,7 +133,16 @@ class FileWatcher:
 
     def _event(self, event):
         # on the observer's thread: decide, then hand over to the reactor
-        if event.is_directory or event.event_type in ("opened", "closed_no_write"):
+        if event.is_directory:
+            if not self.is_dir:
+                # the folder a link names removed, or made again (a clean
+                # build): its watch is stale
+                paths = {os.path.realpath(os.fsdecode(p)) for p in (event.src_path, event.dest_path) if p}
+                if self._link_folder in paths:
+                    self._unfollow()
+                self._follow_link(announce=True)
+            return
+        if event.event_type in ("opened", "closed_no_write"):
             return
         if event.event_type == "moved":
             if self._relevant(event.dest_path):
