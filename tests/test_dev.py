@@ -341,6 +341,29 @@ async def test_dev_shows_the_device_url_of_a_daemon_with_its_own_ws_path(daemon_
         assert ready["deviceUrl"] == device_url(f"{daemon.ws}?session={sid}")[0]
 
 
+async def device_says(reactor, proc, ws_url, kind, payload, shown, joined=None):
+    """Once `proc` (dev) pushed, join its session as a device named with
+    escape sequences, wait for dev's line holding `joined` (if given), send
+    `kind` `payload`, and return dev's first line holding `shown`."""
+    device = None
+    try:
+        await proc.wait_line(has("pushed app.json"))
+        sid = proc.value("Session:")
+        arrived = proc.wait_line(has(joined)) if joined else None
+        device = await open_device(reactor, f"{ws_url}?session={sid}")
+        await device.hello(device_id="pixel", platform="android", deviceName="Pixel\x1b]0;owned\x07 8")
+        if arrived is not None:
+            await arrived
+        said = proc.wait_line(has(shown))
+        device.send(kind, payload)
+        return await said
+    finally:
+        if device is not None:
+            device.sendClose()
+            await device.wait_closed()
+        await proc.stop()
+
+
 @ensure
 async def test_dev_shows_what_a_device_sends_without_passing_on_terminal_controls(daemon, tmp_path, reactor):
     """A device's name and log lines are its own text: escape sequences in
@@ -349,22 +372,9 @@ async def test_dev_shows_what_a_device_sends_without_passing_on_terminal_control
     project(tmp_path)
     proc = Dev(reactor, ["--url", daemon.url, "dev", "app.json", "--no-qr", "--data-dir", str(tmp_path / "d")],
                tmp_path)
-    device = None
-    try:
-        await proc.wait_line(has("pushed app.json"))
-        sid = proc.value("Session:")
-        arrived = proc.wait_line(has("(android) connected"))
-        device = await open_device(reactor, f"{daemon.ws}?session={sid}")
-        await device.hello(device_id="pixel", platform="android", deviceName="Pixel\x1b]0;owned\x07 8")
-        await arrived
-        logged = proc.wait_line(has("after"))
-        device.send("log", {"level": "error", "message": "boom\x1b[2J\x1b[H\x1b]52;c;cHduZWQ=\x07\r after"})
-        line = await logged
-    finally:
-        if device is not None:
-            device.sendClose()
-            await device.wait_closed()
-        await proc.stop()
+    line = await device_says(reactor, proc, daemon.ws, "log",
+                             {"level": "error", "message": "boom\x1b[2J\x1b[H\x1b]52;c;cHduZWQ=\x07\r after"},
+                             shown="after", joined="(android) connected")
     assert "\\x1b[2J\\x1b[H\\x1b]52;c;cHduZWQ=\\x07\\x0d after" in line and "[Pixel\\x1b]0;owned\\x07 8]" in line
     assert not any(c in proc.text() for c in "\x1b\x07\r")  # no colour either: NO_COLOR
 
@@ -376,20 +386,9 @@ async def test_dev_shows_its_own_daemons_lines_about_a_device_without_terminal_c
     project(tmp_path)
     port = free_port()
     proc = Dev(reactor, dev_args(port, tmp_path / "data", "app.json", "--no-qr"), tmp_path)
-    device = None
-    try:
-        await proc.wait_line(has("pushed app.json"))
-        sid = proc.value("Session:")
-        device = await open_device(reactor, f"ws://127.0.0.1:{port}/ws?session={sid}")
-        await device.hello(device_id="pixel", platform="android", deviceName="Pixel\x1b]0;owned\x07 8")
-        reported = proc.wait_line(has("daemon:"))
-        device.send("error", {"code": "RENDER_ERROR", "message": "boom\x1b[2J\x1b]52;c;cHduZWQ=\x07 after"})
-        line = await reported
-    finally:
-        if device is not None:
-            device.sendClose()
-            await device.wait_closed()
-        await proc.stop()
+    line = await device_says(reactor, proc, f"ws://127.0.0.1:{port}/ws", "error",
+                             {"code": "RENDER_ERROR", "message": "boom\x1b[2J\x1b]52;c;cHduZWQ=\x07 after"},
+                             shown="daemon:")
     assert "boom\\x1b[2J\\x1b]52;c;cHduZWQ=\\x07 after" in line and "Pixel\\x1b]0;owned\\x07 8" in line
     assert not any(c in proc.text() for c in "\x1b\x07")
 
