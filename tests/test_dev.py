@@ -299,6 +299,17 @@ async def test_dev_reports_a_schema_too_large_for_the_daemon_and_does_not_retry_
     assert "cannot reach" not in proc.text()
 
 
+async def first_push(reactor, url, tmp_path):
+    """`dev --json app.json` against the daemon at `url`, stopped after its
+    first push: its first line (where it is ready, and its URLs)."""
+    proc = Dev(reactor, ["--url", url, "--json", "dev", "app.json", "--data-dir", str(tmp_path / "d")], tmp_path)
+    try:
+        await proc.wait_line(has('"event": "push"'))
+    finally:
+        await proc.stop()
+    return json.loads(proc.text().splitlines()[0])
+
+
 @ensure
 async def test_dev_prints_working_urls_when_url_ends_with_a_slash(daemon, tmp_path, reactor):
     """`--url http://host:port/` names the same daemon: the preview and
@@ -306,13 +317,7 @@ async def test_dev_prints_working_urls_when_url_ends_with_a_slash(daemon, tmp_pa
     import treq
 
     project(tmp_path)
-    proc = Dev(reactor, ["--url", daemon.url + "/", "--json", "dev", "app.json", "--data-dir", str(tmp_path / "d")],
-               tmp_path)
-    try:
-        await proc.wait_line(has('"event": "push"'))
-    finally:
-        await proc.stop()
-    ready = json.loads(proc.text().splitlines()[0])
+    ready = await first_push(reactor, daemon.url + "/", tmp_path)
     sid = ready["sessionId"]
     assert ready["previewUrl"] == f"{daemon.url}/preview/{sid}" and ready["dashboardUrl"] == f"{daemon.url}/"
     for url in (ready["previewUrl"], ready["dashboardUrl"]):
@@ -328,13 +333,7 @@ async def test_dev_shows_the_device_url_of_a_daemon_with_its_own_ws_path(daemon_
     daemon = await daemon_factory(ws_path="/live")
     project(tmp_path)
     for run in ("new", "reused"):
-        proc = Dev(reactor, ["--url", daemon.url, "--json", "dev", "app.json", "--data-dir", str(tmp_path / "d")],
-                   tmp_path)
-        try:
-            await proc.wait_line(has('"event": "push"'))
-        finally:
-            await proc.stop()
-        ready = json.loads(proc.text().splitlines()[0])
+        ready = await first_push(reactor, daemon.url, tmp_path)
         sid = ready["sessionId"]
         assert ready["reused"] is (run == "reused")
         assert ready["localWsUrl"] == f"{daemon.ws}?session={sid}"
