@@ -218,3 +218,44 @@ def test_scratch_files_and_dependency_folders_are_not_sources(tmp_path):
     for name in (".App.tsx.swp", "App.tsx~", ".#App.tsx", "4913", "App.tsx.tmp", ".git/index",
                  "node_modules/x/index.js", "dist/app.js", "build/out.json", "__pycache__/a.pyc"):
         assert is_scratch(os.path.join(root, name), root), name
+
+
+@ensure
+async def test_a_link_pointed_back_into_the_watched_folder_drops_the_other_folders_watch(tmp_path, reactor):
+    """No watch is left on a folder the link no longer names; and
+    watchdog's error for a watch stopped with events in hand (a removed
+    folder) is not printed: nothing is lost by it."""
+    import logging
+
+    from twisted.internet import defer, task
+
+    from lumora_reload.cli.watcher import FileWatcher
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "out.json").write_text("{}")
+    (tmp_path / "here.json").write_text("{}")
+    link = tmp_path / "app.json"
+    link.symlink_to(tmp_path / "build" / "out.json")
+    changes = defer.DeferredQueue()
+    watcher = FileWatcher(reactor, str(link), lambda kind, path: changes.put(kind))
+    watcher.start()
+    try:
+        assert watcher._link_folder == str(tmp_path / "build")
+        await task.deferLater(reactor, 0.2, lambda: None)
+        tmp = tmp_path / "app.json.new"
+        tmp.symlink_to(tmp_path / "here.json")
+        os.replace(tmp, link)
+        assert await changes.get().addTimeout(10, reactor) == "changed"
+        assert watcher._link_folder is None and watcher._link_watch is None
+    finally:
+        watcher.stop()
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    inotify = logging.getLogger("watchdog.observers.inotify")
+    inotify.addHandler(handler)
+    try:
+        inotify.error("InotifyEmitter.queue_events() called when the thread is inactive")
+        inotify.error("something else")
+    finally:
+        inotify.removeHandler(handler)
+    assert [r.getMessage() for r in seen] == ["something else"]

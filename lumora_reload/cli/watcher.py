@@ -6,6 +6,7 @@ Events, not polling: a poll that compares size and modification time
 misses a save that keeps both (an in-place write within the filesystem's
 timestamp resolution); the kernel reports every write."""
 
+import logging
 import os
 
 # editors' swap, backup and temporary files: not the user's sources
@@ -25,10 +26,25 @@ def is_scratch(path, root):
     return name.startswith((".", "#")) or name.endswith(_SCRATCH_SUFFIXES) or name.isdigit()
 
 
+class _WatchStopped(logging.Filter):
+    """Drops watchdog's error that a watch stopped while its thread still
+    had events to hand over (a folder a link names, removed by a clean
+    build): nothing is lost, and the CLI has no log, so Python would print
+    it raw to the terminal."""
+
+    def filter(self, record):
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+_STOPPED = _WatchStopped()
+
+
 class FileWatcher:
     """Watches `path` — one file (its directory is watched, so a file
     replaced by rename or created later is seen; for a symbolic link, the
-    directory of the file it names too) or a directory tree — and calls
+    directory of the file it names too, followed when the link is pointed
+    elsewhere or, if it sits in the watched directory, when a clean build
+    removes and makes it again) or a directory tree — and calls
     ``on_change(kind, changed_path)`` on the reactor thread, `kind` being
     "changed" or "deleted"."""
 
@@ -76,6 +92,7 @@ class FileWatcher:
                 watcher._event(event)
 
         root = self.path if self.is_dir else os.path.dirname(self.path)
+        logging.getLogger("watchdog.observers.inotify").addFilter(_STOPPED)
         observer = Observer()
         observer.daemon = True
         self._handler = Handler()
@@ -96,11 +113,13 @@ class FileWatcher:
         self._target = target
         folder = os.path.dirname(target)
         observer = self._observer
-        if observer is None or folder == self._root or folder == self._link_folder:
+        if observer is None or folder == self._link_folder:
             return
         self._unfollow()
-        if not os.path.isdir(folder):
-            return  # not there yet: its creation in the watched folder brings us back
+        if folder == self._root or not os.path.isdir(folder):
+            # watched already; or not there yet: made in the watched folder,
+            # its creation brings us back (elsewhere, the next event there)
+            return
         try:
             self._link_watch = observer.schedule(self._handler, folder, recursive=False, event_filter=self._events)
         except OSError:
