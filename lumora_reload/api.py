@@ -157,14 +157,20 @@ class JsonResource(resource.Resource):
 
         def done(outcome):
             if not request._disconnected and not request.finished:
-                body = _finish(request, outcome)
-                # with its length: no chunk framing, and no last chunk sent on its own
-                request.setHeader(b"content-length", b"%d" % len(body))
-                request.write(body)
-                request.finish()
+                _write_late(request, _finish(request, outcome))
 
         result.addBoth(done)
         return server.NOT_DONE_YET
+
+
+def _write_late(request, body):
+    """Send `body`, rendered after `render` returned NOT_DONE_YET, and
+    finish; with its length: no chunk framing, and no last chunk sent on
+    its own. NOT_DONE_YET: the render that made it answers later itself."""
+    if body is not server.NOT_DONE_YET:
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
 
 
 class NotFound(resource.Resource):
@@ -408,14 +414,8 @@ class _SessionPart(JsonResource):
         def answer(_):
             if request._disconnected or request.finished:
                 return
-            if isinstance(known[0], Failure):
-                body = _finish(request, known[0])
-            else:
-                body = JsonResource.render(self, request)
-            if body is not server.NOT_DONE_YET:
-                request.setHeader(b"content-length", b"%d" % len(body))
-                request.write(body)
-                request.finish()
+            failed = isinstance(known[0], Failure)
+            _write_late(request, _finish(request, known[0]) if failed else JsonResource.render(self, request))
 
         d.addCallback(answer)
         return server.NOT_DONE_YET

@@ -21,6 +21,15 @@ def watch(reactor, daemon, sid, path, *extra):
                           "--debounce", "50", *extra])
 
 
+async def saved(proc, session, path, text):
+    """Write the schema with `text` to `path`; once `proc` says it pushed,
+    the session holds that schema."""
+    pushed = proc.wait_line(lambda line: "pushed" in line)
+    path.write_text(json.dumps(with_text(make_schema(), text)))
+    await pushed
+    assert session.schema == with_text(make_schema(), text)
+
+
 @ensure
 async def test_a_same_size_save_within_the_timestamp_resolution_is_pushed(daemon, tmp_path, reactor):
     """A save that keeps size, inode and modification time (a coarse
@@ -90,10 +99,7 @@ async def test_a_missing_file_is_reported_and_pushed_when_it_appears(daemon, tmp
         deleted = proc.wait_line(lambda line: "was deleted; waiting for it" in line)
         path.unlink()
         await deleted
-        pushed = proc.wait_line(lambda line: "pushed" in line)
-        path.write_text(json.dumps(with_text(make_schema(), "back")))
-        await pushed
-        assert session.schema == with_text(make_schema(), "back")
+        await saved(proc, session, path, "back")
     finally:
         await proc.stop()
 
@@ -136,10 +142,7 @@ async def test_a_save_to_the_file_a_symlink_names_is_pushed(daemon, tmp_path, re
     proc = watch(reactor, daemon, sid, link)
     try:
         await proc.wait_line(lambda l: "pushed" in l)
-        pushed = proc.wait_line(lambda l: "pushed" in l)
-        target.write_text(json.dumps(with_text(make_schema(), "built")))
-        await pushed
-        assert session.schema == with_text(make_schema(), "built")
+        await saved(proc, session, target, "built")
 
         (tmp_path / "other").mkdir()
         moved = tmp_path / "other" / "out.json"
@@ -150,10 +153,7 @@ async def test_a_save_to_the_file_a_symlink_names_is_pushed(daemon, tmp_path, re
         os.replace(tmp, link)
         await pushed
         assert session.schema == with_text(make_schema(), "moved")
-        pushed = proc.wait_line(lambda l: "pushed" in l)
-        moved.write_text(json.dumps(with_text(make_schema(), "moved, then saved")))
-        await pushed
-        assert session.schema == with_text(make_schema(), "moved, then saved")
+        await saved(proc, session, moved, "moved, then saved")
     finally:
         await proc.stop()
 

@@ -274,7 +274,7 @@ class Dev:
         self.debouncer.poke()
 
     def _settled(self):
-        if not os.path.isdir(self.args.path) and not os.path.exists(self.args.path):
+        if not os.path.exists(self.args.path):
             self.out.event(self.out.paint(f"{stamp()} {self.args.path} was deleted; waiting for it", "warn"),
                            event="missing", file=self.args.path)
             return
