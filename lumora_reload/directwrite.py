@@ -46,11 +46,28 @@ def write_now(transport, data):
 
 class DirectWriteWrapper(ProtocolWrapper):
     """The per-connection wrapper of a `WrappingFactory`, writing with
-    `write_now`. Between `cork` and `uncork` writes are held and then
-    leave as one (what ``TCP_CORK`` does in the kernel): an HTTP answer's
-    head and body in one send."""
+    `write_now`. Reads go straight to the wrapped protocol, not through the
+    wrapper's own `dataReceived`. Between `cork` and `uncork` writes are
+    held and then leave as one (what ``TCP_CORK`` does in the kernel): an
+    HTTP answer's head and body in one send."""
 
     _held = None
+    _wrapped = None
+
+    @property
+    def wrappedProtocol(self):
+        return self._wrapped
+
+    @wrappedProtocol.setter
+    def wrappedProtocol(self, protocol):
+        # reads go to the protocol's own dataReceived, not through the
+        # wrapper's (a device's every ack is a read). Autobahn swaps the
+        # protocol here when a request upgrades to a WebSocket.
+        self._wrapped = protocol
+        if protocol is None:
+            self.__dict__.pop("dataReceived", None)
+        else:
+            self.dataReceived = protocol.dataReceived
 
     def write(self, data):
         if self._held is not None:

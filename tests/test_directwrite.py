@@ -7,9 +7,11 @@ import orjson
 import pytest
 import pytest_twisted
 from twisted.internet import task, threads
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import WrappingFactory
 
 from lumora_reload import directwrite
-from lumora_reload.directwrite import write_now
+from lumora_reload.directwrite import DirectWriteWrapper, write_now
 from tests.helpers import Daemon, make_schema, with_text
 from tests.rawhttp import exchange, request_head
 
@@ -120,3 +122,26 @@ async def test_an_http_answer_leaves_in_one_send_head_and_body_together(daemon, 
         answer, _, _ = await exchange(port, head, [body] if body else [])
         assert answer.status == 200
         assert sent == [answer.raw]  # the head and the body, in one write
+
+
+class _Recorder(Protocol):
+    def __init__(self):
+        self.got = []
+
+    def dataReceived(self, data):
+        self.got.append(data)
+
+
+def test_reads_go_straight_to_the_wrapped_protocol_and_follow_a_swap():
+    """A read skips the wrapper's own hop, and goes to the new protocol once
+    Autobahn swaps it in for an upgraded request."""
+    http, websocket = _Recorder(), _Recorder()
+    wrapper = DirectWriteWrapper(WrappingFactory(Factory()), http)
+    assert wrapper.dataReceived == http.dataReceived  # bound to it: no wrapper frame per read
+    wrapper.dataReceived(b"GET / HTTP/1.1")
+    wrapper.wrappedProtocol = websocket  # what WebSocketResource.render does
+    wrapper.dataReceived(b"frame")
+    assert wrapper.wrappedProtocol is websocket
+    assert (http.got, websocket.got) == ([b"GET / HTTP/1.1"], [b"frame"])
+    wrapper.wrappedProtocol = None  # what connectionLost does
+    assert "dataReceived" not in vars(wrapper)
