@@ -282,7 +282,7 @@ class Connection:
             return False
         payload = usual[1]
         sequence, session = payload["sequenceNumber"], self._session
-        if not payload["success"] or not 0 <= sequence <= session.sequence or not self._guard.acks.take():
+        if not payload["success"] or not 0 <= sequence <= session.state.sequence or not self._guard.acks.take():
             return False
         self.hub.acked(session, self.device, sequence)
         return True

@@ -170,16 +170,22 @@ def _plain_ack(message):
     check of `_checked` passes as it is, else None (then `_checked` decides,
     with its error). A device sends one per update: the usual ack is told
     in a few exact type tests (orjson makes exact types)."""
-    if type(message) is not dict or message.get("type") != "ack":
+    if type(message) is not dict:
         return None
-    payload = message.get("payload")
-    session_id = message.get("sessionId")
+    try:  # what an ack must have, read without a method call per field
+        if message["type"] != "ack":
+            return None
+        payload = message["payload"]
+        session_id = message["sessionId"]
+        if (type(payload) is not dict or type(session_id) is not str
+                or type(payload["sequenceNumber"]) is not int or type(payload["success"]) is not bool):
+            return None
+    except KeyError:
+        return None
     timestamp = message.get("timestamp")
     version = message.get("version")
-    if (type(payload) is not dict or type(session_id) is not str
-            or not (timestamp is None or type(timestamp) is int or type(timestamp) is float)
-            or not (version is None or (type(version) is str and version in _GOOD_VERSIONS))
-            or type(payload.get("sequenceNumber")) is not int or type(payload.get("success")) is not bool):
+    if (not (timestamp is None or type(timestamp) is int or type(timestamp) is float)
+            or not (version is None or (type(version) is str and version in _GOOD_VERSIONS))):
         return None
     error = payload.get("error")
     apply_time = payload.get("applyTime")
