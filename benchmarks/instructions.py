@@ -1,0 +1,212 @@
+"""Instructions per push, counted by valgrind (callgrind), not timed.
+
+This machine's speed drifts by tens of percent within minutes, so a change
+worth a few percent of a push does not show in seconds. The number of
+instructions the daemon's process runs for the same pushes to the same
+devices is the same from run to run (to about 0.1 %), whatever else the
+machine is doing. So two checkouts compare exactly, and the count splits
+into what each part of a push costs.
+
+How it measures: the daemon runs under ``valgrind --tool=callgrind
+--instr-atstart=no`` (about fifty times slower, so its first answer takes
+a while), with the defaults of the other benchmarks (``--in-memory``, its
+own log lines on standard output). Devices from the load generators
+connect (acking every update, or not), three pushes warm it up, then
+counting starts (``callgrind_control``: instrumentation on, counters
+zeroed). The client sends ``--pushes`` one-leaf changes of the small
+schema (incremental updates), one at a time, each after every device holds
+the one before. After a pause in which the daemon reads the last acks, the
+counters are dumped. Rows without acks give a device's share of a push
+(the send), and the difference with acks what one ack costs.
+
+What it does not count: the kernel's side of the system calls (sends,
+reads, epoll: about a quarter of the daemon's CPU time in the throughput
+loop), and how long an instruction takes (cache misses, and loops such as
+`int.from_bytes` that run many instructions quickly). Use it to compare
+code paths of the same kind, and confirm a change in time.
+
+    python -m benchmarks.instructions [CHECKOUT ...] [--devices 10,100] [--pushes 40] [--no-bare]
+
+A checkout is a directory holding ``lumora_reload/`` (as for
+benchmarks.compare); without one, the code this module was imported with.
+Needs ``valgrind`` (Debian's package) on PATH.
+"""
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+from benchmarks import harness
+from benchmarks.workload import SMALL, Pushes
+
+_TOTAL = re.compile(rb"^(?:summary|totals): (\d+)", re.M)
+
+
+class CountedDaemon(harness.Server):
+    """The daemon under callgrind, counting nothing until `start_counting`."""
+
+    name = "daemon under callgrind"
+
+    def __init__(self, workdir):
+        port = harness.free_port()
+        self.counts = os.path.join(workdir, f"callgrind-{port}.out")
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        if not os.path.exists(twistd):
+            twistd = shutil.which("twistd") or "twistd"
+        argv = [
+            "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={self.counts}",
+            sys.executable, twistd, "-n", "--pidfile=",
+            "lumora-reload", "--in-memory", "--port", f"tcp:{port}:interface={harness.HOST}",
+            "--max-connections-per-address", "1000000",
+        ]
+        super().__init__(argv, port, os.path.join(workdir, f"callgrind-daemon-{port}.out"))
+
+    def _wait_ready(self, timeout=300.0):
+        super()._wait_ready(timeout)
+
+    def _control(self, *args):
+        subprocess.run(["callgrind_control", *args, str(self.pid)], check=True, capture_output=True, timeout=120)
+
+    def start_counting(self):
+        self._control("--instr=on")
+        self._control("--zero")
+
+    def instructions(self):
+        """Instructions since `start_counting` (a dump of the counters)."""
+        before = set(glob.glob(self.counts + ".*"))
+        self._control("--dump")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for path in set(glob.glob(self.counts + ".*")) - before:
+                with open(path, "rb") as f:
+                    found = _TOTAL.search(f.read())
+                if found:
+                    return int(found.group(1))
+            time.sleep(0.1)
+        raise RuntimeError("callgrind wrote no dump")
+
+
+def measure(devices, pushes, acks, gens, workdir):
+    """Instructions per push of the small schema's one-leaf change to
+    `devices` devices (acking every update if `acks`)."""
+    daemon = CountedDaemon(workdir)
+    api = harness.Api(daemon.port, timeout=600)
+    sequence = Pushes(SMALL)
+    try:
+        status, made = api.call("POST", "/session/new", b'{"schema":' + sequence.initial + b"}")
+        if status != 200:
+            raise RuntimeError(f"POST /session/new answered {status}: {made}")
+        sid = made["sessionId"]
+        if devices:
+            _, failed, _, errors = gens.connect(daemon.port, sid, devices, ack=acks)
+            if failed:
+                raise RuntimeError(f"{failed} devices failed to connect: {errors}")
+            gens.reset()
+        bodies = [sequence.next("incremental")[1] for _ in range(3 + pushes)]
+        for i, body in enumerate(bodies):
+            if i == 3:
+                time.sleep(1.0)  # the warm-up's acks read
+                daemon.start_counting()
+            status, answer = api.call("POST", f"/send/{sid}", body)
+            if status != 200:
+                raise RuntimeError(f"POST /send answered {status}: {answer}")
+            if devices:
+                gens.wait_sequence(answer["sequenceNumber"], timeout=600)
+        time.sleep(1.5)  # the last acks read
+        return daemon.instructions() / pushes
+    finally:
+        daemon.stop()
+        api.close()
+        if devices:
+            gens.close_devices()
+
+
+def run(checkouts, device_counts, pushes, bare, workdir):
+    """{checkout: {(devices, acks): instructions per push}}"""
+    gens = harness.Generators(2)
+    saved = os.environ.get("PYTHONPATH")
+    results = {}
+    try:
+        for checkout in checkouts:
+            if checkout is not None:
+                os.environ["PYTHONPATH"] = os.pathsep.join([checkout] + ([saved] if saved else []))
+            rows = results[checkout or "this checkout"] = {}
+            for devices in device_counts:
+                for acks in (True, False) if bare and devices else (True,):
+                    rows[devices, acks] = measure(devices, pushes, acks, gens, workdir)
+                    print(f"{checkout or 'this checkout'}: {devices} devices, acks {'on' if acks else 'off'}: "
+                          f"{rows[devices, acks] / 1e6:.3f} M instructions per push", flush=True)
+    finally:
+        gens.stop()
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+    return results
+
+
+def parts(rows):
+    """What one push's instructions split into, from rows with and without
+    acks: the push itself (its request included), one device's send, one
+    ack. None for what the rows do not tell."""
+    bare = sorted(d for d, acks in rows if not acks and d)
+    out = {"push": None, "send": None, "ack": None}
+    if len(bare) >= 2:
+        low, high = bare[0], bare[-1]
+        out["send"] = (rows[high, False] - rows[low, False]) / (high - low)
+        out["push"] = rows[low, False] - low * out["send"]
+    if bare:
+        most = bare[-1]
+        if (most, True) in rows:
+            out["ack"] = (rows[most, True] - rows[most, False]) / most
+    return out
+
+
+def table(results):
+    lines = ["| checkout | devices | acks | instructions per push (M) |", "|---|---|---|---|"]
+    for checkout, rows in results.items():
+        for (devices, acks), value in sorted(rows.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
+            lines.append(f"| {checkout} | {devices} | {'yes' if acks else 'no'} | {value / 1e6:.3f} |")
+    lines += ["", "| checkout | the push (request included), thousands | a device's send, thousands | an ack, thousands |",
+              "|---|---|---|---|"]
+    for checkout, rows in results.items():
+        p = parts(rows)
+        lines.append(f"| {checkout} | " + " | ".join("-" if p[k] is None else f"{p[k] / 1e3:.1f}"
+                                                      for k in ("push", "send", "ack")) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkouts", nargs="*", help="directories holding lumora_reload/ [the code imported]")
+    p.add_argument("--devices", default="10,100", help="device counts, comma-separated [10,100]")
+    p.add_argument("--pushes", type=int, default=40, help="pushes counted per row [40]")
+    p.add_argument("--no-bare", dest="bare", action="store_false",
+                   help="skip the rows without acks (then no split into parts)")
+    p.add_argument("--workdir", default=None, help="keep the daemons' logs and counts here")
+    args = p.parse_args(argv)
+    try:
+        counts = sorted({int(x) for x in args.devices.split(",")})
+    except ValueError:
+        p.error("--devices takes counts such as 10,100")
+    if min(counts) < 0 or args.pushes < 1:
+        p.error("--devices must be 0 or more, --pushes at least 1")
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        p.error("needs valgrind on PATH (Debian: apt-get install valgrind)")
+    checkouts = [os.path.abspath(c) for c in args.checkouts] or [None]
+    for c in checkouts:
+        if c is not None and not os.path.isdir(os.path.join(c, "lumora_reload")):
+            p.error(f"{c} holds no lumora_reload/")
+    with harness.workdir(args.workdir) as wd:
+        results = run(checkouts, counts, args.pushes, args.bare, wd)
+    print()
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""`python -m benchmarks.instructions`: how its counts split into a push's parts, and its table."""
+
+import pytest
+
+from benchmarks import instructions
+
+
+def test_counts_with_and_without_acks_split_into_the_push_a_send_and_an_ack():
+    """Rows without acks give the send (their slope) and the push (their value at no device); the acks the rest."""
+    rows = {(10, True): 2_960_000, (10, False): 2_600_000, (100, True): 7_000_000, (100, False): 3_500_000}
+    assert instructions.parts(rows) == {"push": 2_500_000, "send": 10_000, "ack": 35_000}
+    lines = instructions.table({"base": rows}).splitlines()
+    assert "| base | 100 | yes | 7.000 |" in lines
+    assert "| base | 2500.0 | 10.0 | 35.0 |" in lines
+
+
+def test_what_the_rows_do_not_tell_is_left_out():
+    """Acks alone split into nothing; one count without acks gives the ack but not the send."""
+    assert instructions.parts({(100, True): 7e6}) == {"push": None, "send": None, "ack": None}
+    assert instructions.parts({(100, True): 7e6, (100, False): 3.5e6}) == {"push": None, "send": None, "ack": 35_000}
+    assert "| only | - | - | - |" in instructions.table({"only": {(100, True): 7e6}})
+
+
+@pytest.mark.parametrize("argv", [["--devices", "ten"], ["--pushes", "0"], ["--devices", "-1"]])
+def test_bad_options_are_refused_before_anything_runs(argv, capsys):
+    with pytest.raises(SystemExit) as exit:
+        instructions.main(argv)
+    assert exit.value.code == 2
+    assert "--devices" in capsys.readouterr().err
