@@ -79,7 +79,8 @@ def main(argv=None):
         compare(args, wd)
 
 
-def _names(checkouts):
+def checkout_names(checkouts):
+    """A short name per checkout; one named twice gets its position too."""
     names = [os.path.basename(c.rstrip("/")) or c for c in checkouts]
     return [f"{n} ({i + 1})" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
@@ -110,7 +111,7 @@ def _fanout(args, gens, workdir, checkout):
 def compare(args, workdir):
     measure = _fanout if args.fanout else _throughput
     n = len(args.checkouts)
-    names = _names(args.checkouts)
+    names = checkout_names(args.checkouts)
     # by position: the same checkout may be measured twice
     figures = [{} for _ in range(n)]  # figure -> values, one per round
     ratios = [{} for _ in range(n)]  # figure -> ratios to the first checkout

@@ -466,6 +466,8 @@ class Generators:
 def workdir(keep=None):
     path = keep or tempfile.mkdtemp(prefix="lumora-bench-")
     os.makedirs(path, exist_ok=True)
-    yield path
-    if keep is None:
-        shutil.rmtree(path, ignore_errors=True)
+    try:
+        yield path
+    finally:
+        if keep is None:
+            shutil.rmtree(path, ignore_errors=True)

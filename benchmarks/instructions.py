@@ -4,8 +4,13 @@ This machine's speed drifts by tens of percent within minutes, so a change
 worth a few percent of a push does not show in seconds. The number of
 instructions the daemon's process runs for the same pushes to the same
 devices is the same from run to run (to about 0.1 %), whatever else the
-machine is doing. So two checkouts compare exactly, and the count splits
-into what each part of a push costs.
+machine is doing, once Python's string hashing is fixed: with a random
+hash seed per run, dict and attribute lookups alone moved the count by
+up to 4 %. So the daemon runs with ``PYTHONHASHSEED`` set (``--hash-seed``,
+0 by default); a seed can favour one checkout's dict layouts a little, so
+try two or three before trusting a difference under 1 %. Two checkouts
+then compare exactly, and the count splits into what each part of a push
+costs.
 
 How it measures: the daemon runs under ``valgrind --tool=callgrind
 --instr-atstart=no`` (about fifty times slower, so its first answer takes
@@ -25,15 +30,17 @@ loop), and how long an instruction takes (cache misses, and loops such as
 `int.from_bytes` that run many instructions quickly). Use it to compare
 code paths of the same kind, and confirm a change in time.
 
-    python -m benchmarks.instructions [CHECKOUT ...] [--devices 10,100] [--pushes 40] [--no-bare]
+    python -m benchmarks.instructions [CHECKOUT ...] [--devices 10,100] [--pushes 40] [--no-bare] [--hash-seed 0]
 
 A checkout is a directory holding ``lumora_reload/`` (as for
-benchmarks.compare); without one, the code this module was imported with.
+benchmarks.compare), and may be named twice to see the counts repeat;
+without one, the checkout whose ``lumora_reload`` this process imports.
 Needs ``valgrind`` (Debian's package) on PATH.
 """
 
 import argparse
 import glob
+import itertools
 import os
 import re
 import shutil
@@ -42,9 +49,11 @@ import sys
 import time
 
 from benchmarks import harness
+from benchmarks.compare import checkout_names
 from benchmarks.workload import SMALL, Pushes
 
 _TOTAL = re.compile(rb"^(?:summary|totals): (\d+)", re.M)
+_RUNS = itertools.count(1)
 
 
 class CountedDaemon(harness.Server):
@@ -54,7 +63,8 @@ class CountedDaemon(harness.Server):
 
     def __init__(self, workdir):
         port = harness.free_port()
-        self.counts = os.path.join(workdir, f"callgrind-{port}.out")
+        # a name of its own: callgrind numbers every process's dumps from .1
+        self.counts = os.path.join(workdir, f"callgrind-{os.getpid()}-{next(_RUNS)}-{port}.out")
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         if not os.path.exists(twistd):
             twistd = shutil.which("twistd") or "twistd"
@@ -94,9 +104,9 @@ class CountedDaemon(harness.Server):
 def measure(devices, pushes, acks, gens, workdir):
     """Instructions per push of the small schema's one-leaf change to
     `devices` devices (acking every update if `acks`)."""
+    sequence = Pushes(SMALL)
     daemon = CountedDaemon(workdir)
     api = harness.Api(daemon.port, timeout=600)
-    sequence = Pushes(SMALL)
     try:
         status, made = api.call("POST", "/session/new", b'{"schema":' + sequence.initial + b"}")
         if status != 200:
@@ -126,28 +136,38 @@ def measure(devices, pushes, acks, gens, workdir):
             gens.close_devices()
 
 
-def run(checkouts, device_counts, pushes, bare, workdir):
-    """{checkout: {(devices, acks): instructions per push}}"""
+def run(checkouts, device_counts, pushes, bare, workdir, hash_seed=0):
+    """{name: {(devices, acks): instructions per push}}, one name per
+    checkout given (a checkout named twice is measured twice)."""
     gens = harness.Generators(2)
-    saved = os.environ.get("PYTHONPATH")
+    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "PYTHONHASHSEED")}
     results = {}
     try:
-        for checkout in checkouts:
-            if checkout is not None:
-                os.environ["PYTHONPATH"] = os.pathsep.join([checkout] + ([saved] if saved else []))
-            rows = results[checkout or "this checkout"] = {}
+        os.environ["PYTHONHASHSEED"] = str(hash_seed)
+        for name, checkout in zip(checkout_names(checkouts), checkouts):
+            rest = [saved["PYTHONPATH"]] if saved["PYTHONPATH"] else []
+            os.environ["PYTHONPATH"] = os.pathsep.join([checkout, *rest])
+            rows = results[name] = {}
             for devices in device_counts:
                 for acks in (True, False) if bare and devices else (True,):
                     rows[devices, acks] = measure(devices, pushes, acks, gens, workdir)
-                    print(f"{checkout or 'this checkout'}: {devices} devices, acks {'on' if acks else 'off'}: "
+                    print(f"{name}: {devices} devices, acks {'on' if acks else 'off'}: "
                           f"{rows[devices, acks] / 1e6:.3f} M instructions per push", flush=True)
     finally:
         gens.stop()
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return results
+
+
+def this_checkout():
+    """The directory holding the `lumora_reload` this process imports."""
+    import lumora_reload
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(lumora_reload.__file__)))
 
 
 def parts(rows):
@@ -172,8 +192,8 @@ def table(results):
     for checkout, rows in results.items():
         for (devices, acks), value in sorted(rows.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
             lines.append(f"| {checkout} | {devices} | {'yes' if acks else 'no'} | {value / 1e6:.3f} |")
-    lines += ["", "| checkout | the push (request included), thousands | a device's send, thousands | an ack, thousands |",
-              "|---|---|---|---|"]
+    lines += ["", "| checkout | the push (request included), thousands | a device's send, thousands"
+                  " | an ack, thousands |", "|---|---|---|---|"]
     for checkout, rows in results.items():
         p = parts(rows)
         lines.append(f"| {checkout} | " + " | ".join("-" if p[k] is None else f"{p[k] / 1e3:.1f}"
@@ -188,6 +208,7 @@ def main(argv=None):
     p.add_argument("--pushes", type=int, default=40, help="pushes counted per row [40]")
     p.add_argument("--no-bare", dest="bare", action="store_false",
                    help="skip the rows without acks (then no split into parts)")
+    p.add_argument("--hash-seed", type=int, default=0, help="the daemon's PYTHONHASHSEED [0]")
     p.add_argument("--workdir", default=None, help="keep the daemons' logs and counts here")
     args = p.parse_args(argv)
     try:
@@ -196,14 +217,16 @@ def main(argv=None):
         p.error("--devices takes counts such as 10,100")
     if min(counts) < 0 or args.pushes < 1:
         p.error("--devices must be 0 or more, --pushes at least 1")
+    if not 0 <= args.hash_seed <= 4294967295:
+        p.error("--hash-seed takes 0 to 4294967295, as PYTHONHASHSEED does")
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         p.error("needs valgrind on PATH (Debian: apt-get install valgrind)")
-    checkouts = [os.path.abspath(c) for c in args.checkouts] or [None]
+    checkouts = [os.path.abspath(c) for c in args.checkouts] or [this_checkout()]
     for c in checkouts:
-        if c is not None and not os.path.isdir(os.path.join(c, "lumora_reload")):
+        if not os.path.isdir(os.path.join(c, "lumora_reload")):
             p.error(f"{c} holds no lumora_reload/")
     with harness.workdir(args.workdir) as wd:
-        results = run(checkouts, counts, args.pushes, args.bare, wd)
+        results = run(checkouts, counts, args.pushes, args.bare, wd, args.hash_seed)
     print()
     print(table(results))
 

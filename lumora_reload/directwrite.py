@@ -62,7 +62,10 @@ class DirectWriteWrapper(ProtocolWrapper):
     def wrappedProtocol(self, protocol):
         # reads go to the protocol's own dataReceived, not through the
         # wrapper's (a device's every ack is a read). Autobahn swaps the
-        # protocol here when a request upgrades to a WebSocket.
+        # protocol here when a request upgrades to a WebSocket. A
+        # dataReceived the protocol sets on itself later is not seen: none
+        # of the protocols served here does (Twisted's own WebSocket
+        # upgrade of HTTPChannel would, and is not used).
         self._wrapped = protocol
         if protocol is None:
             self.__dict__.pop("dataReceived", None)

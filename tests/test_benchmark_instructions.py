@@ -3,6 +3,7 @@
 import pytest
 
 from benchmarks import instructions
+from benchmarks.compare import checkout_names
 
 
 def test_counts_with_and_without_acks_split_into_the_push_a_send_and_an_ack():
@@ -21,9 +22,15 @@ def test_what_the_rows_do_not_tell_is_left_out():
     assert "| only | - | - | - |" in instructions.table({"only": {(100, True): 7e6}})
 
 
-@pytest.mark.parametrize("argv", [["--devices", "ten"], ["--pushes", "0"], ["--devices", "-1"]])
+@pytest.mark.parametrize("argv", [["--devices", "ten"], ["--pushes", "0"], ["--devices", "-1"],
+                                  ["--hash-seed", "-1"]])
 def test_bad_options_are_refused_before_anything_runs(argv, capsys):
     with pytest.raises(SystemExit) as exit:
         instructions.main(argv)
     assert exit.value.code == 2
-    assert "--devices" in capsys.readouterr().err
+    assert argv[0] in capsys.readouterr().err
+
+
+def test_a_checkout_named_twice_keeps_both_runs():
+    """Each run of a checkout named twice gets a name of its own, so neither is dropped from the tables."""
+    assert checkout_names(["/a/base", "/b/new", "/a/base"]) == ["base (1)", "new", "base (3)"]
