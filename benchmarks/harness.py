@@ -238,14 +238,20 @@ class Server:
         self._log.close()
 
 
+def twistd_path():
+    """The twistd beside this Python, else the one on PATH."""
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if not os.path.exists(twistd):
+        twistd = shutil.which("twistd") or "twistd"
+    return twistd
+
+
 class Daemon(Server):
     name = "daemon"
 
     def __init__(self, workdir, extra=()):
         port = free_port()
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        if not os.path.exists(twistd):
-            twistd = shutil.which("twistd") or "twistd"
+        twistd = twistd_path()
         # logging as the README runs it (twistd -n: the daemon's own line
         # format on standard output, captured in the .out file)
         argv = [

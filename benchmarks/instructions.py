@@ -3,7 +3,7 @@
 This machine's speed drifts by tens of percent within minutes, so a change
 worth a few percent of a push does not show in seconds. The number of
 instructions the daemon's process runs for the same pushes to the same
-devices is the same from run to run (to about 0.1 %), whatever else the
+devices is the same from run to run (to under 0.2 %), whatever else the
 machine is doing, once Python's string hashing is fixed: with a random
 hash seed per run, dict and attribute lookups alone moved the count by
 up to 4 %. So the daemon runs with ``PYTHONHASHSEED`` set (``--hash-seed``,
@@ -25,7 +25,7 @@ counters are dumped. Rows without acks give a device's share of a push
 (the send), and the difference with acks what one ack costs.
 
 What it does not count: the kernel's side of the system calls (sends,
-reads, epoll: about a quarter of the daemon's CPU time in the throughput
+reads, epoll: about a third of the daemon's CPU time in the throughput
 loop), and how long an instruction takes (cache misses, and loops such as
 `int.from_bytes` that run many instructions quickly). Use it to compare
 code paths of the same kind, and confirm a change in time.
@@ -65,12 +65,9 @@ class CountedDaemon(harness.Server):
         port = harness.free_port()
         # a name of its own: callgrind numbers every process's dumps from .1
         self.counts = os.path.join(workdir, f"callgrind-{os.getpid()}-{next(_RUNS)}-{port}.out")
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        if not os.path.exists(twistd):
-            twistd = shutil.which("twistd") or "twistd"
         argv = [
             "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={self.counts}",
-            sys.executable, twistd, "-n", "--pidfile=",
+            sys.executable, harness.twistd_path(), "-n", "--pidfile=",
             "lumora-reload", "--in-memory", "--port", f"tcp:{port}:interface={harness.HOST}",
             "--max-connections-per-address", "1000000",
         ]
