@@ -37,6 +37,10 @@ def parse_args(argv):
     p.add_argument("--throughput-seconds", type=float, help="[10; quick 3]")
     p.add_argument("--throughput-rate-limit", type=float, default=1000.0,
                    help="also run throughput with the daemon's --rate-limit raised to this (0: skip) [1000]")
+    p.add_argument("--throughput-floors",
+                   help="floors of the throughput loop: asyncio (the trivial server), stock and lean (the "
+                        "same server built from Twisted, twisted.web and Autobahn; lean with the daemon's "
+                        "transport layer) [asyncio,stock,lean; quick asyncio]")
     p.add_argument("--idle", type=_ints, help="idle device counts [1000,10000,18000; quick 1000,2000]")
     p.add_argument("--generators", type=int, default=max(2, os.cpu_count() or 2),
                    help="load-generator processes [number of CPUs, at least 2]")
@@ -60,6 +64,10 @@ def parse_args(argv):
     args.pushes = args.pushes or (5 if q else 20)
     args.latency_pushes = args.latency_pushes or (25 if q else 100)
     args.throughput_seconds = args.throughput_seconds or (3.0 if q else 10.0)
+    args.throughput_floors = (args.throughput_floors or ("asyncio" if q else "asyncio,stock,lean")).split(",")
+    for kind in args.throughput_floors:
+        if kind not in throughput.FLOOR_KEYS:
+            p.error(f"unknown floor {kind!r}")
     args.idle = args.idle or ([1000, 2000] if q else [1000, 10000, 18000])
     here = os.path.dirname(os.path.abspath(__file__))
     args.json = args.json or (os.path.join(tempfile.gettempdir(), "lumora-bench-quick.json") if q
@@ -90,7 +98,7 @@ def profile_runs(args, gens, wd):
                                lambda pid: spy.Spy(pid, os.path.join(wd, f"profile-fanout-{size}-{n}.txt"), native=True))
     out["fanout"] = {"schema": size, "devices": n, "rows": rows, **profile}
     say(f"profile: throughput, {args.throughput_devices} acking devices, under py-spy ...")
-    run = throughput.run(args.throughput_devices, args.throughput_seconds, gens, wd, args.daemon_arg, False,
+    run = throughput.run(args.throughput_devices, args.throughput_seconds, gens, wd, args.daemon_arg, (),
                          lambda pid: spy.Spy(pid, os.path.join(wd, "profile-throughput.txt"), native=True))
     out["throughput"] = {"devices": args.throughput_devices, "daemon": run["daemon"], **run["profile"]}
     say()
@@ -176,7 +184,8 @@ def main(argv=None):
                     say(f"throughput: {args.throughput_devices} acking devices, {args.throughput_seconds:g} s, "
                         f"{variant} ...")
                     run = throughput.run(args.throughput_devices, args.throughput_seconds, gens, wd,
-                                         list(args.daemon_arg) + extra, floor and i == 0)
+                                         list(args.daemon_arg) + extra,
+                                         args.throughput_floors if floor and i == 0 else ())
                     run["variant"] = variant
                     runs.append(run)
                 results["throughput"] = runs

@@ -86,7 +86,7 @@ def checkout_names(checkouts):
 
 
 def _throughput(args, gens, workdir, checkout):
-    d = throughput.run(args.devices, args.seconds, gens, workdir, args.daemon_arg, floor=False)["daemon"]
+    d = throughput.run(args.devices, args.seconds, gens, workdir, args.daemon_arg, floors=())["daemon"]
     if not d["all_devices_have_last"] or d["gaps"] or d["missed"] or d["reorders"] or d["http_errors"]:
         raise RuntimeError(f"{checkout}: not every update reached every device in order: {d}")
     return {

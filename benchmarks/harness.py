@@ -265,12 +265,19 @@ class Daemon(Server):
 
 
 class FloorServer(Server):
+    """The asyncio floor (benchmarks/floor.py), or with `kind` "stock" or
+    "lean" the framework floor (benchmarks/framework_floor.py)."""
+
     name = "floor"
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, kind="asyncio"):
         port = free_port()
-        argv = [sys.executable, "-m", "benchmarks.floor", "--port", str(port)]
-        super().__init__(argv, port, os.path.join(workdir, f"floor-{port}.out"))
+        if kind == "asyncio":
+            argv = [sys.executable, "-m", "benchmarks.floor", "--port", str(port)]
+        else:
+            argv = [sys.executable, "-m", "benchmarks.framework_floor", "--port", str(port), "--kind", kind]
+            self.name = f"framework floor ({kind})"
+        super().__init__(argv, port, os.path.join(workdir, f"floor-{kind}-{port}.out"))
 
 
 class Api:

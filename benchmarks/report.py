@@ -48,18 +48,27 @@ def _percent(share):
     return "-" if share is None else f"{round(share * 100)} %"
 
 
+# the rows of the throughput table: result key, and its name there
+_THROUGHPUT_SERVERS = {
+    "daemon": None,
+    "floor": "floor",
+    "floor_stock": "framework floor: Twisted, twisted.web, Autobahn",
+    "floor_lean": "framework floor with the daemon's transport layer",
+}
+
+
 def throughput_table(runs):
     rows = []
     for run in runs:
-        for who in ("daemon", "floor"):
+        for who in _THROUGHPUT_SERVERS:
             r = run.get(who)
             if r is None:
                 continue
             errors = ", ".join(f"{k}×{v}" for k, v in sorted(r["errors"].items())) or "0"
             closes = ", ".join(f"{k}×{v}" for k, v in sorted(r["closes"].items())) or "0"
             rows.append(
-                [run["variant"] if who == "daemon" else "floor", run["devices"], r["pushes"], r["api_rate"],
-                 r["delivered_rate"], r["gaps"], r["reorders"],
+                [run["variant"] if who == "daemon" else _THROUGHPUT_SERVERS[who], run["devices"], r["pushes"],
+                 r["api_rate"], r["delivered_rate"], r["gaps"], r["reorders"],
                  f"{r['updates']}/{r['expected_updates']}", errors, closes,
                  r["server_cpu_per_push_ms"], _percent(r.get("server_kernel_share")), r["server_cpu_share"],
                  r["generator_cpu_share"], r["api_p50_ms"]]
@@ -169,6 +178,7 @@ def targets(results):
                     f"{d['delivered_rate']} /s, gaps {d['gaps']}, reorders {d['reorders']}, "
                     f"error frames {sum(d['errors'].values())}, closes {sum(d['closes'].values())}"
                     + _against_floor_rate(d["delivered_rate"], f.get("delivered_rate"), 600.0)
+                    + _framework_floors(run)
                     + _cpu_budget(run, results.get("machine") or {}),
                     ("met, but devices got errors" if errors else True) if met else False))
     idle = results.get("idle")
@@ -176,6 +186,15 @@ def targets(results):
         out.extend(_idle_targets(idle))
     out.append(_workers_target(results.get("workers"), idle))
     return out
+
+
+def _framework_floors(run):
+    """What the same loop reached on the framework floors (doing nothing
+    but move the bytes through Twisted, twisted.web and Autobahn)."""
+    parts = [f"{_THROUGHPUT_SERVERS[key]} {run[key]['delivered_rate']}/s "
+             f"({run[key]['server_cpu_per_push_ms']} ms CPU per push)"
+             for key in ("floor_stock", "floor_lean") if run.get(key)]
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def _cpu_budget(run, machine):

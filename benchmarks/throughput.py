@@ -83,10 +83,16 @@ def _loop(api, path, next_body, server, gens, seconds):
     }
 
 
-def run(devices, seconds, gens, workdir, daemon_args=(), floor=True, profiler=None):
-    """Measure the daemon, then the floor; `profiler(pid)` (optional)
-    watches the daemon during its push loop and its ``stop()`` result is
-    returned under "profile"."""
+# the result keys of the floors, by kind (FloorServer)
+FLOOR_KEYS = {"asyncio": "floor", "stock": "floor_stock", "lean": "floor_lean"}
+
+
+def run(devices, seconds, gens, workdir, daemon_args=(), floors=("asyncio",), profiler=None):
+    """Measure the daemon, then each of `floors` (kinds of `FloorServer`:
+    "asyncio", and the framework floors "stock" and "lean"), each under
+    its `FLOOR_KEYS` key; `profiler(pid)` (optional) watches the daemon
+    during its push loop and its ``stop()`` result is returned under
+    "profile"."""
     meter = harness.Machine(gens.pids)
     pushes = Pushes(SMALL)
     daemon = Daemon(workdir, daemon_args)
@@ -119,26 +125,33 @@ def run(devices, seconds, gens, workdir, daemon_args=(), floor=True, profiler=No
     out = {"devices": devices, "seconds": seconds, "bytes": len(template), "daemon": result}
     if profile:
         out["profile"] = profile
-    if floor:
-        floor_server = FloorServer(workdir)
-        api = Api(floor_server.port)
-        counter = iter(range(1, 10**9))
-        try:
-            ok, failed, _, errors = gens.connect(floor_server.port, "floor", devices, ack=True)
-            if failed:
-                raise RuntimeError(f"{failed} devices failed to connect to the floor: {errors}")
-
-            def body():
-                return _SEQ.sub(b'"sequenceNumber":%d' % next(counter), template, count=1)
-
-            # template: sequenceNumber of an update is after the delta; rewrite the last one
-            if template.count(b'"sequenceNumber":') != 1:
-                raise RuntimeError("update template carries more than one sequenceNumber")
-            out["floor"] = _loop(api, "/send/floor", body, floor_server, gens, seconds)
-            extra_cpu += floor_server.cpu()
-        finally:
-            floor_server.stop()
-            api.close()
-            gens.close_devices()
+    # template: sequenceNumber of an update is after the delta; rewrite the last one
+    if floors and template.count(b'"sequenceNumber":') != 1:
+        raise RuntimeError("update template carries more than one sequenceNumber")
+    for kind in floors:
+        out[FLOOR_KEYS[kind]], cpu = _floor_loop(kind, template, devices, seconds, gens, workdir)
+        extra_cpu += cpu
     out["load"] = meter.stop(extra_cpu)
     return out
+
+
+def _floor_loop(kind, template, devices, seconds, gens, workdir):
+    """The push loop against a floor server broadcasting the daemon's own
+    update bytes, the sequence number rewritten; its result and the
+    floor's CPU seconds."""
+    floor_server = FloorServer(workdir, kind)
+    api = Api(floor_server.port)
+    counter = iter(range(1, 10**9))
+    try:
+        ok, failed, _, errors = gens.connect(floor_server.port, "floor", devices, ack=True)
+        if failed:
+            raise RuntimeError(f"{failed} devices failed to connect to the {floor_server.name}: {errors}")
+
+        def body():
+            return _SEQ.sub(b'"sequenceNumber":%d' % next(counter), template, count=1)
+
+        return _loop(api, "/send/floor", body, floor_server, gens, seconds), floor_server.cpu()
+    finally:
+        floor_server.stop()
+        api.close()
+        gens.close_devices()

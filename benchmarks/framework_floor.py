@@ -1,0 +1,189 @@
+"""The framework floor: the asyncio floor's trivial server (benchmarks/floor.py)
+rebuilt from the parts the daemon is made of, Twisted's reactor,
+twisted.web and Autobahn, doing nothing else.
+
+It answers what the asyncio floor does: a WebSocket at ``/ws`` (a small
+``connected`` message on open; device frames are read by Autobahn and
+dropped), ``GET /health``, and ``POST /send/<anything>``, whose body is
+the update message to broadcast: prepared once, written to every open
+device. No parse, no session, no access log. What the daemon spends on a
+push beyond this server is its own work; what this server spends beyond
+the asyncio floor is the framework's.
+
+Two kinds:
+
+- ``stock``: the framework as it comes: the epoll reactor, a plain
+  `twisted.web.server.Site`, Autobahn's `WebSocketServerProtocol` with
+  its defaults (no automatic pings), `sendPreparedMessage`.
+- ``lean``: the same with the daemon's own transport layer and settings:
+  the reactor loop of `lumora_reload.leanpoll`, every connection behind
+  `DirectWriteWrapper` (an HTTP answer's head and body in one send),
+  `LeanServerProtocol` (its whole-frame read path and `send_prepared`),
+  no UTF-8 check of device frames by Autobahn and no form parsing of a
+  POST (the daemon does without both).
+
+Run: ``python -m benchmarks.framework_floor --port PORT --kind stock|lean``.
+"""
+
+import argparse
+import gc
+
+import orjson
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.protocols.policies import WrappingFactory
+from twisted.web import resource, server
+
+from benchmarks.loadgen import raise_fd_limit, sequence_of
+from lumora_reload import leanpoll
+from lumora_reload.directwrite import DirectWriteWrapper
+from lumora_reload.wsbase import LeanServerProtocol
+
+KINDS = ("stock", "lean")
+
+
+class Devices(WebSocketServerFactory):
+    def __init__(self, lean):
+        super().__init__()
+        if lean:
+            # as the daemon's: it reads the UTF-8 of a message itself
+            # (which also lets the whole-frame read path take every ack)
+            self.setProtocolOptions(autoPingInterval=0, utf8validateIncoming=False)
+        else:
+            self.setProtocolOptions(autoPingInterval=0)
+        self.devices = set()
+        self.sequence = 0
+        self.lean = lean
+        self.protocol = LeanDevice.options_class(self) if lean else StockDevice
+
+    def connected_message(self):
+        return (
+            b'{"type":"connected","sessionId":"floor","timestamp":0,"version":"1.1.0",'
+            b'"payload":{"connectionId":"c_floor","serverVersion":"1.1.0","sequenceNumber":%d,'
+            b'"resumed":false,"capabilities":{}}}' % self.sequence
+        )
+
+    def broadcast(self, message):
+        seq = sequence_of(message[:512], message[-160:])
+        if seq is not None:
+            self.sequence = seq
+        prepared = self.prepareMessage(message)
+        n = 0
+        for device in self.devices:
+            if device.state == device.STATE_OPEN:
+                if self.lean:
+                    device.send_prepared(prepared)
+                else:
+                    device.sendPreparedMessage(prepared)
+                n += 1
+        return n, seq
+
+
+class _Device:
+    """What both kinds do with a device: greet it, drop what it sends."""
+
+    def onOpen(self):
+        self.factory.devices.add(self)
+        self.sendMessage(self.factory.connected_message())
+
+    def onMessage(self, payload, isBinary):
+        pass
+
+    def onClose(self, wasClean, code, reason):
+        self.factory.devices.discard(self)
+
+
+class StockDevice(_Device, WebSocketServerProtocol):
+    pass
+
+
+class LeanDevice(_Device, LeanServerProtocol):
+    pass
+
+
+def _json(request, answer):
+    request.setHeader(b"content-type", b"application/json")
+    return orjson.dumps(answer)
+
+
+class Health(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, devices):
+        super().__init__()
+        self.devices = devices
+
+    def render_GET(self, request):
+        return _json(request, {"status": "ok", "sessions": 1, "totalDevices": len(self.devices.devices)})
+
+
+class Send(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, devices):
+        super().__init__()
+        self.devices = devices
+
+    def render_POST(self, request):
+        n, seq = self.devices.broadcast(request.content.read())
+        return _json(request, {"success": True, "devicesUpdated": n, "updateType": "floor", "sequenceNumber": seq})
+
+
+class CorkedRequest(server.Request):
+    """An answer's head and body in one send, as the daemon's requests do."""
+
+    def write(self, data):
+        transport = self.channel.transport if self.channel is not None else None
+        if self.startedWriting or type(transport) is not DirectWriteWrapper:
+            super().write(data)
+            return
+        transport.cork()
+        try:
+            super().write(data)
+        finally:
+            transport.uncork()
+
+
+class QuietSite(server.Site):
+    noisy = False
+
+    def log(self, request):
+        pass  # the floor keeps no access log
+
+
+def site(kind):
+    devices = Devices(lean=kind == "lean")
+    root = resource.Resource()
+    root.putChild(b"health", Health(devices))
+    root.putChild(b"send", Send(devices))
+    root.putChild(b"ws", WebSocketResource(devices))
+    if kind == "stock":
+        return QuietSite(root)
+    # as the daemon's site: no look at a POST's Content-Type for a form
+    web = QuietSite(root, parsePOSTFormSubmission=False)
+    web.requestFactory = CorkedRequest
+    wrapped = WrappingFactory(web)
+    wrapped.protocol = DirectWriteWrapper
+    wrapped.noisy = False
+    return wrapped
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--kind", choices=KINDS, required=True)
+    args = parser.parse_args()
+    raise_fd_limit()
+    from twisted.internet import reactor
+
+    # the daemon's process tuning, so that only the work differs
+    gc.freeze()
+    gc.set_threshold(20000, 20, 20)
+    if args.kind == "lean":
+        leanpoll.install(reactor)
+    reactor.listenTCP(args.port, site(args.kind), backlog=1024, interface="127.0.0.1")
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
