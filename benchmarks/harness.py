@@ -9,6 +9,7 @@ import http.client
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import shutil
 import signal
 import socket
@@ -262,6 +263,17 @@ class Daemon(Server):
         ]
         self.argv = argv
         super().__init__(argv, port, os.path.join(workdir, f"daemon-{port}.out"))
+
+
+_SEQUENCE = re.compile(rb'"sequenceNumber":\d+')
+
+
+def renumbered(update, sequence):
+    """`update` (the bytes of an update the daemon sent) with its sequence
+    number set to `sequence`: what a floor server broadcasts."""
+    if update.count(b'"sequenceNumber":') != 1:
+        raise RuntimeError("the update carries more than one sequenceNumber")
+    return _SEQUENCE.sub(b'"sequenceNumber":%d' % sequence, update, count=1)
 
 
 class FloorServer(Server):

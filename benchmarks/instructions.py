@@ -31,6 +31,12 @@ loop), and how long an instruction takes (cache misses, and loops such as
 code paths of the same kind, and confirm a change in time.
 
     python -m benchmarks.instructions [CHECKOUT ...] [--devices 10,100] [--pushes 40] [--no-bare] [--hash-seed 0]
+                                      [--framework-floor]
+
+With ``--framework-floor`` the same rows are also counted for the lean
+framework floor (benchmarks/framework_floor.py), broadcasting an update
+the first checkout sent: what moving the same bytes through Twisted,
+twisted.web and Autobahn costs, so that the rest is the daemon's own work.
 
 A checkout is a directory holding ``lumora_reload/`` (as for
 benchmarks.compare), and may be named twice to see the counts repeat;
@@ -57,21 +63,26 @@ _RUNS = itertools.count(1)
 
 
 class CountedDaemon(harness.Server):
-    """The daemon under callgrind, counting nothing until `start_counting`."""
+    """The daemon under callgrind, counting nothing until `start_counting`;
+    with `floor_kind`, the framework floor of that kind instead
+    (benchmarks/framework_floor.py)."""
 
     name = "daemon under callgrind"
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, floor_kind=None):
         port = harness.free_port()
         # a name of its own: callgrind numbers every process's dumps from .1
         self.counts = os.path.join(workdir, f"callgrind-{os.getpid()}-{next(_RUNS)}-{port}.out")
-        argv = [
-            "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={self.counts}",
-            sys.executable, harness.twistd_path(), "-n", "--pidfile=",
-            "lumora-reload", "--in-memory", "--port", f"tcp:{port}:interface={harness.HOST}",
-            "--max-connections-per-address", "1000000",
-        ]
-        super().__init__(argv, port, os.path.join(workdir, f"callgrind-daemon-{port}.out"))
+        if floor_kind is None:
+            served = [harness.twistd_path(), "-n", "--pidfile=",
+                      "lumora-reload", "--in-memory", "--port", f"tcp:{port}:interface={harness.HOST}",
+                      "--max-connections-per-address", "1000000"]
+        else:
+            self.name = f"framework floor ({floor_kind}) under callgrind"
+            served = ["-m", "benchmarks.framework_floor", "--port", str(port), "--kind", floor_kind]
+        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={self.counts}",
+                sys.executable, *served]
+        super().__init__(argv, port, os.path.join(workdir, f"callgrind-server-{port}.out"))
 
     def _wait_ready(self, timeout=300.0):
         super()._wait_ready(timeout)
@@ -98,56 +109,84 @@ class CountedDaemon(harness.Server):
         raise RuntimeError("callgrind wrote no dump")
 
 
-def measure(devices, pushes, acks, gens, workdir):
+def measure(devices, pushes, acks, gens, workdir, floor=None):
     """Instructions per push of the small schema's one-leaf change to
-    `devices` devices (acking every update if `acks`)."""
+    `devices` devices (acking every update if `acks`), and the bytes of
+    the last update a device received (None without devices).
+
+    With `floor` ``(kind, update)``, the framework floor of that kind is
+    counted instead, broadcasting `update` (bytes the daemon sent) with
+    its sequence number rewritten for every push."""
     sequence = Pushes(SMALL)
-    daemon = CountedDaemon(workdir)
-    api = harness.Api(daemon.port, timeout=600)
+    server = CountedDaemon(workdir, floor[0] if floor else None)
+    api = harness.Api(server.port, timeout=600)
     try:
-        status, made = api.call("POST", "/session/new", b'{"schema":' + sequence.initial + b"}")
-        if status != 200:
-            raise RuntimeError(f"POST /session/new answered {status}: {made}")
-        sid = made["sessionId"]
+        if floor:
+            sid = "floor"
+            bodies = [harness.renumbered(floor[1], i + 1) for i in range(3 + pushes)]
+        else:
+            status, made = api.call("POST", "/session/new", b'{"schema":' + sequence.initial + b"}")
+            if status != 200:
+                raise RuntimeError(f"POST /session/new answered {status}: {made}")
+            sid = made["sessionId"]
+            bodies = [sequence.next("incremental")[1] for _ in range(3 + pushes)]
         if devices:
-            _, failed, _, errors = gens.connect(daemon.port, sid, devices, ack=acks)
+            _, failed, _, errors = gens.connect(server.port, sid, devices, ack=acks)
             if failed:
                 raise RuntimeError(f"{failed} devices failed to connect: {errors}")
             gens.reset()
-        bodies = [sequence.next("incremental")[1] for _ in range(3 + pushes)]
         for i, body in enumerate(bodies):
             if i == 3:
                 time.sleep(1.0)  # the warm-up's acks read
-                daemon.start_counting()
+                server.start_counting()
             status, answer = api.call("POST", f"/send/{sid}", body)
             if status != 200:
                 raise RuntimeError(f"POST /send answered {status}: {answer}")
             if devices:
                 gens.wait_sequence(answer["sequenceNumber"], timeout=600)
         time.sleep(1.5)  # the last acks read
-        return daemon.instructions() / pushes
+        update = gens.captured()[answer["sequenceNumber"]] if devices else None
+        return server.instructions() / pushes, update
     finally:
-        daemon.stop()
+        server.stop()
         api.close()
         if devices:
             gens.close_devices()
 
 
-def run(checkouts, device_counts, pushes, bare, workdir, hash_seed=0):
+FLOOR_NAME = "framework floor (lean)"
+
+
+def run(checkouts, device_counts, pushes, bare, workdir, hash_seed=0, framework_floor=False):
     """{name: {(devices, acks): instructions per push}}, one name per
-    checkout given (a checkout named twice is measured twice)."""
+    checkout given (a checkout named twice is measured twice); with
+    `framework_floor`, also the lean framework floor's, under
+    `FLOOR_NAME`, broadcasting an update the first checkout sent."""
     gens = harness.Generators(2)
     saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "PYTHONHASHSEED")}
     results = {}
+    update = None
+    names = checkout_names(checkouts)
     try:
         os.environ["PYTHONHASHSEED"] = str(hash_seed)
-        for name, checkout in zip(checkout_names(checkouts), checkouts):
+        plan = list(zip(names, checkouts))
+        if framework_floor:
+            plan.append((FLOOR_NAME, checkouts[0]))
+        for name, checkout in plan:
             rest = [saved["PYTHONPATH"]] if saved["PYTHONPATH"] else []
             os.environ["PYTHONPATH"] = os.pathsep.join([checkout, *rest])
             rows = results[name] = {}
             for devices in device_counts:
                 for acks in (True, False) if bare and devices else (True,):
-                    rows[devices, acks] = measure(devices, pushes, acks, gens, workdir)
+                    floor = None
+                    if name == FLOOR_NAME:
+                        if update is None:
+                            # an update of the first checkout, with every device
+                            update = measure(max(device_counts[-1], 1), 1, False, gens, workdir)[1]
+                        floor = ("lean", update)
+                    rows[devices, acks], sent = measure(devices, pushes, acks, gens, workdir, floor)
+                    if update is None and name == names[0]:
+                        update = sent
                     print(f"{name}: {devices} devices, acks {'on' if acks else 'off'}: "
                           f"{rows[devices, acks] / 1e6:.3f} M instructions per push", flush=True)
     finally:
@@ -206,6 +245,9 @@ def main(argv=None):
     p.add_argument("--no-bare", dest="bare", action="store_false",
                    help="skip the rows without acks (then no split into parts)")
     p.add_argument("--hash-seed", type=int, default=0, help="the daemon's PYTHONHASHSEED [0]")
+    p.add_argument("--framework-floor", action="store_true",
+                   help="also count the lean framework floor (benchmarks/framework_floor.py) on the same rows: "
+                        "what moving the bytes through Twisted, twisted.web and Autobahn costs")
     p.add_argument("--workdir", default=None, help="keep the daemons' logs and counts here")
     args = p.parse_args(argv)
     try:
@@ -223,7 +265,7 @@ def main(argv=None):
         if not os.path.isdir(os.path.join(c, "lumora_reload")):
             p.error(f"{c} holds no lumora_reload/")
     with harness.workdir(args.workdir) as wd:
-        results = run(checkouts, counts, args.pushes, args.bare, wd, args.hash_seed)
+        results = run(checkouts, counts, args.pushes, args.bare, wd, args.hash_seed, args.framework_floor)
     print()
     print(table(results))
 

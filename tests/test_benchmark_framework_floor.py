@@ -58,3 +58,15 @@ def test_the_throughput_loop_runs_every_floor_unless_asked_otherwise(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--throughput-floors", "asyncio,nginx"])
     assert "unknown floor 'nginx'" in capsys.readouterr().err
+
+
+def test_a_floor_broadcasts_the_daemons_update_renumbered():
+    """The floors send the bytes the daemon sent, only the sequence number changed; an update
+    with two sequence numbers is refused rather than guessed at."""
+    from benchmarks.harness import renumbered
+
+    update = b'{"type":"update","payload":{"delta":{"n":"1"},"checksum":"ab12","sequenceNumber":41}}'
+    assert renumbered(update, 7) == update.replace(b":41}", b":7}")
+    assert renumbered(update, 123456) == update.replace(b":41}", b":123456}")
+    with pytest.raises(RuntimeError):
+        renumbered(update.replace(b'"n":"1"', b'"sequenceNumber":1'), 7)

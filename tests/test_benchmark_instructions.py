@@ -34,3 +34,26 @@ def test_bad_options_are_refused_before_anything_runs(argv, capsys):
 def test_a_checkout_named_twice_keeps_both_runs():
     """Each run of a checkout named twice gets a name of its own, so neither is dropped from the tables."""
     assert checkout_names(["/a/base", "/b/new", "/a/base"]) == ["base (1)", "new", "base (3)"]
+
+
+def test_the_framework_floor_is_counted_on_the_same_rows_broadcasting_an_update_of_the_first_checkout(monkeypatch):
+    calls = []
+
+    def measure(devices, pushes, acks, gens, workdir, floor=None):
+        calls.append((devices, acks, floor))
+        return devices * 1000 + acks, (b"update of %d" % len(calls)) if devices else None
+
+    class Generators:
+        def __init__(self, count):
+            pass
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(instructions, "measure", measure)
+    monkeypatch.setattr(instructions.harness, "Generators", Generators)
+    results = instructions.run(["/a/base", "/b/new"], [0, 10], 5, True, "/tmp", framework_floor=True)
+    assert list(results) == ["base", "new", instructions.FLOOR_NAME]
+    assert results[instructions.FLOOR_NAME] == results["base"] == {(0, True): 1, (10, True): 10001, (10, False): 10000}
+    # the first update a device of the first checkout received
+    assert [floor for _, _, floor in calls[-3:]] == [("lean", b"update of 2")] * 3
