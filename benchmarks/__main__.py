@@ -64,7 +64,9 @@ def parse_args(argv):
     args.pushes = args.pushes or (5 if q else 20)
     args.latency_pushes = args.latency_pushes or (25 if q else 100)
     args.throughput_seconds = args.throughput_seconds or (3.0 if q else 10.0)
-    args.throughput_floors = (args.throughput_floors or ("asyncio" if q else "asyncio,stock,lean")).split(",")
+    # each floor once, in the order given
+    args.throughput_floors = list(dict.fromkeys(
+        (args.throughput_floors or ("asyncio" if q else "asyncio,stock,lean")).split(",")))
     for kind in args.throughput_floors:
         if kind not in throughput.FLOOR_KEYS:
             p.error(f"unknown floor {kind!r}")

@@ -5,8 +5,12 @@ fixed time.
 
 Delivered rate = pushes / (time from the first POST until the last device
 holds the last sequence number). Every device checks that it saw every
-sequence number once, in order. The floor runs the same loop, broadcasting
-the daemon's own update bytes with the sequence number rewritten.
+sequence number once, in order. The floors run the same loop, broadcasting
+the daemon's own update bytes with the sequence number rewritten, to
+devices that join with the daemon's session id (so their acks are as
+long): the asyncio floor (what the generator and the kernel cost) and
+the framework floors (the same server built from Twisted, twisted.web and
+Autobahn, as they come and with the daemon's transport layer).
 """
 
 import time
@@ -123,13 +127,13 @@ def run(devices, seconds, gens, workdir, daemon_args=(), floors=("asyncio",), pr
     if profile:
         out["profile"] = profile
     for kind in floors:
-        out[FLOOR_KEYS[kind]], cpu = _floor_loop(kind, template, devices, seconds, gens, workdir)
+        out[FLOOR_KEYS[kind]], cpu = _floor_loop(kind, template, sid, devices, seconds, gens, workdir)
         extra_cpu += cpu
     out["load"] = meter.stop(extra_cpu)
     return out
 
 
-def _floor_loop(kind, template, devices, seconds, gens, workdir):
+def _floor_loop(kind, template, session_id, devices, seconds, gens, workdir):
     """The push loop against a floor server broadcasting the daemon's own
     update bytes, the sequence number rewritten; its result and the
     floor's CPU seconds."""
@@ -137,14 +141,14 @@ def _floor_loop(kind, template, devices, seconds, gens, workdir):
     api = Api(floor_server.port)
     counter = iter(range(1, 10**9))
     try:
-        ok, failed, _, errors = gens.connect(floor_server.port, "floor", devices, ack=True)
+        ok, failed, _, errors = gens.connect(floor_server.port, session_id, devices, ack=True)
         if failed:
             raise RuntimeError(f"{failed} devices failed to connect to the {floor_server.name}: {errors}")
 
         def body():
             return harness.renumbered(template, next(counter))
 
-        return _loop(api, "/send/floor", body, floor_server, gens, seconds), floor_server.cpu()
+        return _loop(api, f"/send/{session_id}", body, floor_server, gens, seconds), floor_server.cpu()
     finally:
         floor_server.stop()
         api.close()

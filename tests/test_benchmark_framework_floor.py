@@ -1,14 +1,23 @@
 """The framework floor of the throughput benchmark: the trivial server built
 from Twisted, twisted.web and Autobahn answers what the load generator asks,
-and broadcasts a POSTed body as it is."""
+broadcasts a POSTed body as it is, and in its lean kind is built from the
+daemon's own transport layer."""
 
 import orjson
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import endpoints
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet import endpoints, task
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols.policies import WrappingFactory
 
 from benchmarks import framework_floor
+from lumora_reload import leanpoll
+from lumora_reload.access import AccessPolicy
+from lumora_reload.directwrite import DirectWriteWrapper
+from lumora_reload.websocket import DeviceFactory
 from tests.helpers import open_device
 
 UPDATE = b'{"type":"update","sessionId":"floor","payload":{"delta":{},"sequenceNumber":%d}}'
@@ -19,11 +28,26 @@ async def _post(url, body):
     return response.code, orjson.loads(await treq.content(response))
 
 
+async def _until(reactor, condition):
+    for _ in range(500):
+        if condition():
+            return
+        await task.deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("not reached in 5 s")
+
+
 @pytest.mark.parametrize("kind", framework_floor.KINDS)
 @pytest_twisted.ensureDeferred
-async def test_greets_a_device_broadcasts_a_posted_body_and_drops_what_devices_send(reactor, kind):
+async def test_greets_a_device_broadcasts_a_posted_body_and_drops_what_devices_send(reactor, kind, monkeypatch):
+    # Autobahn's general read path: the lean kind reads a device's acks without it
+    general_reads = []
+    general = WebSocketServerProtocol._dataReceived
+    monkeypatch.setattr(WebSocketServerProtocol, "_dataReceived",
+                        lambda self, data: (general_reads.append(len(data)), general(self, data))[1])
+    site = framework_floor.site(kind)
+    devices = (site.wrappedFactory if kind == "lean" else site).resource.children[b"ws"]._factory
     endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
-    port = await endpoint.listen(framework_floor.site(kind))
+    port = await endpoint.listen(site)
     base = f"127.0.0.1:{port.getHost().port}"
     device = None
     try:
@@ -31,6 +55,7 @@ async def test_greets_a_device_broadcasts_a_posted_body_and_drops_what_devices_s
         connected = await device.next()
         assert connected["type"] == "connected"
         assert connected["payload"]["sequenceNumber"] == 0
+        general_reads.clear()  # the opening handshake
 
         for seq in (7, 8):
             status, answer = await _post(f"http://{base}/send/floor", UPDATE % seq)
@@ -38,10 +63,12 @@ async def test_greets_a_device_broadcasts_a_posted_body_and_drops_what_devices_s
             assert await device.next() == orjson.loads(UPDATE % seq)
             # an ack is read and dropped; the connection stays open
             device.send("ack", {"sequenceNumber": seq, "success": True})
+        await _until(reactor, lambda: devices.dropped == 2)
 
         response = await treq.get(f"http://{base}/health", persistent=False)
         assert orjson.loads(await treq.content(response))["totalDevices"] == 1
         assert device.received[1:] == [orjson.loads(UPDATE % 7), orjson.loads(UPDATE % 8)]
+        assert (general_reads == []) == (kind == "lean"), general_reads
     finally:
         if device is not None:
             device.sendClose()
@@ -49,12 +76,38 @@ async def test_greets_a_device_broadcasts_a_posted_body_and_drops_what_devices_s
         await port.stopListening()
 
 
+def test_the_lean_kind_is_built_as_the_daemon_builds_its_port():
+    """The direct-write wrapper around every connection, the corked request, and device
+    connections that read whole frames up to the daemon's own limit."""
+    site = framework_floor.site("lean")
+    assert isinstance(site, WrappingFactory) and site.protocol is DirectWriteWrapper
+    assert site.wrappedFactory.requestFactory is framework_floor.CorkedRequest
+    devices = site.wrappedFactory.resource.children[b"ws"]._factory
+    daemon = DeviceFactory(hub=None, policy=AccessPolicy(), reactor=MemoryReactorClock())
+    assert devices.protocol._fast_limit == daemon.protocol._fast_limit > 0
+    assert type(framework_floor.site("stock")) is framework_floor.QuietSite
+
+
+@pytest.mark.parametrize("kind", framework_floor.KINDS)
+def test_both_kinds_get_the_daemons_collector_settings_and_the_lean_one_its_reactor_loop(kind, monkeypatch):
+    calls = []
+    monkeypatch.setattr(framework_floor.gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(framework_floor.gc, "set_threshold", lambda *t: calls.append(t))
+    reactor = EPollReactor()
+    try:
+        framework_floor.prepare(reactor, kind)
+        assert calls == ["freeze", (20000, 20, 20)]
+        assert leanpoll.installed(reactor) == (kind == "lean")
+    finally:
+        reactor._poller.close()
+
+
 def test_the_throughput_loop_runs_every_floor_unless_asked_otherwise(capsys):
     from benchmarks.__main__ import parse_args
 
     assert parse_args(["--only", "throughput"]).throughput_floors == ["asyncio", "stock", "lean"]
     assert parse_args(["--quick"]).throughput_floors == ["asyncio"]
-    assert parse_args(["--throughput-floors", "lean"]).throughput_floors == ["lean"]
+    assert parse_args(["--throughput-floors", "lean,lean"]).throughput_floors == ["lean"]
     with pytest.raises(SystemExit):
         parse_args(["--throughput-floors", "asyncio,nginx"])
     assert "unknown floor 'nginx'" in capsys.readouterr().err
