@@ -200,11 +200,13 @@ def _framework_floors(run):
 def _cpu_budget(run, machine):
     """Where the box's CPU went during a throughput run: when every core is
     busy, the generators' share limits the rate as much as the daemon's."""
-    d, load = run["daemon"], run.get("load") or {}
-    if load.get("cores_busy") is None or d.get("server_cpu_per_push_ms") is None:
+    d = run["daemon"]
+    # runs before the daemon's loop had its own figure: the whole run's
+    busy = d.get("cores_busy", (run.get("load") or {}).get("cores_busy"))
+    if busy is None or d.get("server_cpu_per_push_ms") is None:
         return ""
     cores = machine.get("cores")
-    return (f"; {load['cores_busy']:.2f}{f' of {cores}' if cores else ''} cores busy, CPU per push: "
+    return (f"; {busy:.2f}{f' of {cores}' if cores else ''} cores busy, CPU per push: "
             f"daemon {d['server_cpu_per_push_ms']} ms, generators {d['generator_cpu_per_push_ms']} ms")
 
 

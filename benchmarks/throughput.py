@@ -113,10 +113,13 @@ def run(devices, seconds, gens, workdir, daemon_args=(), floors=("asyncio",), pr
             gens.wait_sequence(answer["sequenceNumber"])
         template = gens.captured()[answer["sequenceNumber"]]
         spy = profiler(daemon.pid) if profiler else None
+        window = harness.Machine(gens.pids)
         try:
             result = _loop(api, f"/send/{sid}", lambda: pushes.next("incremental")[1], daemon, gens, seconds)
         finally:
             profile = spy.stop() if spy else None
+        # the box during the daemon's loop alone ("load" spans the floors' too)
+        result["cores_busy"] = window.stop()["cores_busy"]
         result["daemon_rss_mb"] = round(daemon.rss()[0] / 1024, 1)
         extra_cpu += daemon.cpu()
     finally:

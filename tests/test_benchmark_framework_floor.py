@@ -123,3 +123,23 @@ def test_a_floor_broadcasts_the_daemons_update_renumbered():
     assert renumbered(update, 123456) == update.replace(b":41}", b":123456}")
     with pytest.raises(RuntimeError):
         renumbered(update.replace(b'"n":"1"', b'"sequenceNumber":1'), 7)
+
+
+def test_the_throughput_target_names_the_framework_floors_and_the_box_during_the_daemons_loop():
+    from benchmarks import report
+
+    def loop(rate, cpu):
+        return {"delivered_rate": rate, "server_cpu_per_push_ms": cpu, "gaps": 0, "reorders": 0,
+                "all_devices_have_last": True, "errors": {}, "closes": {}, "generator_cpu_per_push_ms": 1.7}
+
+    run = {"variant": "daemon defaults", "devices": 100, "load": {"cores_busy": 1.9},
+           "daemon": dict(loop(459.0, 1.99), cores_busy=1.4), "floor": loop(1211.0, 0.4),
+           "floor_stock": loop(113.0, 8.7), "floor_lean": loop(599.0, 1.3)}
+    (line,) = [t for t in report.targets({"throughput": [run], "machine": {"cores": 2}}) if "600" in t[0]]
+    assert line[2] is False
+    assert "Twisted, twisted.web, Autobahn 113.0/s (8.7 ms CPU per push)" in line[1]
+    assert "the daemon's transport layer 599.0/s (1.3 ms CPU per push)" in line[1]
+    assert "1.40 of 2 cores busy" in line[1]
+    del run["daemon"]["cores_busy"], run["floor_stock"], run["floor_lean"]  # a run from before
+    (line,) = [t for t in report.targets({"throughput": [run], "machine": {"cores": 2}}) if "600" in t[0]]
+    assert "1.90 of 2 cores busy" in line[1] and "framework floor" not in line[1]
