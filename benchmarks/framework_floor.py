@@ -40,6 +40,7 @@ from twisted.web import resource, server
 from benchmarks.loadgen import raise_fd_limit, sequence_of
 from lumora_reload import leanpoll
 from lumora_reload.directwrite import DirectWriteWrapper
+from lumora_reload.web import CorkedRequest
 from lumora_reload.wsbase import LeanServerProtocol
 
 KINDS = ("stock", "lean")
@@ -133,21 +134,6 @@ class Send(resource.Resource):
         return _json(request, {"success": True, "devicesUpdated": n, "updateType": "floor", "sequenceNumber": seq})
 
 
-class CorkedRequest(server.Request):
-    """An answer's head and body in one send, as the daemon's requests do."""
-
-    def write(self, data):
-        transport = self.channel.transport if self.channel is not None else None
-        if self.startedWriting or type(transport) is not DirectWriteWrapper:
-            super().write(data)
-            return
-        transport.cork()
-        try:
-            super().write(data)
-        finally:
-            transport.uncork()
-
-
 class QuietSite(server.Site):
     noisy = False
 
@@ -165,7 +151,7 @@ def site(kind):
         return QuietSite(root)
     # as the daemon's site: no look at a POST's Content-Type for a form
     web = QuietSite(root, parsePOSTFormSubmission=False)
-    web.requestFactory = CorkedRequest
+    web.requestFactory = CorkedRequest  # the daemon's requests' one send per answer
     wrapped = WrappingFactory(web)
     wrapped.protocol = DirectWriteWrapper
     wrapped.noisy = False

@@ -264,7 +264,23 @@ class Channel(http.HTTPChannel):
 _ABSOLUTE = re.compile(rb"https?://([^/?#]*)", re.IGNORECASE)
 
 
-class Request(server.Request):
+class CorkedRequest(server.Request):
+    """An answer's head and first body bytes leave in one send, not two,
+    behind the direct-write wrapper (twisted.web writes them apart)."""
+
+    def write(self, data):
+        transport = self.channel.transport if self.channel is not None else None
+        if self.startedWriting or type(transport) is not DirectWriteWrapper:
+            super().write(data)
+            return
+        transport.cork()
+        try:
+            super().write(data)
+        finally:
+            transport.uncork()
+
+
+class Request(CorkedRequest):
     """Decides from the head; keeps bodies in memory, counted as they come."""
 
     _answered = False
@@ -303,18 +319,6 @@ class Request(server.Request):
         if self._answered:
             return
         super().requestReceived(command, path, version)
-
-    def write(self, data):
-        transport = self.channel.transport if self.channel is not None else None
-        if self.startedWriting or type(transport) is not DirectWriteWrapper:
-            super().write(data)
-            return
-        # the head and the first body bytes leave in one send, not two
-        transport.cork()
-        try:
-            super().write(data)
-        finally:
-            transport.uncork()
 
     def render(self, resrc):
         if self.method == b"HEAD":

@@ -17,6 +17,7 @@ from benchmarks import framework_floor
 from lumora_reload import leanpoll
 from lumora_reload.access import AccessPolicy
 from lumora_reload.directwrite import DirectWriteWrapper
+from lumora_reload.web import CorkedRequest
 from lumora_reload.websocket import DeviceFactory
 from tests.helpers import open_device
 
@@ -81,7 +82,7 @@ def test_the_lean_kind_is_built_as_the_daemon_builds_its_port():
     connections that read whole frames up to the daemon's own limit."""
     site = framework_floor.site("lean")
     assert isinstance(site, WrappingFactory) and site.protocol is DirectWriteWrapper
-    assert site.wrappedFactory.requestFactory is framework_floor.CorkedRequest
+    assert site.wrappedFactory.requestFactory is CorkedRequest
     devices = site.wrappedFactory.resource.children[b"ws"]._factory
     daemon = DeviceFactory(hub=None, policy=AccessPolicy(), reactor=MemoryReactorClock())
     assert devices.protocol._fast_limit == daemon.protocol._fast_limit > 0
