@@ -106,12 +106,9 @@ class LeanDevice(_Device, LeanServerProtocol):
     pass
 
 
-def _json(request, answer):
-    request.setHeader(b"content-type", b"application/json")
-    return orjson.dumps(answer)
+class Answers(resource.Resource):
+    """``GET /health`` and ``POST /send/<anything>``, in JSON."""
 
-
-class Health(resource.Resource):
     isLeaf = True
 
     def __init__(self, devices):
@@ -119,19 +116,25 @@ class Health(resource.Resource):
         self.devices = devices
 
     def render_GET(self, request):
-        return _json(request, {"status": "ok", "sessions": 1, "totalDevices": len(self.devices.devices)})
-
-
-class Send(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, devices):
-        super().__init__()
-        self.devices = devices
+        if request.prepath != [b"health"]:
+            return self._not_found(request)
+        return self._json(request, {"status": "ok", "sessions": 1, "totalDevices": len(self.devices.devices)})
 
     def render_POST(self, request):
+        if request.prepath != [b"send"]:
+            return self._not_found(request)
         n, seq = self.devices.broadcast(request.content.read())
-        return _json(request, {"success": True, "devicesUpdated": n, "updateType": "floor", "sequenceNumber": seq})
+        return self._json(request, {"success": True, "devicesUpdated": n, "updateType": "floor",
+                                    "sequenceNumber": seq})
+
+    def _not_found(self, request):
+        request.setResponseCode(404)
+        return self._json(request, {"error": "Not found"})
+
+    @staticmethod
+    def _json(request, answer):
+        request.setHeader(b"content-type", b"application/json")
+        return orjson.dumps(answer)
 
 
 class QuietSite(server.Site):
@@ -144,8 +147,9 @@ class QuietSite(server.Site):
 def site(kind):
     devices = Devices(lean=kind == "lean")
     root = resource.Resource()
-    root.putChild(b"health", Health(devices))
-    root.putChild(b"send", Send(devices))
+    answers = Answers(devices)
+    root.putChild(b"health", answers)
+    root.putChild(b"send", answers)
     root.putChild(b"ws", WebSocketResource(devices))
     if kind == "stock":
         return QuietSite(root)
