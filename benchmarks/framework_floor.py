@@ -29,7 +29,6 @@ Run: ``python -m benchmarks.framework_floor --port PORT --kind stock|lean``.
 """
 
 import argparse
-import gc
 
 import orjson
 from autobahn.twisted.resource import WebSocketResource
@@ -38,7 +37,7 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.web import resource, server
 
 from benchmarks.loadgen import raise_fd_limit, sequence_of
-from lumora_reload import leanpoll
+from lumora_reload import leanpoll, tap
 from lumora_reload.directwrite import DirectWriteWrapper
 from lumora_reload.web import CorkedRequest
 from lumora_reload.wsbase import LeanServerProtocol
@@ -165,8 +164,7 @@ def site(kind):
 def prepare(reactor, kind):
     """The process tuning of the daemon's start (`tap.makeService`): its
     collector settings for both kinds, its reactor loop for the lean one."""
-    gc.freeze()
-    gc.set_threshold(20000, 20, 20)
+    tap.tune_collector()
     if kind == "lean":
         leanpoll.install(reactor)
 

@@ -178,23 +178,21 @@ def run(checkouts, device_counts, pushes, bare, workdir, hash_seed=0, framework_
             # `python -m` puts the working directory first: the floor runs
             # this checkout's code whatever PYTHONPATH says
             plan.append((FLOOR_NAME, this_checkout()))
-        for name, checkout in plan:
+        for i, (name, checkout) in enumerate(plan):
             rest = [saved["PYTHONPATH"]] if saved["PYTHONPATH"] else []
             os.environ["PYTHONPATH"] = os.pathsep.join([checkout, *rest])
             rows = results[name] = {}
             for devices in device_counts:
                 for acks in (True, False) if bare and devices else (True,):
-                    floor = None
-                    if name == FLOOR_NAME:
-                        if update is None:
-                            # no row had a device: one push of the first checkout to one
-                            update = measure(1, 1, False, gens, workdir)[1]
-                        floor = ("lean", update)
+                    floor = ("lean", update) if name == FLOOR_NAME else None
                     rows[devices, acks], sent = measure(devices, pushes, acks, gens, workdir, floor)
-                    if update is None and name == names[0]:
-                        update = sent
+                    if i == 0 and update is None:
+                        update = sent  # the first update a device of the first checkout had
                     print(f"{name}: {devices} devices, acks {'on' if acks else 'off'}: "
                           f"{rows[devices, acks] / 1e6:.3f} M instructions per push", flush=True)
+            if i == 0 and framework_floor and update is None:
+                # no row had a device: one push of the first checkout to one
+                update = measure(1, 1, False, gens, workdir)[1]
     finally:
         gens.stop()
         for name, value in saved.items():

@@ -116,10 +116,11 @@ def run(devices, seconds, gens, workdir, daemon_args=(), floors=("asyncio",), pr
         window = harness.Machine(gens.pids)
         try:
             result = _loop(api, f"/send/{sid}", lambda: pushes.next("incremental")[1], daemon, gens, seconds)
+            # the box during the daemon's loop alone ("load" spans the
+            # floors' too), read before a profiler's stop adds its own work
+            result["cores_busy"] = window.stop()["cores_busy"]
         finally:
             profile = spy.stop() if spy else None
-        # the box during the daemon's loop alone ("load" spans the floors' too)
-        result["cores_busy"] = window.stop()["cores_busy"]
         result["daemon_rss_mb"] = round(daemon.rss()[0] / 1024, 1)
         extra_cpu += daemon.cpu()
     finally:

@@ -68,6 +68,10 @@ async def test_greets_a_device_broadcasts_a_posted_body_and_drops_what_devices_s
 
         response = await treq.get(f"http://{base}/health", persistent=False)
         assert orjson.loads(await treq.content(response))["totalDevices"] == 1
+        for method, path in (("GET", "/send/floor"), ("POST", "/health")):
+            response = await treq.request(method, f"http://{base}{path}", persistent=False)
+            assert response.code == 404
+            await treq.content(response)
         assert device.received[1:] == [orjson.loads(UPDATE % 7), orjson.loads(UPDATE % 8)]
         assert (general_reads == []) == (kind == "lean"), general_reads
     finally:
@@ -91,15 +95,16 @@ def test_the_lean_kind_is_built_as_the_daemon_builds_its_port():
 
 @pytest.mark.parametrize("kind", framework_floor.KINDS)
 def test_both_kinds_get_the_daemons_collector_settings_and_the_lean_one_its_reactor_loop(kind, monkeypatch):
-    calls = []
-    monkeypatch.setattr(framework_floor.gc, "freeze", lambda: calls.append("freeze"))
-    monkeypatch.setattr(framework_floor.gc, "set_threshold", lambda *t: calls.append(t))
+    tuned = []
+    monkeypatch.setattr(framework_floor.tap, "tune_collector", lambda: tuned.append(True))
     reactor = EPollReactor()
     try:
         framework_floor.prepare(reactor, kind)
-        assert calls == ["freeze", (20000, 20, 20)]
+        assert tuned == [True]
         assert leanpoll.installed(reactor) == (kind == "lean")
     finally:
+        reactor.removeReader(reactor.waker)
+        reactor.waker.connectionLost(None)
         reactor._poller.close()
 
 

@@ -36,11 +36,13 @@ def test_a_checkout_named_twice_keeps_both_runs():
     assert checkout_names(["/a/base", "/b/new", "/a/base"]) == ["base (1)", "new", "base (3)"]
 
 
-def test_the_framework_floor_is_counted_on_the_same_rows_broadcasting_an_update_of_the_first_checkout(monkeypatch):
+def _fake_run(monkeypatch, device_counts):
+    import os
+
     calls = []
 
     def measure(devices, pushes, acks, gens, workdir, floor=None):
-        calls.append((devices, acks, floor))
+        calls.append((devices, acks, floor, os.environ["PYTHONPATH"].split(os.pathsep)[0]))
         return devices * 1000 + acks, (b"update of %d" % len(calls)) if devices else None
 
     class Generators:
@@ -52,8 +54,22 @@ def test_the_framework_floor_is_counted_on_the_same_rows_broadcasting_an_update_
 
     monkeypatch.setattr(instructions, "measure", measure)
     monkeypatch.setattr(instructions.harness, "Generators", Generators)
-    results = instructions.run(["/a/base", "/b/new"], [0, 10], 5, True, "/tmp", framework_floor=True)
+    results = instructions.run(["/a/base", "/b/new"], device_counts, 5, True, "/tmp", framework_floor=True)
+    return results, calls
+
+
+def test_the_framework_floor_is_counted_on_the_same_rows_broadcasting_an_update_of_the_first_checkout(monkeypatch):
+    results, calls = _fake_run(monkeypatch, [0, 10])
     assert list(results) == ["base", "new", instructions.FLOOR_NAME]
     assert results[instructions.FLOOR_NAME] == results["base"] == {(0, True): 1, (10, True): 10001, (10, False): 10000}
-    # the first update a device of the first checkout received
-    assert [floor for _, _, floor in calls[-3:]] == [("lean", b"update of 2")] * 3
+    # the first update a device of the first checkout received; the floor
+    # runs the code of the checkout this process imports
+    assert [(floor, path) for _, _, floor, path in calls[-3:]] == [
+        (("lean", b"update of 2"), instructions.this_checkout())] * 3
+    assert [path for *_, path in calls[:3]] == ["/a/base"] * 3
+
+
+def test_without_devices_the_floors_update_comes_from_one_push_of_the_first_checkout(monkeypatch):
+    results, calls = _fake_run(monkeypatch, [0])
+    assert calls[1] == (1, False, None, "/a/base")  # the extra push, after the first checkout's row
+    assert calls[-1][2] == ("lean", b"update of 2")
