@@ -154,7 +154,7 @@ def site(kind):
         return QuietSite(root)
     # as the daemon's site: no look at a POST's Content-Type for a form
     web = QuietSite(root, parsePOSTFormSubmission=False)
-    web.requestFactory = CorkedRequest  # the daemon's requests' one send per answer
+    web.requestFactory = CorkedRequest  # an answer's head and body in one send, as the daemon's
     wrapped = WrappingFactory(web)
     wrapped.protocol = DirectWriteWrapper
     wrapped.noisy = False

@@ -12,9 +12,10 @@ so order and back-pressure stay the transport's.
 
 twisted.web writes an HTTP answer's head and body apart; the site's
 requests (`web.CorkedRequest`) cork the wrapper around their first write
-so that both leave in one send. Later body writes go on their own; twisted.web turns Nagle off
-on its connections (through the wrapper, which carries the TCP transport's
-interfaces), so they are not held back waiting for the peer's ACK.
+so that both leave in one send. Later body writes go on their own;
+twisted.web turns Nagle off on its connections (through the wrapper,
+which carries the TCP transport's interfaces), so they are not held back
+waiting for the peer's ACK.
 """
 
 from twisted.internet import tcp
