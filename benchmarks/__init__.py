@@ -5,7 +5,9 @@ with one device, push throughput, idle connections.
 subprocess on loopback (``twistd -n lumora-reload --in-memory``), drives it
 with load-generator processes of its own (benchmarks.loadgen), measures a
 trivial server sending the same bytes (benchmarks.floor) as the floor of
-every figure, prints markdown tables and writes JSON. ``--quick`` runs a
+every figure (the throughput loop also against the same server built from
+Twisted, twisted.web and Autobahn: benchmarks.framework_floor), prints
+markdown tables and writes JSON. ``--quick`` runs a
 reduced set in a minute or two; ``--help`` lists the knobs.
 
 Modules: harness (processes, /proc, HTTP client, percentiles), workload
@@ -13,5 +15,6 @@ Modules: harness (processes, /proc, HTTP client, percentiles), workload
 throughput, idle, spy (py-spy profile), report (tables, targets), probe (how
 fast the box is at the start and the end of a run).
 bench_schema, bench_store, bench_pipeline, bench_reactor and soak are separate scripts;
-``python -m benchmarks.compare`` measures checkouts against each other.
+``python -m benchmarks.compare`` measures checkouts against each other;
+``python -m benchmarks.instructions`` counts a push's instructions.
 """
