@@ -57,7 +57,6 @@ class Devices(WebSocketServerFactory):
         self.devices = set()
         self.sequence = 0
         self.dropped = 0  # device frames read (and dropped)
-        self.lean = lean
         self.protocol = LeanDevice.options_class(self) if lean else StockDevice
 
     def connected_message(self):
@@ -75,10 +74,7 @@ class Devices(WebSocketServerFactory):
         n = 0
         for device in self.devices:
             if device.state == device.STATE_OPEN:
-                if self.lean:
-                    device.send_prepared(prepared)
-                else:
-                    device.sendPreparedMessage(prepared)
+                device.send_update(prepared)
                 n += 1
         return n, seq
 
@@ -98,11 +94,11 @@ class _Device:
 
 
 class StockDevice(_Device, WebSocketServerProtocol):
-    pass
+    send_update = WebSocketServerProtocol.sendPreparedMessage
 
 
 class LeanDevice(_Device, LeanServerProtocol):
-    pass
+    send_update = LeanServerProtocol.send_prepared  # straight to the socket when nothing waits
 
 
 class Answers(resource.Resource):

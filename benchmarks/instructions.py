@@ -120,7 +120,6 @@ def measure(devices, pushes, acks, gens, workdir, floor=None):
     With `floor` ``(kind, update)``, the framework floor of that kind is
     counted instead, broadcasting `update` (bytes the daemon sent) with
     its sequence number rewritten for every push."""
-    sequence = Pushes(SMALL)
     server = CountedServer(workdir, floor[0] if floor else None)
     api = harness.Api(server.port, timeout=600)
     try:
@@ -129,6 +128,7 @@ def measure(devices, pushes, acks, gens, workdir, floor=None):
             sid = "f" * 32
             bodies = [harness.renumbered(floor[1], i + 1) for i in range(3 + pushes)]
         else:
+            sequence = Pushes(SMALL)
             status, made = api.call("POST", "/session/new", b'{"schema":' + sequence.initial + b"}")
             if status != 200:
                 raise RuntimeError(f"POST /session/new answered {status}: {made}")
