@@ -187,6 +187,8 @@ class DeviceSocket(WebSocketResource):
             result = super().render(request)
         finally:
             factory.upgrading = None
+        if result is not server.NOT_DONE_YET:
+            return result  # Autobahn answered itself (a 500): nothing taken over
         # Bytes the client sent right after its handshake are still in
         # twisted.web's parser; Autobahn never sees them, and twisted.web
         # pauses the socket when they pass 16 KiB, so the connection would
@@ -198,12 +200,12 @@ class DeviceSocket(WebSocketResource):
             channel.rawDataReceived = device.dataReceived
             if buffered:
                 device.dataReceived(buffered)
-            # The channel keeps this request in its queue and the request
-            # names its channel: a cycle that only the garbage collector
-            # frees, some 30 objects per connect. In a connect storm its
-            # passes over them held the reactor for up to 140 ms at a time.
-            if request in channel.requests:
-                channel.requests.remove(request)
+        # This request is never finished, so the channel would keep it
+        # queued for good, and it names its channel: a cycle that only the
+        # garbage collector frees, some 30 objects per connect (in a connect
+        # storm its passes over them held the reactor for up to 140 ms)
+        if request in channel.requests:
+            channel.requests.remove(request)
         return result
 
 

@@ -10,6 +10,7 @@ from twisted.web import resource, server as web_server
 from lumora_reload.server import HotReloadServer
 from tests.helpers import make_schema, open_device, with_text
 from tests.processes import Remote
+from tests.rawhttp import exchange, ws_handshake
 
 
 @pytest_twisted.ensureDeferred
@@ -60,6 +61,25 @@ async def test_the_openapi_document_of_a_mounted_resource_names_its_path(reactor
         status, document = await remote.call("GET", "/openapi.json")
         assert status == 200 and document["servers"] == [{"url": "/lumora"}]
         assert "/health" in document["paths"] and "/ws" in document["paths"]
+    finally:
+        await hot.stopService()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upgrade_autobahn_cannot_take_is_still_answered_in_a_program_s_site(reactor, monkeypatch):
+    """In a plain Site, Autobahn's own 500 (no protocol built) goes out as
+    an answer: the request is finished, not handed over."""
+    hot = HotReloadServer(reactor=reactor)
+    hot.startService()
+    monkeypatch.setattr(hot.ws_factory, "buildProtocol", lambda address: None)
+    root = resource.Resource()
+    root.putChild(b"lumora", hot.resource())
+    endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    port = await endpoint.listen(web_server.Site(root, reactor=reactor))
+    try:
+        response, _, _ = await exchange(port.getHost().port, ws_handshake("/lumora/ws?session=abc"))
+        assert response.status == 500, response.raw
     finally:
         await hot.stopService()
         await port.stopListening()

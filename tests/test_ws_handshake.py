@@ -1,6 +1,7 @@
 """A malformed WebSocket upgrade on the device path, over raw sockets
 against a real daemon: answered in JSON with the right status, then
-closed, with an access-log line, and no full session id in any log."""
+closed, with an access-log line, and no full session id in any log. A
+good one opens, and leaves nothing behind for the garbage collector."""
 
 import gc
 import io
@@ -179,7 +180,8 @@ async def test_an_opened_upgrade_leaves_no_cycle_for_the_collector(daemon, monke
         device = await daemon.device(sid)
         assert (await device.hello())["connectionId"]
         [(request, channel)] = carried
-        assert request() is None and channel() is None
+        assert request() is None, "the upgrade request is kept"
+        assert channel() is None, "its channel is kept (still the transport's producer?)"
     finally:
         if enabled:
             gc.enable()
