@@ -147,14 +147,16 @@ def tune_collector():
     # collector's way, and collect young objects less often (a large push
     # allocates hundreds of thousands; each full pass paused fan-out for
     # 17-37 ms in the benchmarks). The middle generation is collected
-    # after every second young pass, not every twentieth: in a connect
-    # storm each of its passes reads every object made since the last
-    # one, and one pass over 20 young passes' worth held the reactor for
-    # 150-270 ms (35 ms over two). Full passes keep their pace: after 400
-    # young ones, as before. Only in makeService: an embedding program or
-    # a test keeps its own collector settings.
+    # after every third young pass, not every twenty-first (a generation
+    # is collected once the younger one was collected more times than its
+    # threshold): in a connect storm its pass reads every object made since
+    # the last one and still alive, and over twenty-one young passes' worth
+    # that held the reactor for 150-270 ms (35 ms over three). Full passes
+    # keep their pace, one per ~460 passes, and still only once a quarter
+    # of the old generation is new. Only in makeService: an embedding
+    # program or a test keeps its own collector settings.
     gc.freeze()
-    gc.set_threshold(20000, 2, 200)
+    gc.set_threshold(20000, 2, 115)
 
 
 def makeService(config, reactor=None):

@@ -275,4 +275,4 @@ def test_only_the_twistd_entry_point_tunes_the_process(monkeypatch):
     assert calls == []
     reactor = MemoryReactorClock()
     tap.makeService(options, reactor=reactor)
-    assert calls == ["freeze", (20000, 2, 200), reactor]
+    assert calls == ["freeze", (20000, 2, 115), reactor]
